@@ -1,0 +1,149 @@
+"""The `spinefeat` command line: one command per stage; parsing, progress and exit codes only."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import __version__
+from .errors import SpinefeatError
+
+# Tracebacks with local variables could print pixel data or header values.
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False, no_args_is_help=True,
+                  help="Grade lumbar spine MRI (RSNA 2024 layout) with classical features and LightGBM.")
+console = Console(stderr=True)
+
+EXIT_USAGE = 2
+EXIT_DATA = 3
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(EXIT_DATA)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"spinefeat {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log library messages.")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    """spinefeat: CPU-only grading of degenerative lumbar spine conditions."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write the cohort into (Kaggle layout).")],
+    studies: Annotated[int, typer.Option(min=1, help="Labelled (train) studies.")] = 20,
+    test_studies: Annotated[int, typer.Option(min=0, help="Unlabelled (test) studies; truth goes to truth/.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same cohort.")] = 0,
+    jobs: Annotated[int, typer.Option(min=1, help="Studies rendered in parallel.")] = 1,
+    previews: Annotated[int, typer.Option(min=0, help="Write PNG contact sheets of the first N studies to OUT/previews/.")] = 0,
+) -> None:
+    """Write a synthetic cohort of phantom studies as real DICOM files, with labels and a truth sidecar."""
+    from .synth import synth_cohort
+
+    if out.exists() and any(out.iterdir()):
+        console.print(f"[red]error:[/red] {out} exists and is not empty; choose a new folder")
+        raise typer.Exit(EXIT_USAGE)
+    t0 = time.perf_counter()
+    total = studies + test_studies
+    with _progress() as prog:
+        task = prog.add_task("synthesising studies", total=total)
+        summary = synth_cohort(out, studies=studies, test_studies=test_studies, seed=seed, jobs=jobs,
+                               progress=lambda n: prog.update(task, completed=n))
+    if previews:
+        write_previews(out, previews)
+    wall = time.perf_counter() - t0
+    console.print(f"wrote {total} studies to {out} in {wall:.1f} s "
+                  f"({summary['seconds_per_study_mean']:.2f} s per study on one core, jobs={jobs})")
+
+
+def write_previews(root: Path, n: int) -> list[Path]:
+    """PNG contact sheets (one row per series) of the first ``n`` studies of a folder."""
+    import cv2
+    import numpy as np
+
+    from .dataset import DataFolder
+    from .dicom import load_series
+    from .viz import contact_sheet
+
+    folder = DataFolder(root)
+    outdir = Path(root) / "previews"
+    outdir.mkdir(exist_ok=True)
+    written = []
+    for split in folder.splits():
+        ser = folder.series(split)
+        for study_id in list(dict.fromkeys(ser["study_id"]))[: max(n - len(written), 0)]:
+            rows = []
+            for rec in ser[ser["study_id"] == study_id].sort_values("series_description").itertuples():
+                stacks = load_series(folder.images_dir(split) / str(study_id) / str(rec.series_id),
+                                     description=rec.series_description)
+                rows.append(contact_sheet(stacks, title=rec.series_description))
+            path = outdir / f"{split}_{study_id}.png"
+            cv2.imwrite(str(path), np.vstack(rows))
+            written.append(path)
+    return written
+
+
+@app.command()
+def index(
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
+    out: Annotated[Optional[Path], typer.Option(help="Instance table (parquet); default DATA/index.parquet.")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Series scanned in parallel.")] = 1,
+) -> None:
+    """Scan every DICOM header (no pixels) into an instance table and a per-series summary."""
+    from .dicom import index_folder
+
+    out = out or data / "index.parquet"
+    try:
+        with _progress() as prog:
+            task = prog.add_task("scanning headers", total=None)
+            inst, series = index_folder(data, jobs=jobs, progress=lambda n: prog.update(task, completed=n))
+    except SpinefeatError as exc:
+        _fail(exc)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    inst.to_parquet(out, index=False)
+    series_out = out.with_name(out.stem + "_series.csv")
+    series.to_csv(series_out, index=False)
+    n_err = int((inst["error"] != "").sum())
+    console.print(f"{len(inst)} instances in {len(series)} series of {series['study_id'].nunique()} studies "
+                  f"-> {out}, {series_out}" + (f"; [yellow]{n_err} unreadable files[/yellow]" if n_err else ""))
+    planes = series.groupby(["series_description", "plane"]).size().reset_index(name="series")
+    console.print(planes.to_string(index=False))
+    irregular = series[~series["spacing_regular"].astype(bool)] if "spacing_regular" in series else series.iloc[:0]
+    if len(irregular):
+        console.print(f"[yellow]{len(irregular)} series with irregular spacing, missing or duplicate slices[/yellow]")
+
+
+@app.command()
+def validate(
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
+    images: Annotated[bool, typer.Option(help="Also check that every described series has DICOM files.")] = True,
+) -> None:
+    """Check the CSVs of a Kaggle-layout folder and their cross-references."""
+    from .dataset import DataFolder
+
+    try:
+        counts = DataFolder(data).validate(check_images=images)
+    except SpinefeatError as exc:
+        _fail(exc)
+    console.print(", ".join(f"{k}={v}" for k, v in counts.items()))

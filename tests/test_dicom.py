@@ -1,0 +1,122 @@
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, MRImageStorage, generate_uid
+
+from spinefeat import dicom
+from spinefeat.errors import DicomError
+from spinefeat.geometry import project_to_stacks
+
+AXIAL = [1, 0, 0, 0, 1, 0]
+
+
+def write_instance(path, pixels, ipp, iop=AXIAL, *, instance=1, spacing=(0.5, 0.5), photometric="MONOCHROME2",
+                   slope=1.0, intercept=0.0, syntax=ExplicitVRLittleEndian, frame="1.2.3.4"):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.FrameOfReferenceUID = frame
+    ds.InstanceNumber = instance
+    ds.ImagePositionPatient = list(ipp)
+    ds.ImageOrientationPatient = list(iop)
+    ds.PixelSpacing = list(spacing)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    if syntax != ExplicitVRLittleEndian:
+        ds.PixelData = pydicom.encaps.encapsulate([b"\x00\x01garbage" * 4])
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+
+def make_series(folder, zs, instances, **kw):
+    folder.mkdir(parents=True)
+    for z, inst in zip(zs, instances):
+        write_instance(folder / f"{inst}.dcm", np.full((8, 10), inst, np.uint16), [0, 0, z], instance=inst, **kw)
+    return folder
+
+
+def test_load_sorts_by_geometry_not_instance_number(tmp_path):
+    zs = [8.0, 0.0, 12.0, 4.0]
+    d = make_series(tmp_path / "1" / "2", zs, [1, 2, 3, 4])
+    (stack,) = dicom.load_series(d)
+    assert np.allclose(stack.geometry.offsets_mm, [0, 4, 8, 12])
+    assert stack.instance_numbers.tolist() == [2, 4, 1, 3]
+    assert np.allclose(stack.pixels[:, 0, 0], [2, 4, 1, 3])     # pixels follow their slice
+    assert stack.study_id == 1 and stack.series_id == 2
+
+
+def test_rescale_and_monochrome1(tmp_path):
+    px = np.array([[0, 10], [20, 30]], np.uint16)
+    write_instance(tmp_path / "a.dcm", px, [0, 0, 0], slope=2.0, intercept=-5.0)
+    write_instance(tmp_path / "b.dcm", px, [0, 0, 0], photometric="MONOCHROME1")
+    a = dicom.decode_pixels(pydicom.dcmread(tmp_path / "a.dcm"), tmp_path / "a.dcm")
+    b = dicom.decode_pixels(pydicom.dcmread(tmp_path / "b.dcm"), tmp_path / "b.dcm")
+    assert np.allclose(a, [[-5, 15], [35, 55]])
+    assert np.allclose(b, [[30, 20], [10, 0]])
+
+
+def test_undecodable_compressed_pixels_name_syntax(tmp_path):
+    write_instance(tmp_path / "c.dcm", np.zeros((4, 4), np.uint16), [0, 0, 0], syntax=JPEG2000Lossless)
+    ds = pydicom.dcmread(tmp_path / "c.dcm")
+    with pytest.raises(DicomError, match="JPEG 2000"):
+        dicom.decode_pixels(ds, tmp_path / "c.dcm")
+
+
+def test_summary_flags_missing_and_two_stacks(tmp_path):
+    make_series(tmp_path / "train_images" / "7" / "70", [0, 4, 8, 16, 20], [1, 2, 3, 4, 5])          # 12 missing
+    make_series(tmp_path / "train_images" / "7" / "71", [0, 4, 8, 60, 64, 68], [1, 2, 3, 4, 5, 6])  # two stacks
+    inst, series = dicom.index_folder(tmp_path)
+    assert len(inst) == 11 and (inst.error == "").all()
+    s70 = series.set_index("series_id").loc[70]
+    s71 = series.set_index("series_id").loc[71]
+    assert s70.n_missing == 1 and not s70.spacing_regular and s70.n_stacks == 1
+    assert s71.n_stacks == 2 and s71.slice_spacing_mm == pytest.approx(4.0)
+    assert set(series.plane) == {"axial"}
+
+
+def test_unreadable_file_is_recorded_not_fatal(tmp_path):
+    d = make_series(tmp_path / "train_images" / "7" / "70", [0, 4], [1, 2])
+    (d / "3.dcm").write_bytes(b"not a dicom file")
+    inst, series = dicom.index_folder(tmp_path)
+    assert (inst.error != "").sum() == 1 and "3.dcm" in inst.loc[inst.error != "", "error"].iloc[0]
+    assert len(dicom.load_series(d)[0].instance_numbers) == 2
+
+
+def test_real_study_indexes_and_loads(real_study):
+    inst, series = dicom.index_folder(real_study)
+    assert len(series) == 3 and inst.frame_of_reference.nunique() == 1
+    assert np.allclose(series.slice_spacing_mm, 5.0, atol=0.01)
+    assert series.set_index("series_id").loc[5007, "plane"] == "axial"
+    assert set(series.transfer_syntax) == {"JPEG 2000 Image Compression"}
+    (ax,) = dicom.load_series(real_study / "test_images" / "900001" / "5007")
+    assert ax.pixels.shape == (26, 512, 512) and ax.pixels.max() > 100
+
+
+def test_real_oblique_pd_axial_splits_into_disc_stacks(real_study):
+    stacks = dicom.load_series(real_study / "extra" / "axial_pd_oblique_stacks", study_id=900001, series_id=1)
+    assert [s.geometry.n_slices for s in stacks] == [5, 5, 5, 5, 3]
+    normals = np.array([s.geometry.normal for s in stacks])
+    assert all(abs(normals[i] @ normals[i + 1]) < np.cos(np.deg2rad(2)) for i in range(4))   # each tilted anew (>2 deg)
+
+
+def test_real_midsagittal_point_projects_to_expected_axial_slice(real_study):
+    (sag,) = dicom.load_series(real_study / "test_images" / "900001" / "3007")
+    (ax,) = dicom.load_series(real_study / "test_images" / "900001" / "5007")
+    mid = sag.geometry.n_slices // 2
+    zs = ax.geometry.positions_mm[:, 2]
+    for row in (200.0, 260.0, 320.0):
+        p = sag.geometry.to_patient(mid, row, 256.0)
+        res = project_to_stacks(p, [ax.geometry], frame_of_reference=ax.geometry.frame_of_reference)
+        # The axial series is axis-aligned: the expected slice is the one nearest in z.
+        assert res["slice"] == int(np.argmin(np.abs(zs - p[2])))
+        assert res["in_image"]
