@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from enum import Enum
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -147,3 +148,37 @@ def validate(
     except SpinefeatError as exc:
         _fail(exc)
     console.print(", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+class By(str, Enum):
+    level = "level"
+    condition = "condition"
+
+
+@app.command()
+def evaluate(
+    submission: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Submission CSV (row_id + 3 classes).")],
+    labels: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="train.csv with the true grades.")],
+    by: Annotated[Optional[By], typer.Option(help="Also break the log loss down by level or condition.")] = None,
+    allow_missing: Annotated[bool, typer.Option(help="Skip scored rows that have no prediction instead of failing.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Write the terms as JSON here.")] = None,
+) -> None:
+    """Score a submission with the challenge metric (three weighted log losses + any_severe_spinal)."""
+    import json
+
+    from .dataset import read_submission, read_train
+    from .metric import TERMS, breakdown, score
+
+    try:
+        train, sub = read_train(labels), read_submission(submission)
+        res = score(train, sub, allow_missing=allow_missing)
+    except SpinefeatError as exc:
+        _fail(exc)
+    for t in TERMS:
+        typer.echo(f"{t:>18s}  {res[t]:.4f}")
+    typer.echo(f"{'score':>18s}  {res['score']:.4f}   ({res['n_scored']} scored rows"
+               + (f", {res['n_missing']} without prediction skipped)" if res["n_missing"] else ")"))
+    if by is not None:
+        typer.echo(breakdown(train, sub, by.value).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if out is not None:
+        out.write_text(json.dumps(res, indent=2))
