@@ -57,7 +57,7 @@ def synth(
     test_studies: Annotated[int, typer.Option(min=0, help="Unlabelled (test) studies; truth goes to truth/.")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same cohort.")] = 0,
     jobs: Annotated[int, typer.Option(min=1, help="Studies rendered in parallel.")] = 1,
-    previews: Annotated[int, typer.Option(min=0, help="Write PNG contact sheets of the first N studies to OUT/previews/.")] = 0,
+    previews: Annotated[int, typer.Option(min=0, help="Write a PNG of the first N studies to OUT/preview.png.")] = 0,
 ) -> None:
     """Write a synthetic cohort of phantom studies as real DICOM files, with labels and a truth sidecar."""
     from .synth import synth_cohort
@@ -72,37 +72,12 @@ def synth(
         summary = synth_cohort(out, studies=studies, test_studies=test_studies, seed=seed, jobs=jobs,
                                progress=lambda n: prog.update(task, completed=n))
     if previews:
-        write_previews(out, previews)
+        from .report import write_preview
+
+        console.print(f"preview: {write_preview([out], out / 'preview.png', studies=previews)}")
     wall = time.perf_counter() - t0
     console.print(f"wrote {total} studies to {out} in {wall:.1f} s "
                   f"({summary['seconds_per_study_mean']:.2f} s per study on one core, jobs={jobs})")
-
-
-def write_previews(root: Path, n: int) -> list[Path]:
-    """PNG contact sheets (one row per series) of the first ``n`` studies of a folder."""
-    import cv2
-    import numpy as np
-
-    from .dataset import DataFolder
-    from .dicom import load_series
-    from .viz import contact_sheet
-
-    folder = DataFolder(root)
-    outdir = Path(root) / "previews"
-    outdir.mkdir(exist_ok=True)
-    written = []
-    for split in folder.splits():
-        ser = folder.series(split)
-        for study_id in list(dict.fromkeys(ser["study_id"]))[: max(n - len(written), 0)]:
-            rows = []
-            for rec in ser[ser["study_id"] == study_id].sort_values("series_description").itertuples():
-                stacks = load_series(folder.images_dir(split) / str(study_id) / str(rec.series_id),
-                                     description=rec.series_description)
-                rows.append(contact_sheet(stacks, title=rec.series_description))
-            path = outdir / f"{split}_{study_id}.png"
-            cv2.imwrite(str(path), np.vstack(rows))
-            written.append(path)
-    return written
 
 
 @app.command()
@@ -133,6 +108,21 @@ def index(
     irregular = series[~series["spacing_regular"].astype(bool)] if "spacing_regular" in series else series.iloc[:0]
     if len(irregular):
         console.print(f"[yellow]{len(irregular)} series with irregular spacing, missing or duplicate slices[/yellow]")
+
+
+@app.command()
+def preview(
+    data: Annotated[list[Path], typer.Argument(exists=True, file_okay=False, help="One or more Kaggle-layout folders.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("reports/preview.png"),
+    studies: Annotated[int, typer.Option(min=1, help="Studies per folder.")] = 1,
+) -> None:
+    """Write slices of each series type of the first studies of each folder into one PNG (rows by series type)."""
+    from .report import write_preview
+
+    try:
+        console.print(f"wrote {write_preview(data, out, studies=studies)}")
+    except SpinefeatError as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -53,8 +53,8 @@ TISSUES = ("air", "fat", "muscle", "marrow", "cortex", "annulus", "nucleus", "cs
            "ligament", "posterior_bone", "viscera", "vessel", "joint_fluid")
 #: Relative signal per tissue for T1, T2 and STIR (CSF on T2 = 1).
 CONTRAST = {
-    "T1": np.array([0.0, 0.95, 0.30, 0.60, 0.04, 0.28, 0.33, 0.10, 0.36, 0.90, 0.22, 0.52, 0.34, 0.04, 0.12]),
-    "T2": np.array([0.0, 0.82, 0.19, 0.42, 0.04, 0.15, 0.78, 1.00, 0.26, 0.70, 0.11, 0.36, 0.40, 0.04, 0.80]),
+    "T1": np.array([0.0, 0.95, 0.30, 0.60, 0.04, 0.28, 0.33, 0.10, 0.36, 0.90, 0.22, 0.52, 0.24, 0.04, 0.12]),
+    "T2": np.array([0.0, 0.82, 0.19, 0.42, 0.04, 0.15, 0.78, 1.00, 0.26, 0.70, 0.11, 0.36, 0.24, 0.04, 0.80]),
     "STIR": np.array([0.0, 0.07, 0.24, 0.20, 0.04, 0.18, 0.82, 1.00, 0.30, 0.07, 0.13, 0.18, 0.45, 0.04, 0.85]),
 }
 # Region codes (what a label point marks) -------------------------------------
@@ -166,13 +166,12 @@ class Phantom:
     def sacrum_top(self) -> float:
         return float(self.body_top[-1] + self.body_h[-1] + self.disc_h[-1])
 
-    def to_local(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        xyz = np.asarray(xyz, dtype=np.float64)
-        dy = self.centre_y - xyz[..., 1]
-        dz = xyz[..., 2] - self.centre_z
-        r = np.hypot(dy, dz)
-        theta = np.arctan2(dz, dy)
-        return xyz[..., 0] - self.x0, self.radius - r, self.s_apex - self.radius * theta
+    def to_local(self, xyz) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Spine-local ``(u, v, s)`` of patient points: an array (..., 3) or a tuple of x, y, z arrays."""
+        x, y, z = xyz if isinstance(xyz, tuple) else (np.asarray(xyz, np.float64)[..., i] for i in range(3))
+        dy = self.centre_y - y
+        dz = z - self.centre_z
+        return x - self.x0, self.radius - np.hypot(dy, dz), self.s_apex - self.radius * np.arctan2(dz, dy)
 
     def to_patient(self, u, v, s) -> np.ndarray:
         theta = (self.s_apex - np.asarray(s, float)) / self.radius
@@ -226,28 +225,34 @@ class Phantom:
         return float(self.disc_centre[disc] - 0.2 * self.body_h[disc]), 5.0
 
     # -- the tissue function -----------------------------------------------
-    def tissue(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Tissue code, region code and a per-pixel signal factor for a grid of patient points (H, W, 3).
+    def tissue(self, xyz) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tissue code, region code and a per-pixel signal factor for patient points (..., 3)."""
+        return self.tissue_local(*self.to_local(xyz))
 
-        The large soft-tissue compartments are evaluated on every second
-        pixel and upsampled (they are tens of mm wide); the spine at full
+    def tissue_local(self, u, v, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`tissue` from spine-local coordinates.
+
+        On a 2-D grid the large soft-tissue compartments (tens of mm wide) are
+        evaluated on every second pixel and upsampled; the spine at full
         resolution.
         """
-        shape = xyz.shape[:-1]
-        coarse = xyz[::2, ::2] if xyz.ndim == 3 else xyz
-        lab_c, gain_c = self._soft_tissue(*(a.ravel() for a in self.to_local(coarse)))
-        if xyz.ndim == 3:
+        shape = np.shape(u)
+        if len(shape) == 2 and min(shape) > 1:
             h, w = shape
-            up = lambda a: np.repeat(np.repeat(a.reshape(coarse.shape[:2]), 2, 0), 2, 1)[:h, :w].ravel()  # noqa: E731
+            lab_c, gain_c = self._soft_tissue(*(a[::2, ::2].ravel() for a in (u, v, s)))
+            ch, cw = (h + 1) // 2, (w + 1) // 2
+
+            def up(a):
+                return np.repeat(np.repeat(a.reshape(ch, cw), 2, 0), 2, 1)[:h, :w].ravel()
+
             lab, gain = up(lab_c), up(gain_c)
         else:
-            lab, gain = lab_c, gain_c
-        u, v, s = (a.ravel() for a in self.to_local(xyz))
+            lab, gain = self._soft_tissue(*(np.ravel(a) for a in (u, v, s)))
+        u, v, s = (np.ravel(a) for a in (u, v, s))
         reg = np.zeros(u.size, np.uint8)
-        inside = lab != AIR
         au = np.abs(u)
         # The spine itself, only where it can be.
-        near = inside & (au < 48) & (v > -45) & (v < 2 * self.canal_d + 52)
+        near = (lab != AIR) & (au < 48) & (v > -45) & (v < 2 * self.canal_d + 52)
         idx = np.flatnonzero(near)
         if idx.size:
             self._spine(u[idx], v[idx], s[idx], lab, reg, gain, idx)
@@ -258,29 +263,30 @@ class Phantom:
         lab = np.zeros(n, np.uint8)
         gain = np.ones(n, np.float32)
         au = np.abs(u)
-        # Body outline (flatter at the back), subcutaneous fat, abdominal wall, viscera.
-        sup = (au / self.skin_a) ** 3 + (np.abs(v - self.skin_vc) / self.skin_b) ** 3
+        # Body outline, subcutaneous fat, abdominal wall and viscera follow a straight body axis
+        # (the back is nearly flat while the spine inside it curves).
+        theta = (self.s_apex - s) / self.radius
+        vb = self.radius - (self.radius - v) * np.cos(theta)
+        sup = (au / self.skin_a) ** 3 + (np.abs(vb - self.skin_vc) / self.skin_b) ** 3
         inside = sup <= 1.0
         lab[inside] = FAT
         fat = self.fat_mm
-        wall = ((au / (self.skin_a - fat)) ** 3 + (np.abs(v - self.skin_vc) / (self.skin_b - fat)) ** 3) <= 1.0
-        lab[wall & (v < -5)] = MUSCLE     # abdominal wall, not behind the spine
-        deep = ((au / (self.skin_a - fat - 9)) ** 3 + (np.abs(v - self.skin_vc) / (self.skin_b - fat - 9)) ** 3) <= 1.0
+        wall = ((au / (self.skin_a - fat)) ** 3 + (np.abs(vb - self.skin_vc) / (self.skin_b - fat)) ** 3) <= 1.0
+        lab[wall & (vb < -5)] = MUSCLE     # abdominal wall, not behind the spine
+        deep = ((au / (self.skin_a - fat - 9)) ** 3 + (np.abs(vb - self.skin_vc) / (self.skin_b - fat - 9)) ** 3) <= 1.0
         lab[deep] = VISCERA
         tex = np.zeros(n, np.float32)
         tex[inside] = self._texture(u[inside], v[inside], s[inside])
         gain[inside] = (1.0 + 0.1 * tex[inside]).astype(np.float32)
         vis = deep & (v < -10)
-        gain[vis] = (0.8 + 0.2 * tex[vis]).astype(np.float32)
-        # Paraspinal muscles: erector spinae and multifidus either side of the spinous process.
-        v_pm = 2 * self.canal_d + 22
-        para = inside & (v > -6) & (((au - self.canal_w - 16) / 27) ** 2 + ((v - v_pm) / 27) ** 2 <= 1)
-        lab[deep & (v > -6)] = MUSCLE     # quadratus lumborum and the posterior compartment
-        lab[para] = MUSCLE
-        # Interspinous and supraspinous ligaments: dark tissue in the posterior midline.
-        lab[inside & (au < 6) & (v > 2 * self.canal_d) & (v < self.skin_vc + self.skin_b - fat)] = LIGAMENT
-        streak = deep & (v > -6) & (np.abs(tex) < 0.06)
+        gain[vis] = (0.75 + 0.12 * tex[vis]).astype(np.float32)
+        # Posterior compartment (quadratus lumborum, erector spinae, multifidus) hugging the spine.
+        post = deep & ((au / 92) ** 2 + ((v - 22) / 40) ** 2 <= 1)
+        lab[post] = MUSCLE
+        streak = post & (v > 2) & (np.abs(tex) < 0.06)
         lab[streak] = FAT
+        # Interspinous and supraspinous ligaments: dark tissue in the posterior midline.
+        lab[inside & (au < 6) & (v > 2 * self.canal_d) & (vb < self.skin_vc + self.skin_b - fat)] = LIGAMENT
         # Psoas, growing inferiorly.
         ps_size = np.clip((s - self.body_top[LUMBAR_DISC0]) / 110.0, 0.0, 1.0)
         ps_a = 5 + 17 * ps_size
@@ -461,8 +467,8 @@ def make_phantom(rng: np.random.Generator, latents: dict[str, dict]) -> Phantom:
     body_h = (np.linspace(21, 28, nb) + rng.normal(0, 0.8, nb)) * scale
     disc_h = (np.linspace(5.5, 11, nb) + rng.normal(0, 0.6, nb)) * scale
     disc_h[-1] = rng.uniform(8, 11) * scale
-    body_a = np.linspace(17, 25, nb) * scale * rng.normal(1, 0.04)
-    body_d = np.linspace(13, 17, nb) * scale * rng.normal(1, 0.04)
+    body_a = np.linspace(19, 26, nb) * scale * rng.normal(1, 0.04)
+    body_d = np.linspace(14.5, 18, nb) * scale * rng.normal(1, 0.04)
     body_top = np.concatenate([[0.0], np.cumsum(body_h + disc_h)[:-1]])
     f_canal = rng.uniform(0, 0.08, nb)
     f_for = rng.uniform(0, 0.1, (nb, 2))
@@ -610,29 +616,34 @@ def plan_study(rng: np.random.Generator, ph: Phantom, frame: str) -> dict[str, S
 
 def render_slice(ph: Phantom, geo: StackGeometry, k: int, sequence: str, rng: np.random.Generator, *,
                  noise: float, cache: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Signal (float, CSF ~ 1) and region map of slice ``k`` of a stack."""
-    rows, cols = geo.shape
-    key = (geo.positions_mm[k].tobytes(), geo.iop.tobytes(), geo.pixel_spacing_mm.tobytes(), geo.shape)
-    if cache is not None and key in cache:
-        lab, reg, gain, xyz_v = cache[key]
-    else:
-        rr, cc = np.meshgrid(np.arange(rows, dtype=np.float32), np.arange(cols, dtype=np.float32), indexing="ij")
-        xyz = geo.to_patient(k, rr, cc)
-        lab, reg, gain = ph.tissue(xyz)
-        xyz_v = ph.to_local(xyz)[1].astype(np.float32)
-        if cache is not None:
-            cache[key] = (lab, reg, gain, xyz_v)
-    img = CONTRAST[sequence][lab].astype(np.float32) * gain
-    # Partial volume and scanner blur.
+    """Signal (float, CSF ~ 1) and region map of slice ``k`` of a stack.
+
+    The anatomy of a slice is cached by its geometry, so series sharing slice
+    positions (T1 and T2 often do) are traced once.
+    """
     import cv2
 
-    img = cv2.GaussianBlur(img, (0, 0), 0.6)
+    key = (geo.positions_mm[k].tobytes(), geo.iop.tobytes(), geo.pixel_spacing_mm.tobytes(), geo.shape)
+    if cache is not None and key in cache:
+        lab, reg, gain, v = cache[key]
+    else:
+        rows, cols = geo.shape
+        f_r, f_c, _ = orientation_axes(geo.iop)
+        rr = (np.arange(rows, dtype=np.float32) * np.float32(geo.pixel_spacing_mm[0]))[:, None]
+        cc = (np.arange(cols, dtype=np.float32) * np.float32(geo.pixel_spacing_mm[1]))[None, :]
+        xyz = tuple(np.float32(geo.positions_mm[k][i]) + cc * np.float32(f_r[i]) + rr * np.float32(f_c[i])
+                    for i in range(3))
+        u, v, s = ph.to_local(xyz)
+        lab, reg, gain = ph.tissue_local(u, v, s)
+        if cache is not None:
+            cache[key] = (lab, reg, gain, v)
+    img = CONTRAST[sequence][lab].astype(np.float32) * gain
+    img = cv2.GaussianBlur(img, (0, 0), 0.6)      # partial volume and scanner blur
     # Posterior surface coil: signal falls off with depth from the back.
     back = ph.skin_b + ph.skin_vc
-    coil = 0.35 + 0.65 * np.exp(-np.clip(back - xyz_v, 0, None) / rng.uniform(90, 150))
-    img *= coil.astype(np.float32)
-    n1 = rng.normal(0, noise, img.shape).astype(np.float32)
-    n2 = rng.normal(0, noise, img.shape).astype(np.float32)
+    img *= (0.35 + 0.65 * np.exp(-np.clip(back - v, 0, None) / rng.uniform(90, 150))).astype(np.float32)
+    n1 = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise)
+    n2 = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise)
     return np.hypot(img + n1, n2), reg
 
 
