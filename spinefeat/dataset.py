@@ -48,28 +48,27 @@ _TITLE_CONDITIONS = {c.replace("_", " ").title(): c for c in CONDITIONS}
 _LEVEL_BY_NAME = dict(zip(LEVEL_NAMES, LEVELS))
 
 
+def _key(name, keys: tuple[str, ...], by_name: dict[str, str]) -> str:
+    name = str(name).strip()
+    if name in keys:
+        return name
+    if name in by_name:
+        return by_name[name]
+    raise KeyError(name)
+
+
 def condition_key(name: str) -> str:
     """Snake-case condition key from either the title-case or snake-case spelling.
 
     >>> condition_key("Left Neural Foraminal Narrowing")
     'left_neural_foraminal_narrowing'
     """
-    name = str(name).strip()
-    if name in CONDITIONS:
-        return name
-    if name in _TITLE_CONDITIONS:
-        return _TITLE_CONDITIONS[name]
-    raise KeyError(name)
+    return _key(name, CONDITIONS, _TITLE_CONDITIONS)
 
 
 def level_key(name: str) -> str:
     """Snake-case level key from ``L4/L5`` or ``l4_l5``."""
-    name = str(name).strip()
-    if name in LEVELS:
-        return name
-    if name in _LEVEL_BY_NAME:
-        return _LEVEL_BY_NAME[name]
-    raise KeyError(name)
+    return _key(name, LEVELS, _LEVEL_BY_NAME)
 
 
 def row_id(study_id: int, condition: str, level: str) -> str:
