@@ -174,10 +174,11 @@ class Phantom:
         return x - self.x0, self.radius - np.hypot(dy, dz), self.s_apex - self.radius * np.arctan2(dz, dy)
 
     def to_patient(self, u, v, s) -> np.ndarray:
-        theta = (self.s_apex - np.asarray(s, float)) / self.radius
-        r = self.radius - np.asarray(v, float)
-        return np.stack([self.x0 + np.asarray(u, float) + 0 * r, self.centre_y - r * np.cos(theta),
-                         self.centre_z + r * np.sin(theta)], axis=-1)
+        """Patient LPS mm (..., 3) of spine-local points (inverse of :meth:`to_local`)."""
+        u, v, s = np.broadcast_arrays(*(np.asarray(a, float) for a in (u, v, s)))
+        theta = (self.s_apex - s) / self.radius
+        r = self.radius - v
+        return np.stack([self.x0 + u, self.centre_y - r * np.cos(theta), self.centre_z + r * np.sin(theta)], axis=-1)
 
     def tangent(self, s: float) -> np.ndarray:
         """Unit vector along the spine at ``s``, pointing superior (patient +z side)."""
@@ -189,6 +190,10 @@ class Phantom:
         """Sac semi-axes when its area is reduced by fraction ``f``."""
         keep = 1.0 - np.asarray(f, float)
         return self.sac_a * keep ** 0.35, self.sac_b * keep ** 0.65
+
+    def sac_centre_v(self, sb):
+        """AP position of the sac centre: it drifts back a little as the disc pushes on it."""
+        return 1.0 + self.sac_b + (self.sac_b - sb) * 0.15
 
     def foramen_axes(self, f: np.ndarray | float, direction) -> tuple[np.ndarray, np.ndarray]:
         """Foraminal fat semi-height and semi-width for narrowing ``f``.
@@ -440,7 +445,7 @@ class Phantom:
         sa, sb = self.sac_axes(fc)
         scale_s = np.where(sacral, np.clip(1 - ss / 28.0, 0, 1), 1.0)
         sa, sb = sa * np.minimum(scale_s * 1.5, 1), sb * np.minimum(scale_s * 1.5, 1)
-        sv = 1.0 + self.sac_b + (self.sac_b - sb) * 0.15
+        sv = self.sac_centre_v(sb)
         e_sac = (u / np.maximum(sa, 1e-3)) ** 2 + ((vv - sv) / np.maximum(sb, 1e-3)) ** 2
         sac = (e_sac <= 1) & (scale_s > 0.05)
         put(sac, CSF)
@@ -453,7 +458,7 @@ class Phantom:
         rl = sac & (s > s_conus - 15)
         if rl.any():
             ru, rv = u[rl], vv[rl]
-            ra_, rb_, sv_ = sa[rl], sb[rl], sv[rl] if np.ndim(sv) else sv
+            ra_, rb_, sv_ = sa[rl], sb[rl], sv[rl]
             hit = np.zeros(ru.shape, bool)
             for px, py in self.rootlets:
                 hit |= (ru - px * ra_) ** 2 + (rv - sv_ - py * rb_) ** 2 <= 0.75 ** 2
@@ -721,7 +726,7 @@ def label_points(ph: Phantom) -> dict[tuple[str, str], np.ndarray]:
         di = LUMBAR_DISC0 + li
         s_d = float(ph.disc_centre[di])
         sa, sb = ph.sac_axes(ph.f_canal[di])
-        sv = 1.0 + ph.sac_b + (ph.sac_b - sb) * 0.15
+        sv = ph.sac_centre_v(sb)
         pts[("spinal_canal_stenosis", lv)] = ph.to_patient(0.0, sv, s_d)
         fs, fv = ph.foramen_centre(di)
         for side, sign in (("left", 1), ("right", -1)):
