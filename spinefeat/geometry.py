@@ -215,9 +215,8 @@ class StackGeometry:
         xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
         d = xyz @ self.normal
         k = np.abs(d[:, None] - self.offsets_mm[None, :]).argmin(axis=1)
-        row, col, dist = patient_to_pixel(xyz, self.positions_mm[0], self.iop, self.pixel_spacing_mm)
-        # In-plane coordinates do not depend on the slice (parallel planes), the
-        # distance does.
+        # In-plane coordinates do not depend on the slice (parallel planes); the distance does.
+        row, col, _ = patient_to_pixel(xyz, self.positions_mm[0], self.iop, self.pixel_spacing_mm)
         dist = d - self.offsets_mm[k]
         half = self.slice_spacing_mm / 2 if self.n_slices > 1 else 2.5
         rows, cols = self.shape

@@ -225,9 +225,12 @@ class Phantom:
     def recess_u(self) -> float:
         return self.canal_w - 2.5
 
-    def foramen_centre(self, disc: int) -> tuple[float, float]:
-        """(s, v) of the foraminal keyhole centre at a disc."""
-        return float(self.disc_centre[disc] - 0.2 * self.body_h[disc]), 5.0
+    #: AP position (v, mm) of the foraminal keyhole centre.
+    FORAMEN_V = 5.0
+
+    def foramen_centre_s(self, disc):
+        """``s`` of the foraminal keyhole centre at a disc index (or an array of them)."""
+        return self.disc_centre[disc] - 0.2 * self.body_h[disc]
 
     # -- the tissue function -----------------------------------------------
     def tissue(self, xyz) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -410,20 +413,21 @@ class Phantom:
         put(edge, CORTEX)
 
         # Neural foramina: the fat keyhole between the pedicles with the exiting root.
-        fs_c = disc_c[d] - 0.2 * self.body_h[d]
+        fs_c = self.foramen_centre_s(d)
+        fv = self.FORAMEN_V
         side_i = np.where(left, 0, 1)
         ff = self.f_foramen[d, side_i]
         fh, fw = self.foramen_axes(ff, self.foramen_dir[d, side_i])
         lat = (au > cw + 0.5) & (au < cw + 11.5) & ~sacral & (vv > -3) & (vv < 14)
-        e_for = ((s - fs_c) / fh) ** 2 + ((vv - 5.0) / fw) ** 2
+        e_for = ((s - fs_c) / fh) ** 2 + ((vv - fv) / fw) ** 2
         foramen = lat & (e_for <= 1) & ~ped
         # Tissue that fills a narrowed foramen: disc/osteophyte in front, facet/ligament behind.
-        fill = lat & ~ped & ~foramen & (np.abs(s - fs_c) < self.foramen_h + 1) & (np.abs(vv - 5) < self.foramen_w + 1.5)
-        put(fill & (vv < 5), ANNULUS)
-        put(fill & (vv >= 5), LIGAMENT)
+        fill = lat & ~ped & ~foramen & (np.abs(s - fs_c) < self.foramen_h + 1) & (np.abs(vv - fv) < self.foramen_w + 1.5)
+        put(fill & (vv < fv), ANNULUS)
+        put(fill & (vv >= fv), LIGAMENT)
         put(foramen, EPIFAT)
         root_r = 2.2
-        root = foramen & (((s - (fs_c - 0.3 * fh)) / root_r) ** 2 + ((vv - 5.0) / root_r) ** 2 <= 1)
+        root = foramen & (((s - (fs_c - 0.3 * fh)) / root_r) ** 2 + ((vv - fv) / root_r) ** 2 <= 1)
         put(root, NERVE)
         reg[idx[foramen & left]] = FORAMEN_L
         reg[idx[foramen & ~left]] = FORAMEN_R
@@ -728,7 +732,7 @@ def label_points(ph: Phantom) -> dict[tuple[str, str], np.ndarray]:
         sa, sb = ph.sac_axes(ph.f_canal[di])
         sv = ph.sac_centre_v(sb)
         pts[("spinal_canal_stenosis", lv)] = ph.to_patient(0.0, sv, s_d)
-        fs, fv = ph.foramen_centre(di)
+        fs, fv = float(ph.foramen_centre_s(di)), ph.FORAMEN_V
         for side, sign in (("left", 1), ("right", -1)):
             pts[(f"{side}_neural_foraminal_narrowing", lv)] = ph.to_patient(sign * ph.foramen_u, fv, fs)
             _, rb = ph.recess_axes(ph.f_recess[di, 0 if side == "left" else 1])
