@@ -126,6 +126,70 @@ def preview(
 
 
 @app.command()
+def extract(
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
+    out: Annotated[Path, typer.Option(help="Feature table (parquet).")] = Path("features.parquet"),
+    coords: Annotated[str, typer.Option(help="'labels' (train_label_coordinates.csv) or a CSV of the same columns.")] = "labels",
+    split: Annotated[str, typer.Option(help="Which split's studies: train or test.")] = "train",
+    jobs: Annotated[int, typer.Option(min=1, help="Studies in parallel.")] = 1,
+    cache: Annotated[Optional[Path], typer.Option(help="Per-study cache folder; default OUT.cache/.")] = None,
+    overlays: Annotated[Optional[Path], typer.Option(help="Write a PNG per point with the measured regions here.")] = None,
+) -> None:
+    """Segment the regions around every point and write one feature row per (study, condition, level)."""
+    from .dataset import DataFolder, read_coordinates
+    from .extract import extract as run_extract
+    from .extract import points_from_labels
+
+    try:
+        folder = DataFolder(data)
+        points = points_from_labels(folder) if coords == "labels" else read_coordinates(Path(coords))
+        with _progress() as prog:
+            task = prog.add_task("extracting studies", total=None)
+            df = run_extract(data, points, split=split, cache=cache or out.with_suffix(".cache"), jobs=jobs,
+                             overlays=overlays, progress=lambda n, t: prog.update(task, completed=n, total=t))
+    except SpinefeatError as exc:
+        _fail(exc)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(out, index=False)
+    errors = df["diagnostics_error"].fillna("")
+    console.print(f"{len(df)} rows of {df['study_id'].nunique()} studies -> {out}; "
+                  f"{int((errors == 'no point').sum())} without a point, "
+                  f"{int(((errors != '') & (errors != 'no point')).sum())} with errors; "
+                  f"{df.groupby('study_id')['diagnostics_seconds'].first().mean():.2f} s per study")
+
+
+@app.command()
+def features() -> None:
+    """Print the feature registry: name, unit, definition."""
+    from rich.table import Table
+
+    from .features import table
+    from .features import texture  # noqa: F401  (registers its family)
+
+    t = Table("name", "unit", "definition")
+    for row in table():
+        t.add_row(*row)
+    Console().print(t)
+
+
+@app.command("check-synth")
+def check_synth(
+    features_path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Feature table of a synthetic cohort.")],
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The cohort folder (with truth/).")],
+) -> None:
+    """Measurement accuracy and grade separation against a synthetic cohort's truth sidecar."""
+    import pandas as pd
+
+    from .report import synth_accuracy
+
+    errs, seps = synth_accuracy(pd.read_parquet(features_path), pd.read_csv(data / "truth" / "targets.csv"))
+    fmt = {"float_format": lambda v: f"{v:.3f}"}
+    typer.echo(errs.to_string(index=False, **fmt))
+    typer.echo("")
+    typer.echo(seps.to_string(index=False, **fmt))
+
+
+@app.command()
 def validate(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
     images: Annotated[bool, typer.Option(help="Also check that every described series has DICOM files.")] = True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import pandas as pd
 import numpy as np
 
 from .dataset import SERIES_TYPES, DataFolder
@@ -39,3 +40,44 @@ def write_preview(folders: list[Path], out: Path, *, studies: int = 1) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), preview_sheet(folders, studies=studies))
     return out
+
+
+#: (feature column, truth column, error kind) of the main measurement per condition group.
+MAIN_MEASUREMENTS = {
+    "spinal_canal_stenosis": [("canal_ax_shape_area_mm2", "canal_area_mm2", "relative"),
+                              ("canal_ax_shape_ap_diameter_mm", "canal_ap_mm", "absolute")],
+    "neural_foraminal_narrowing": [("foramen_shape_area_mm2", "foramen_area_mm2", "relative"),
+                                   ("foramen_shape_height_mm", "foramen_height_mm", "absolute")],
+    "subarticular_stenosis": [("recess_shape_depth_mm", "recess_depth_mm", "absolute"),
+                              # the truth's recess area is the lobe alone, the measurement the open space: no error
+                              ("recess_shape_area_mm2", None, None)],
+}
+
+
+def synth_accuracy(features: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Measurements against a synthetic cohort's truth sidecar (``truth/targets.csv``).
+
+    Returns ``(errors, separation)``: per measurement the median absolute
+    error (in % for areas, mm for lengths) and the share of failed
+    segmentations; per measurement the Spearman correlation with the rendered
+    grade and with the written label, and its median per grade.
+    """
+    m = features.merge(truth, on=["study_id", "condition", "level"])
+    errs, seps = [], []
+    for group, items in MAIN_MEASUREMENTS.items():
+        sub = m[m["condition"].str.contains(group)]
+        for feat, true, kind in items:
+            est = sub[feat].astype(float)
+            if true is not None:
+                ref = sub[true].astype(float)
+                ok = est.notna() & ref.notna()
+                e = (est[ok] / ref[ok] - 1).abs() * 100 if kind == "relative" else (est[ok] - ref[ok]).abs()
+                errs.append({"group": group, "measurement": feat, "points": int(len(sub)), "measured": int(ok.sum()),
+                             "median_abs_error": float(e.median()), "unit": "%" if kind == "relative" else "mm"})
+            lab = sub["label"].where(sub["label"] >= 0)
+            seps.append({"group": group, "measurement": feat,
+                         "spearman_grade": float(est.corr(sub["true_grade"], method="spearman")),
+                         "spearman_label": float(est.corr(lab, method="spearman")),
+                         **{f"median_{g}": float(est[sub["true_grade"] == i].median())
+                            for i, g in enumerate(("normal_mild", "moderate", "severe"))}})
+    return pd.DataFrame(errs), pd.DataFrame(seps)

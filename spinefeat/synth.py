@@ -438,8 +438,8 @@ class Phantom:
         inner = (u / np.maximum(cw - lf_t, 1)) ** 2 + ((vv - cd) / np.maximum(cd - lf_t * 0.6, 1)) ** 2 > 1
         lf = canal & ~lobe & inner & (vv > cd * 0.9) & ~sacral & (ds > -0.45 * self.body_h[d]) & (ds < 0.5 * self.disc_h[d] + 1.5)
         put(lf, LIGAMENT)
-        # Recess content: CSF sleeve with the traversing root.
-        put(lobe, CSF)
+        # Recess content: epidural fat around the traversing root (CSF only in the sac).
+        put(lobe, EPIFAT)
         put(lobe & (((au - self.recess_u + ra * 0.15) / 1.4) ** 2 + ((vv - rb) / 1.4) ** 2 <= 1), NERVE)
         reg[idx[lobe & left]] = RECESS_L
         reg[idx[lobe & ~left]] = RECESS_R

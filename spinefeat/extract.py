@@ -1,0 +1,259 @@
+"""Study -> one feature row per (study, condition, level): caching, parallel, overlays.
+
+Each study's series are decoded once; each finished study is written to its
+own cache file (atomically), so an interrupted run, rerun, skips finished
+studies and gives the same table. A study that fails is recorded in
+``diagnostics_error`` and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .dataset import CONDITION_SERIES, CONDITIONS, LEVELS, DataFolder
+from .dicom import Stack, load_series
+from .errors import SpinefeatError
+from .features import RELATIVE, shape_name
+from .features.texture import ROI_MM, ROI_SPACING_MM, roi_features
+from .geometry import orientation_axes, project_to_stacks
+from .segment import FAILED, FOUND, Segmentation, measure_recess, measure_sagittal_canal, segment_axial_sac, \
+    segment_foramen
+from .segment.common import crop_mm
+
+log = logging.getLogger(__name__)
+QUALITY_CODE = {FAILED: 0.0, "weak": 1.0, FOUND: 2.0}
+ID_COLUMNS = ["study_id", "condition", "level", "row_id", "split"]
+POINT_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
+
+
+class StudyImages:
+    """The decoded series of one study, loaded on first use and kept (decode each slice once)."""
+
+    def __init__(self, folder: DataFolder, split: str, study_id: int, series: pd.DataFrame):
+        self.folder, self.split, self.study_id = folder, split, int(study_id)
+        self.series = series[series["study_id"] == self.study_id]
+        self._stacks: dict[int, list[Stack]] = {}
+        self._high: dict[int, float] = {}
+
+    def stacks(self, series_id: int) -> list[Stack]:
+        series_id = int(series_id)
+        if series_id not in self._stacks:
+            desc = self.series.loc[self.series["series_id"] == series_id, "series_description"]
+            self._stacks[series_id] = load_series(
+                self.folder.images_dir(self.split) / str(self.study_id) / str(series_id),
+                description=desc.iloc[0] if len(desc) else "", study_id=self.study_id, series_id=series_id)
+            px = np.concatenate([s.pixels[:, ::4, ::4].ravel() for s in self._stacks[series_id]])
+            self._high[series_id] = float(np.percentile(px, 99.5))
+        return self._stacks[series_id]
+
+    def series_high(self, series_id: int) -> float:
+        self.stacks(series_id)
+        return self._high[int(series_id)]
+
+    def series_of(self, description: str) -> list[int]:
+        return self.series.loc[self.series["series_description"] == description, "series_id"].astype(int).tolist()
+
+    def locate(self, series_id: int, instance_number: int) -> tuple[Stack, int]:
+        for st in self.stacks(series_id):
+            k = st.slice_of_instance(instance_number)
+            if k is not None:
+                return st, k
+        raise SpinefeatError(f"study {self.study_id} series {series_id}: no instance {instance_number}")
+
+
+def _shape(region: str, seg: Segmentation) -> dict[str, float]:
+    out = {shape_name(region, k): float(v) for k, v in seg.measurements.items()}
+    out[f"{region}_quality_flag"] = QUALITY_CODE[seg.quality]
+    return out
+
+
+def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tuple[str, Stack, int, Segmentation, tuple]]]:
+    """Features of one labelled point, and what was segmented (for overlays)."""
+    cond = point["condition"]
+    st, k = images.locate(point["series_id"], point["instance_number"])
+    img = st.pixels[k]
+    seed = (float(point["y"]), float(point["x"]))
+    ps = st.geometry.pixel_spacing_mm
+    feats: dict[str, float] = {}
+    regions = []
+    if cond == "spinal_canal_stenosis":
+        seg = measure_sagittal_canal(img, seed, pixel_spacing_mm=ps)
+        feats.update(_shape("canal_sag", seg))
+        regions.append(("canal_sag", st, k, seg, seed))
+        xyz = st.geometry.to_patient(k, seed[0], seed[1])
+        best = None
+        for sid in images.series_of("Axial T2"):
+            stacks = images.stacks(sid)
+            pr = project_to_stacks(xyz, [s.geometry for s in stacks])
+            key = (not pr["in_image"], abs(pr["distance_mm"]))
+            if best is None or key < best[0]:
+                best = (key, stacks[pr["stack"]], pr)
+        if best is not None and best[2]["in_image"]:
+            ax, pr = best[1], best[2]
+            seg_ax = segment_axial_sac(ax.pixels[pr["slice"]], (pr["row"], pr["col"]),
+                                       pixel_spacing_mm=ax.geometry.pixel_spacing_mm)
+            feats.update(_shape("canal_ax", seg_ax))
+            feats["canal_ax_offset_mm"] = float(abs(pr["distance_mm"]))
+            regions.append(("canal_ax", ax, pr["slice"], seg_ax, (pr["row"], pr["col"])))
+    elif "foraminal" in cond:
+        seg = segment_foramen(img, seed, pixel_spacing_mm=ps, series_high=images.series_high(point["series_id"]))
+        feats.update(_shape("foramen", seg))
+        regions.append(("foramen", st, k, seg, seed))
+    else:
+        f_r, f_c, _ = orientation_axes(st.geometry.iop)
+        seg = measure_recess(img, seed, pixel_spacing_mm=ps, posterior_sign=float(np.sign(f_c[1]) or 1.0))
+        feats.update(_shape("recess", seg))
+        regions.append(("recess", st, k, seg, seed))
+    roi, _ = crop_mm(img, seed, pixel_spacing_mm=ps, size_mm=ROI_MM, spacing_mm=ROI_SPACING_MM)
+    feats.update(roi_features(roi, series_high=images.series_high(point["series_id"])))
+    return feats, regions
+
+
+def _context(condition: str, level: str) -> dict[str, float]:
+    side = 1.0 if condition.startswith("left") else (-1.0 if condition.startswith("right") else 0.0)
+    return {"context_level_index": float(LEVELS.index(level)), "context_side": side}
+
+
+def extract_study(root: Path, split: str, study_id: int, series: pd.DataFrame, points: pd.DataFrame, *,
+                  overlays: Path | None = None) -> pd.DataFrame:
+    """25 feature rows for one study; NaN where a point or series is missing, errors recorded per row."""
+    t0 = time.perf_counter()
+    images = StudyImages(DataFolder(root), split, study_id, series)
+    pts = points[points["study_id"] == int(study_id)]
+    rows = []
+    for cond in CONDITIONS:
+        for level in LEVELS:
+            row = {"study_id": int(study_id), "condition": cond, "level": level,
+                   "row_id": f"{int(study_id)}_{cond}_{level}", "split": split, **_context(cond, level)}
+            hit = pts[(pts["condition"] == cond) & (pts["level"] == level)]
+            err = ""
+            if hit.empty:
+                err = "no point"
+            else:
+                try:
+                    feats, regions = point_features(images, hit.iloc[0])
+                    row.update(feats)
+                    if overlays is not None:
+                        _write_overlays(Path(overlays), row["row_id"], regions)
+                except (SpinefeatError, OSError, ValueError) as exc:
+                    err = f"{type(exc).__name__}: {exc}"
+                    log.warning("study %s %s %s: %s", study_id, cond, level, err)
+            row["diagnostics_error"] = err
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    df["diagnostics_seconds"] = time.perf_counter() - t0
+    df["diagnostics_version"] = __version__
+    return df
+
+
+def _write_overlays(outdir: Path, row_id: str, regions) -> None:
+    """A PNG per measured region: the fixed-mm crop, the mask outline (red) and the point (green)."""
+    import cv2
+
+    from .viz import window
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    tiles = []
+    for name, st, k, seg, seed in regions:
+        crop, _ = crop_mm(st.pixels[k], seed, pixel_spacing_mm=st.geometry.pixel_spacing_mm,
+                          size_mm=seg.mask.shape[0] * seg.spacing_mm, spacing_mm=seg.spacing_mm)
+        im = cv2.cvtColor(window(crop), cv2.COLOR_GRAY2BGR)
+        contours, _ = cv2.findContours(seg.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(im, contours, -1, (0, 0, 255), 1)
+        c = im.shape[0] // 2
+        cv2.drawMarker(im, (c, c), (0, 255, 0), cv2.MARKER_CROSS, 9, 1)
+        im = cv2.resize(im, (240, 240), interpolation=cv2.INTER_NEAREST)
+        cv2.putText(im, f"{name} {seg.quality}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 255), 1)
+        tiles.append(im)
+    cv2.imwrite(str(outdir / f"{row_id}.png"), np.hstack(tiles))
+
+
+def add_relative_features(df: pd.DataFrame) -> pd.DataFrame:
+    """Ratios inside the patient: against the study's median across levels (and sides), and left/right."""
+    df = df.copy()
+    for group, names in RELATIVE.items():
+        sel = df["condition"].str.contains(group)
+        for n in names:
+            if n not in df.columns:
+                df[n] = np.nan
+            med = df.loc[sel].groupby("study_id")[n].transform("median")
+            df.loc[sel, f"{n}_rel_study"] = df.loc[sel, n] / med.replace(0, np.nan)
+            if group != "spinal_canal_stenosis":
+                sub = df.loc[sel, ["study_id", "level", "condition", n]].copy()
+                sub["side"] = np.where(sub["condition"].str.startswith("left"), "left", "right")
+                wide = sub.pivot_table(index=["study_id", "level"], columns="side", values=n, aggfunc="first")
+                other = {"left": "right", "right": "left"}
+                vals = [wide.at[(s, lv), other[sd]] if (s, lv) in wide.index and other[sd] in wide.columns else np.nan
+                        for s, lv, sd in zip(sub["study_id"], sub["level"], sub["side"])]
+                df.loc[sel, f"{n}_rel_side"] = sub[n].to_numpy() / np.where(np.asarray(vals, float) == 0, np.nan,
+                                                                             np.asarray(vals, float))
+    return df
+
+
+def points_from_labels(folder: DataFolder) -> pd.DataFrame:
+    """The label coordinates restricted to the series each condition is read on."""
+    coords = folder.coordinates()
+    ser = folder.series("train")
+    desc = dict(zip(zip(ser["study_id"], ser["series_id"]), ser["series_description"]))
+    ok = [desc.get((s, r)) == CONDITION_SERIES[c] for s, r, c in zip(coords["study_id"], coords["series_id"],
+                                                                      coords["condition"])]
+    return coords[ok][POINT_COLUMNS].reset_index(drop=True)
+
+
+def fingerprint(points: pd.DataFrame) -> str:
+    """Stable hash of a point table (keys the cache)."""
+    h = hashlib.sha256(pd.util.hash_pandas_object(points[POINT_COLUMNS].sort_values(POINT_COLUMNS),
+                                                  index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def extract(root: Path, points: pd.DataFrame, *, split: str = "train", cache: Path, jobs: int = 1,
+            overlays: Path | None = None, studies: list[int] | None = None, progress=None) -> pd.DataFrame:
+    """Feature table of every study of ``split`` (or ``studies``), using and filling ``cache``."""
+    from joblib import Parallel, delayed
+
+    folder = DataFolder(root)
+    series = folder.series(split)
+    ids = sorted(series["study_id"].unique()) if studies is None else [int(s) for s in studies]
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    key = {"version": __version__, "points": fingerprint(points), "split": split}
+    meta = cache / "cache.json"
+    if meta.is_file() and json.loads(meta.read_text()) != key:
+        log.warning("cache %s was made for other points or another version; starting it afresh", cache)
+        for f in cache.glob("*.parquet"):
+            f.unlink()
+    meta.write_text(json.dumps(key))
+    todo = [s for s in ids if not (cache / f"{s}.parquet").is_file()]
+    done = len(ids) - len(todo)
+    if progress is not None:
+        progress(done, len(ids))
+
+    def run(study_id):
+        try:
+            df = extract_study(root, split, study_id, series, points, overlays=overlays)
+        except Exception as exc:      # one broken study is recorded, never the end of the run
+            df = pd.DataFrame([{"study_id": int(study_id), "condition": c, "level": lv,
+                                "row_id": f"{int(study_id)}_{c}_{lv}", "split": split, **_context(c, lv),
+                                "diagnostics_error": f"{type(exc).__name__}: {exc}"}
+                               for c in CONDITIONS for lv in LEVELS])
+        tmp = cache / f".{study_id}.parquet.tmp"
+        df.to_parquet(tmp, index=False)
+        tmp.replace(cache / f"{study_id}.parquet")
+        return study_id
+
+    for _ in Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(run)(s) for s in todo):
+        done += 1
+        if progress is not None:
+            progress(done, len(ids))
+    frames = [pd.read_parquet(cache / f"{s}.parquet") for s in ids]
+    df = pd.concat(frames, ignore_index=True).sort_values(["study_id", "condition", "level"]).reset_index(drop=True)
+    return add_relative_features(df)

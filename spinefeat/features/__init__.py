@@ -1,0 +1,91 @@
+"""Feature registry: every column `<region>_<family>_<name>` with a definition and a unit.
+
+Families live in their own modules (:mod:`.texture`); shape measurements come
+from :mod:`spinefeat.segment` and are registered here from their keys.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_NAME = re.compile(r"^[a-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    definition: str
+    unit: str
+
+
+REGISTRY: dict[str, Feature] = {}
+
+
+def register(name: str, definition: str, unit: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"feature names are [a-z0-9_]: {name!r}")
+    REGISTRY[name] = Feature(name, definition, unit)
+    return name
+
+
+def _unit(key: str) -> str:
+    for suffix, unit in (("_mm2", "mm2"), ("_mm", "mm"), ("_fraction", "1"), ("_ratio", "1")):
+        if key.endswith(suffix):
+            return unit
+    return "1"
+
+
+SHAPE_DEFINITIONS = {
+    "canal_ax": ("dural sac on the axial T2 slice at the level (convex hull of its CSF)", {
+        "area_mm2": "cross-sectional area", "ap_diameter_mm": "antero-posterior extent",
+        "transverse_diameter_mm": "left-right extent", "csf_fraction": "share of the sac that is bright CSF",
+        "solidity": "CSF area over its convex hull (low when rootlets clump)"}),
+    "canal_sag": ("CSF column on the sagittal T2 slice of the point", {
+        "ap_width_mm": "AP width at the disc", "ap_width_above_mm": "AP width 17 mm above",
+        "ap_width_below_mm": "AP width 17 mm below", "width_ratio": "width at the disc over the mean of above and below"}),
+    "foramen": ("foraminal fat keyhole on the sagittal T1 slice of the point", {
+        "area_mm2": "area (fat and root)", "height_mm": "cranio-caudal extent", "width_mm": "antero-posterior extent",
+        "narrowest_width_mm": "narrowest AP width over its middle rows", "fat_fraction": "share that is bright fat",
+        "root_area_mm2": "area of the dark root inside", "fat_up_mm": "fat above the root",
+        "fat_down_mm": "fat below the root", "fat_front_mm": "fat in front of the root",
+        "fat_back_mm": "fat behind the root", "min_fat_mm": "thinnest fat around the root",
+        "n_directions_lost": "directions (of 4) with fat under 1 mm (Lee)",
+        "fat_level": "brightest tissue within 4 mm over the series' 99.5th percentile"}),
+    "recess": ("bright space of the lateral recess on the axial T2 slice of the point", {
+        "area_mm2": "area within a 16 mm crop", "depth_mm": "antero-posterior depth through the point",
+        "lateral_extent_mm": "left-right extent through the point", "csf_fraction": "bright share",
+        "lf_thickness_mm": "dark band (ligamentum flavum, facet) behind the recess",
+        "dark_fraction": "share of the crop darker than the half-maximum"}),
+}
+
+
+def shape_name(region: str, key: str) -> str:
+    return f"{region}_shape_{key}"
+
+
+for _region, (_what, _keys) in SHAPE_DEFINITIONS.items():
+    for _key, _definition in _keys.items():
+        register(shape_name(_region, _key), f"{_definition}, {_what}", _unit(_key))
+    register(f"{_region}_quality_flag", f"segmentation quality of the {_region} region: 0 failed, 1 weak, 2 found", "1")
+
+register("context_level_index", "disc level, 0 = L1/L2 .. 4 = L5/S1", "1")
+register("context_side", "+1 left, -1 right, 0 for the spinal canal", "1")
+
+#: Shape features compared within the patient (``_rel_study``) and between sides (``_rel_side``).
+RELATIVE = {
+    "spinal_canal_stenosis": [shape_name("canal_ax", "area_mm2"), shape_name("canal_ax", "ap_diameter_mm"),
+                              shape_name("canal_sag", "ap_width_mm")],
+    "neural_foraminal_narrowing": [shape_name("foramen", k) for k in ("area_mm2", "height_mm", "width_mm", "min_fat_mm")],
+    "subarticular_stenosis": [shape_name("recess", k) for k in ("area_mm2", "depth_mm", "lateral_extent_mm")],
+}
+for _group, _names in RELATIVE.items():
+    for _n in _names:
+        register(f"{_n}_rel_study", f"{_n} over its median across the study's levels (and sides)", "1")
+        if _group != "spinal_canal_stenosis":
+            register(f"{_n}_rel_side", f"{_n} over the same measurement on the other side at this level", "1")
+
+
+def table():
+    """The registry as rows ``(name, unit, definition)``."""
+    return [(f.name, f.unit, f.definition) for f in sorted(REGISTRY.values(), key=lambda f: f.name)]

@@ -1,0 +1,108 @@
+"""Spinal canal: the dural sac on axial T2, the CSF column's AP width on sagittal T2."""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.morphology import convex_hull_image
+
+from .common import FAILED, FOUND, WEAK, Segmentation, bright_region, crop_mm, extent_mm, normalise
+
+NAN = float("nan")
+AXIAL_KEYS = ("area_mm2", "ap_diameter_mm", "transverse_diameter_mm", "csf_fraction", "solidity")
+SAGITTAL_KEYS = ("ap_width_mm", "ap_width_above_mm", "ap_width_below_mm", "width_ratio")
+
+
+def _blank(crop: np.ndarray) -> str | None:
+    if np.ptp(crop) < 1e-6:
+        return "blank crop"
+    x = normalise(crop)
+    if (x > 0.95).mean() > 0.6:
+        return "saturated crop"
+    return None
+
+
+def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, crop_size_mm: float = 40.0,
+                      spacing_mm: float = 0.25) -> Segmentation:
+    """The dural sac (bright CSF, rootlet holes filled) around a seed on an axial T2 slice.
+
+    The sac is the convex hull of the CSF component holding the seed.
+    Returns a :class:`Segmentation` with ``area_mm2``, ``ap_diameter_mm``
+    (along image rows), ``transverse_diameter_mm``, ``csf_fraction`` (share of
+    the filled sac that is bright CSF, low when rootlets clump) and
+    ``solidity``. A blank or saturated crop, or no bright structure within
+    4 mm of the seed, is ``failed``.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:200, :200]
+    >>> img = ((yy - 100) ** 2 + (xx - 100) ** 2 <= 40 ** 2).astype(float)   # r = 40 px = 10 mm
+    >>> seg = segment_axial_sac(img, (100, 100), pixel_spacing_mm=(0.25, 0.25))
+    >>> bool(abs(seg.measurements["area_mm2"] / (np.pi * 10 ** 2) - 1) < 0.03)
+    True
+    """
+    crop, origin = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
+                           spacing_mm=spacing_mm)
+    fail = Segmentation(np.zeros(crop.shape, bool), {k: NAN for k in AXIAL_KEYS}, FAILED, spacing_mm, origin)
+    why = _blank(crop)
+    if why:
+        fail.notes.append(why)
+        return fail
+    x = normalise(crop, hi_pct=99.5)
+    mask, info = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)))
+    if not mask.any():
+        fail.notes.append("no bright structure near the seed")
+        return fail
+    # Rootlets lie against the dependent (posterior) wall and notch the CSF from
+    # outside, where hole filling cannot reach; the sac itself is nearly convex.
+    hull = convex_hull_image(mask)
+    solidity = float(mask.sum() / max(hull.sum(), 1))
+    mask = hull
+    ap, tr = extent_mm(mask, spacing_mm)
+    meas = {"area_mm2": float(mask.sum()) * spacing_mm ** 2, "ap_diameter_mm": ap, "transverse_diameter_mm": tr,
+            "csf_fraction": float(info["bright"][mask].mean()), "solidity": solidity}
+    return _finish(mask, meas, spacing_mm, origin, min_area_mm2=5.0)
+
+
+def _finish(mask, meas, spacing_mm, origin, *, min_area_mm2: float, border_is_weak: bool = True) -> Segmentation:
+    touches = bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+    weak = (touches and border_is_weak) or meas.get("area_mm2", 1e9) < min_area_mm2
+    seg = Segmentation(mask, meas, WEAK if weak else FOUND, spacing_mm, origin)
+    if touches:
+        seg.notes.append("mask reaches the crop border")
+    return seg
+
+
+def _column_width(image, seed_rc, pixel_spacing_mm, spacing_mm, search_mm) -> tuple[float, np.ndarray, tuple]:
+    crop, origin = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=24.0, spacing_mm=spacing_mm)
+    if _blank(crop):
+        return NAN, np.zeros(crop.shape, bool), origin
+    x = normalise(crop, hi_pct=99.5)
+    mask, _ = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)), search_mm=search_mm)
+    if not mask.any():
+        return NAN, mask, origin
+    c = mask.shape[0] // 2
+    band = mask[max(c - int(1 / spacing_mm), 0): c + int(1 / spacing_mm) + 1]
+    widths = band.sum(axis=1)          # columns run antero-posterior on a sagittal slice
+    return float(np.median(widths)) * spacing_mm, mask, origin
+
+
+def measure_sagittal_canal(image: np.ndarray, seed_rc, *, pixel_spacing_mm, body_offset_mm: float = 17.0,
+                           spacing_mm: float = 0.25) -> Segmentation:
+    """AP width of the CSF column at a disc on a sagittal T2 slice, and at the vertebral bodies above and below.
+
+    Widths are read along image columns (antero-posterior on a sagittal
+    slice) over +-1 mm of rows; ``width_ratio`` is the width at the disc over
+    the mean of the widths ``body_offset_mm`` above and below (a ratio inside
+    the patient).
+    """
+    dr = float(pixel_spacing_mm[0])
+    w0, mask, origin = _column_width(image, seed_rc, pixel_spacing_mm, spacing_mm, 4.0)
+    off = body_offset_mm / dr
+    wa, _, _ = _column_width(image, (seed_rc[0] - off, seed_rc[1]), pixel_spacing_mm, spacing_mm, 8.0)
+    wb, _, _ = _column_width(image, (seed_rc[0] + off, seed_rc[1]), pixel_spacing_mm, spacing_mm, 8.0)
+    ref = np.nanmean([wa, wb]) if np.isfinite([wa, wb]).any() else NAN
+    meas = {"ap_width_mm": w0, "ap_width_above_mm": wa, "ap_width_below_mm": wb,
+            "width_ratio": float(w0 / ref) if np.isfinite(w0) and np.isfinite(ref) and ref > 0 else NAN}
+    if not np.isfinite(w0):
+        return Segmentation(mask, meas, FAILED, spacing_mm, origin, ["no CSF column at the seed"])
+    return Segmentation(mask, meas, FOUND if np.isfinite(ref) else WEAK, spacing_mm, origin)

@@ -1,0 +1,154 @@
+"""Shared pieces of the segmenters: fixed-mm crops and the result type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+FOUND, WEAK, FAILED = "found", "weak", "failed"
+
+
+@dataclass
+class Segmentation:
+    """A segmenter's answer.
+
+    Attributes
+    ----------
+    mask : ndarray of bool
+        On the resampled crop (``spacing_mm`` per pixel, seed at the centre).
+    measurements : dict
+        Names carry their unit (``area_mm2``, ``ap_diameter_mm`` ...); NaN when failed.
+    quality : str
+        ``found``, ``weak`` or ``failed``.
+    spacing_mm : float
+        Pixel size of ``mask``.
+    origin_rc : tuple
+        Position of crop pixel (0, 0) in the input image (row, col, input pixels).
+    """
+
+    mask: np.ndarray
+    measurements: dict
+    quality: str
+    spacing_mm: float
+    origin_rc: tuple[float, float] = (0.0, 0.0)
+    notes: list[str] = field(default_factory=list)
+
+
+def crop_mm(image: np.ndarray, centre_rc, *, pixel_spacing_mm, size_mm: float, spacing_mm: float) -> tuple[np.ndarray, tuple[float, float]]:
+    """A square crop of ``size_mm`` around ``centre_rc`` resampled to ``spacing_mm`` pixels.
+
+    Outside the image is filled with the image minimum. Returns the crop and
+    the input-pixel (row, col) of crop pixel (0, 0).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {image.shape}")
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    n = int(round(size_mm / spacing_mm))
+    half = (n - 1) / 2.0
+    r0 = float(centre_rc[0]) - half * spacing_mm / dr
+    c0 = float(centre_rc[1]) - half * spacing_mm / dc
+    # Affine map from crop pixel to input pixel (x = col, y = row).
+    m = np.array([[spacing_mm / dc, 0, c0], [0, spacing_mm / dr, r0]], dtype=np.float64)
+    fill = float(np.min(image)) if image.size else 0.0
+    crop = cv2.warpAffine(image, m, (n, n), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+    return crop, (r0, c0)
+
+
+def normalise(img: np.ndarray, *, lo_pct: float = 1.0, hi_pct: float = 99.0) -> np.ndarray:
+    """Percentile scaling to [0, 1] (per crop or per series, the caller chooses the reference)."""
+    lo, hi = np.percentile(img, [lo_pct, hi_pct])
+    if hi - lo < 1e-6:
+        return np.zeros_like(img, dtype=np.float32)
+    return np.clip((img - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+def disk(radius_px: int) -> np.ndarray:
+    r = max(int(radius_px), 1)
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return (yy ** 2 + xx ** 2) <= r ** 2
+
+
+def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, search_mm: float = 4.0,
+                  strict: float = 0.85, fill: bool = True, close_mm: float = 0.75,
+                  min_level: float = 0.05) -> tuple[np.ndarray, dict]:
+    """The bright structure nearest the centre of a normalised, fixed-mm crop.
+
+    1. ``hi`` = the 95th percentile within ``search_mm`` of the centre (the
+       structure's own level);
+    2. a strict threshold ``strict * hi`` separates the structure from
+       moderately bright neighbours (epidural fat next to CSF, marrow next to
+       foraminal fat); the component nearest the centre is kept;
+    3. its edge is moved to the half-maximum between ``hi`` and its
+       surroundings, within one input pixel of the strict mask, which removes
+       the bias a high threshold puts on blurred edges;
+    4. holes (rootlets, the nerve root) are filled.
+
+    Returns the mask (empty when nothing within ``search_mm`` reaches
+    ``min_level`` of the crop's scale, or nothing bright is near the centre) and
+    ``{"hi", "lo", "threshold", "bright"}`` where ``bright`` is the unfilled
+    above-threshold mask.
+    """
+    from scipy import ndimage as ndi
+
+    n = x.shape[0]
+    c = (n - 1) / 2
+    yy, xx = np.indices(x.shape)
+    dist_mm = np.hypot(yy - c, xx - c) * spacing_mm
+    near = dist_mm <= search_mm
+    info = {"hi": float("nan"), "lo": float("nan"), "threshold": float("nan"), "bright": np.zeros(x.shape, bool)}
+    hi = float(np.percentile(x[near], 95))
+    info["hi"] = hi
+    if hi <= min_level:
+        return np.zeros(x.shape, bool), info
+    core = x >= strict * hi
+    lab, n_lab = ndi.label(core)
+    if n_lab == 0:
+        return np.zeros(x.shape, bool), info
+    # The component with a pixel closest to the centre.
+    d = np.where(lab > 0, dist_mm, np.inf)
+    best = lab.flat[int(np.argmin(d))]
+    if d.min() > search_mm:
+        return np.zeros(x.shape, bool), info
+    comp = lab == best
+    px = max(1, int(np.ceil(input_px_mm / spacing_mm)))
+    grown = ndi.binary_dilation(comp, disk(px))
+    ring = ndi.binary_dilation(grown, disk(px)) & ~grown
+    lo = float(np.median(x[ring])) if ring.any() else 0.0
+    thr = 0.5 * (hi + lo)
+    bright = grown & (x >= thr) | comp
+    lab2, _ = ndi.label(bright)
+    bright = lab2 == lab2[tuple(np.argwhere(comp)[0])]
+    mask = bright
+    if close_mm > 0:
+        mask = ndi.binary_closing(np.pad(mask, px + 2), disk(int(round(close_mm / spacing_mm))))[px + 2:-px - 2, px + 2:-px - 2]
+    if fill:
+        mask = ndi.binary_fill_holes(mask)
+    info.update(lo=lo, threshold=thr, bright=bright)
+    return mask, info
+
+
+def extent_mm(mask: np.ndarray, spacing_mm: float) -> tuple[float, float]:
+    """(rows, cols) extent of a mask in mm."""
+    if not mask.any():
+        return float("nan"), float("nan")
+    rr, cc = np.nonzero(mask)
+    return float(rr.max() - rr.min() + 1) * spacing_mm, float(cc.max() - cc.min() + 1) * spacing_mm
+
+
+def run_through(mask: np.ndarray, r: int, c: int, axis: int) -> int:
+    """Length (pixels) of the run of True through (r, c) along ``axis`` (0 = rows, 1 = cols)."""
+    line = mask[:, c] if axis == 0 else mask[r, :]
+    i = r if axis == 0 else c
+    if not line[i]:
+        return 0
+    lo = i
+    while lo > 0 and line[lo - 1]:
+        lo -= 1
+    hi = i
+    while hi < len(line) - 1 and line[hi + 1]:
+        hi += 1
+    return hi - lo + 1
