@@ -136,17 +136,11 @@ def extract(
     overlays: Annotated[Optional[Path], typer.Option(help="Write a PNG per point with the measured regions here.")] = None,
 ) -> None:
     """Segment the regions around every point and write one feature row per (study, condition, level)."""
-    from .dataset import DataFolder, read_coordinates
-    from .extract import extract as run_extract
-    from .extract import points_from_labels
+    from .dataset import DataFolder
 
     try:
-        folder = DataFolder(data)
-        points = points_from_labels(folder) if coords == "labels" else read_coordinates(Path(coords))
-        with _progress() as prog:
-            task = prog.add_task("extracting studies", total=None)
-            df = run_extract(data, points, split=split, cache=cache or out.with_suffix(".cache"), jobs=jobs,
-                             overlays=overlays, progress=lambda n, t: prog.update(task, completed=n, total=t))
+        df = _extract_with_progress(data, _points(DataFolder(data), coords, split), split=split,
+                                    cache=cache or out.with_suffix(".cache"), jobs=jobs, overlays=overlays)
     except SpinefeatError as exc:
         _fail(exc)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +150,104 @@ def extract(
                   f"{int((errors == 'no point').sum())} without a point, "
                   f"{int(((errors != '') & (errors != 'no point')).sum())} with errors; "
                   f"{df.groupby('study_id')['diagnostics_seconds'].first().mean():.2f} s per study")
+
+
+def _points(folder, coords: Optional[str], split: str):
+    from .dataset import read_coordinates
+    from .extract import points_from_labels
+
+    if coords in (None, "labels"):
+        if split != "train":
+            raise SpinefeatError("the test split has no label coordinates: give --coords FILE "
+                                 "(a CSV with the columns of train_label_coordinates.csv)")
+        return points_from_labels(folder)
+    return read_coordinates(Path(coords))
+
+
+def _extract_with_progress(data: Path, points, *, split: str, cache: Path, jobs: int, overlays=None):
+    from .extract import extract as run_extract
+
+    with _progress() as prog:
+        task = prog.add_task(f"extracting {split} studies", total=None)
+        return run_extract(data, points, split=split, cache=cache, jobs=jobs, overlays=overlays,
+                           progress=lambda n, t: prog.update(task, completed=n, total=t))
+
+
+def _print_cv(cv: dict) -> None:
+    from rich.table import Table
+
+    from .metric import TERMS
+
+    t = Table("step", *TERMS, "score", title=f"{cv['folds']}-fold CV over {cv['studies']} studies ({cv['rows']} rows)")
+    for step in ("constant_in_sample", "raw", "temperature", "sharpened"):
+        t.add_row(step, *(f"{cv[step][k]:.4f}" for k in (*TERMS, "score")))
+    console.print(t)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Labelled folder in the Kaggle layout.")],
+    out: Annotated[Path, typer.Option(help="Models folder to write.")] = Path("models"),
+    folds: Annotated[int, typer.Option(min=2, help="Study-grouped CV folds.")] = 5,
+    jobs: Annotated[int, typer.Option(min=1, help="Studies extracted in parallel; LightGBM threads.")] = 1,
+    features_path: Annotated[Optional[Path], typer.Option("--features", exists=True, dir_okay=False,
+                                                          help="Use this feature table instead of extracting.")] = None,
+    seed: Annotated[int, typer.Option(help="Fold assignment and LightGBM seed.")] = 0,
+) -> None:
+    """Extract features at the label points (cached) and fit the three graders with cross-validation."""
+    import pandas as pd
+
+    from .dataset import DataFolder
+    from .models import fit, save
+
+    try:
+        folder = DataFolder(data)
+        if features_path is not None:
+            feats = pd.read_parquet(features_path)
+        else:
+            feats = _extract_with_progress(data, _points(folder, "labels", "train"), split="train",
+                                           cache=out / "features.cache", jobs=jobs)
+            out.mkdir(parents=True, exist_ok=True)
+            feats.to_parquet(out / "train_features.parquet", index=False)
+        with _progress() as prog:
+            task = prog.add_task("fitting graders", total=None)
+            result = fit(feats, folder.train(), folds=folds, jobs=jobs, seed=seed,
+                         progress=lambda n, t: prog.update(task, completed=n, total=t))
+        manifest = save(result, out)
+    except SpinefeatError as exc:
+        _fail(exc)
+    _print_cv(result["cv"])
+    console.print(f"models -> {manifest.parent} (fit in {result['cv']['seconds']:.1f} s)")
+
+
+@app.command()
+def predict(
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
+    models_dir: Annotated[Path, typer.Option("--models", exists=True, file_okay=False, help="Trained models folder.")],
+    out: Annotated[Path, typer.Option(help="Submission CSV to write.")] = Path("submission.csv"),
+    split: Annotated[str, typer.Option(help="test (unlabelled studies) or train.")] = "test",
+    coords: Annotated[Optional[str], typer.Option(help="Points CSV (train_label_coordinates columns); 'labels' for the train split.")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Studies in parallel.")] = 1,
+    cache: Annotated[Optional[Path], typer.Option(help="Per-study feature cache; default OUT.cache/.")] = None,
+) -> None:
+    """Write a challenge submission: 25 rows per study, priors where a point or series is missing."""
+    from .dataset import DataFolder
+    from .models import load
+
+    try:
+        graders = load(models_dir)
+        folder = DataFolder(data)
+        feats = _extract_with_progress(data, _points(folder, coords, split), split=split,
+                                       cache=cache or out.with_suffix(".cache"), jobs=jobs)
+        sub, fallback = graders.predict(feats)
+    except SpinefeatError as exc:
+        _fail(exc)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sub.to_csv(out, index=False)
+    fb_path = out.with_name(out.stem + ".fallback.csv")
+    fallback.to_csv(fb_path, index=False)
+    console.print(f"{len(sub)} rows for {len(sub) // 25} studies -> {out}; {len(fallback)} rows fell back to the "
+                  f"trained priors (listed in {fb_path})")
 
 
 @app.command()

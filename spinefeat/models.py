@@ -1,0 +1,291 @@
+"""Per-condition LightGBM graders: grouped CV, calibration aimed at the metric, text models + JSON manifest.
+
+One multiclass model per condition (the spinal canal, the neural foramina, the
+subarticular recesses), level and side as features. Trained with the metric's
+sample weights 1/2/4 and early stopping on the weighted loss in study-grouped
+folds. Out-of-fold predictions then fit a temperature per condition and a
+sharpening of each study's largest spinal severe probability (the
+any_severe_spinal term). Models are LightGBM text files; the manifest holds
+feature lists, class order, parameters, versions, file hashes and the
+training-table fingerprint. No pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .dataset import CLASS_COLUMNS, SEVERITY_WEIGHTS, TARGETS, labels_long
+from .errors import SpinefeatError
+from .metric import score_joined
+
+log = logging.getLogger(__name__)
+
+MODEL_GROUPS = {
+    "spinal": ("spinal_canal_stenosis",),
+    "foraminal": ("left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing"),
+    "subarticular": ("left_subarticular_stenosis", "right_subarticular_stenosis"),
+}
+NON_FEATURES = ("study_id", "condition", "level", "row_id", "split")
+PARAMS = {
+    "objective": "multiclass", "num_class": 3, "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 20,
+    "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0, "verbose": -1,
+    "seed": 0, "deterministic": True, "force_col_wise": True,
+}
+MAX_ROUNDS = 2000
+EARLY_STOP = 50
+
+
+def group_of(condition: str) -> str:
+    for g, conds in MODEL_GROUPS.items():
+        if condition in conds:
+            return g
+    raise KeyError(condition)
+
+
+def feature_columns(features: pd.DataFrame, group: str) -> list[str]:
+    """Numeric feature columns with any value for this group's rows."""
+    rows = features[features["condition"].isin(MODEL_GROUPS[group])]
+    cols = [c for c in features.columns if c not in NON_FEATURES and not c.startswith("diagnostics_")]
+    return [c for c in cols if pd.api.types.is_numeric_dtype(features[c]) and rows[c].notna().any()]
+
+
+def training_rows(features: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
+    """Feature rows joined to their labels (scored rows only)."""
+    lab = labels_long(train)
+    lab = lab[lab["severity"] >= 0][["study_id", "condition", "level", "severity"]]
+    return features.merge(lab, on=["study_id", "condition", "level"], how="inner")
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _wll(y: np.ndarray, p: np.ndarray) -> float:
+    w = np.asarray(SEVERITY_WEIGHTS)[y]
+    return float(np.sum(w * -np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1))) / w.sum())
+
+
+def fit_temperature(y: np.ndarray, raw: np.ndarray) -> float:
+    """Temperature T minimising the weighted log loss of ``softmax(raw / T)``."""
+    grid = np.exp(np.linspace(np.log(0.4), np.log(2.5), 61))
+    losses = [_wll(y, _softmax(raw / t)) for t in grid]
+    return float(grid[int(np.argmin(losses))])
+
+
+def sharpen_any_severe(sub: pd.DataFrame, beta: float) -> pd.DataFrame:
+    """Multiply the odds of each study's largest spinal severe probability by ``exp(beta)``.
+
+    Only that row changes; its other two classes shrink in proportion.
+    """
+    if beta == 0:
+        return sub
+    sub = sub.copy()
+    sp = sub["row_id"].str.contains("_spinal_canal_stenosis_")
+    if not sp.any():
+        return sub
+    study = sub.loc[sp, "row_id"].str.split("_").str[0]
+    idx = sub.loc[sp, "severe"].groupby(study).idxmax().to_numpy()
+    p = sub.loc[idx, "severe"].to_numpy()
+    odds = p / np.clip(1 - p, 1e-12, None) * np.exp(beta)
+    new = odds / (1 + odds)
+    rest = np.clip(1 - p, 1e-12, None)
+    for col in ("normal_mild", "moderate"):
+        sub.loc[idx, col] = sub.loc[idx, col].to_numpy() * (1 - new) / rest
+    sub.loc[idx, "severe"] = new
+    return sub
+
+
+def to_submission(rows: pd.DataFrame, proba: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"row_id": rows["row_id"].to_numpy(), **dict(zip(CLASS_COLUMNS, proba.T))})
+
+
+def fingerprint_frame(df: pd.DataFrame) -> str:
+    return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()[:16]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: int = 1, seed: int = 0,
+        progress=None) -> dict:
+    """Cross-validate and fit the three graders.
+
+    Returns a dict with ``boosters`` (group -> Booster fitted on all rows),
+    ``columns``, ``temperature``, ``beta``, ``oof`` (calibrated submission
+    rows), ``cv`` (scores per step) and ``priors`` (per-target class
+    frequencies times the weights, the fallback).
+    """
+    rows = training_rows(features, train)
+    if rows.empty:
+        raise SpinefeatError("no feature row has a label: check that the features come from the labelled folder")
+    studies = np.array(sorted(rows["study_id"].unique()))
+    if len(studies) < folds:
+        raise SpinefeatError(f"{len(studies)} labelled studies: need at least {folds} for {folds}-fold CV")
+    rng = np.random.default_rng(seed)
+    fold_of = dict(zip(rng.permutation(studies), np.arange(len(studies)) % folds))
+    params = dict(PARAMS, num_threads=jobs, seed=seed)
+    out = {"boosters": {}, "columns": {}, "temperature": {}, "rounds": {}, "params": params}
+    raw_oof_parts = []
+    t0 = time.perf_counter()
+    for gi, group in enumerate(MODEL_GROUPS):
+        g = rows[rows["condition"].isin(MODEL_GROUPS[group])].reset_index(drop=True)
+        cols = feature_columns(features, group)
+        x, y = g[cols].to_numpy(np.float32), g["severity"].to_numpy(int)
+        w = np.asarray(SEVERITY_WEIGHTS)[y]
+        fold = g["study_id"].map(fold_of).to_numpy()
+        raw = np.zeros((len(g), 3))
+        best = []
+        for k in range(folds):
+            tr, va = fold != k, fold == k
+            dtr = lgb.Dataset(x[tr], y[tr], weight=w[tr], feature_name=cols, free_raw_data=False)
+            dva = lgb.Dataset(x[va], y[va], weight=w[va], reference=dtr)
+            b = lgb.train(params, dtr, MAX_ROUNDS, valid_sets=[dva],
+                          callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
+            best.append(b.best_iteration)
+            raw[va] = b.predict(x[va], num_iteration=b.best_iteration, raw_score=True)
+            if progress is not None:
+                progress(gi * folds + k + 1, len(MODEL_GROUPS) * folds + len(MODEL_GROUPS))
+        rounds = max(int(np.mean(best) * 1.1), 10)
+        out["boosters"][group] = lgb.train(params, lgb.Dataset(x, y, weight=w, feature_name=cols), rounds)
+        out["columns"][group], out["rounds"][group] = cols, rounds
+        out["temperature"][group] = fit_temperature(y, raw)
+        raw_oof_parts.append((g, raw, group))
+        if progress is not None:
+            progress(len(MODEL_GROUPS) * folds + gi + 1, len(MODEL_GROUPS) * folds + len(MODEL_GROUPS))
+    # Scores of each step, on the same out-of-fold rows.
+    raw_sub = pd.concat([to_submission(g, _softmax(r)) for g, r, _ in raw_oof_parts], ignore_index=True)
+    cal_sub = pd.concat([to_submission(g, _softmax(r / out["temperature"][grp])) for g, r, grp in raw_oof_parts],
+                        ignore_index=True)
+    joined_rows = pd.concat([g[["study_id", "condition", "level", "row_id", "severity"]] for g, _, _ in raw_oof_parts],
+                            ignore_index=True)
+
+    def scored(sub):
+        from .metric import condition_group
+
+        df = joined_rows.merge(sub, on="row_id")
+        df["group"] = df["condition"].map(condition_group)
+        return score_joined(df)
+
+    betas = np.linspace(0.0, 2.0, 21)
+    beta_scores = [scored(sharpen_any_severe(cal_sub, b))["score"] for b in betas]
+    out["beta"] = float(betas[int(np.argmin(beta_scores))])
+    final = sharpen_any_severe(cal_sub, out["beta"])
+    priors = _priors(train)
+    const = pd.DataFrame([{"row_id": r, **dict(zip(CLASS_COLUMNS, priors[r.split("_", 1)[1]]))}
+                          for r in joined_rows["row_id"]])
+    out["cv"] = {"raw": scored(raw_sub), "temperature": scored(cal_sub), "sharpened": scored(final),
+                 "constant_in_sample": scored(const), "folds": folds, "seconds": time.perf_counter() - t0,
+                 "rows": int(len(joined_rows)), "studies": int(len(studies))}
+    out["oof"] = final
+    out["priors"] = priors
+    out["fingerprint"] = fingerprint_frame(rows)
+    return out
+
+
+def _priors(train: pd.DataFrame) -> dict[str, list[float]]:
+    """Per-target class frequencies times the weights 1/2/4, normalised (the best constant)."""
+    long = labels_long(train)
+    long = long[long["severity"] >= 0]
+    out = {}
+    for t in TARGETS:
+        s = long.loc[long["target"] == t, "severity"]
+        p = (np.bincount(s, minlength=3) + 1.0) / (len(s) + 3.0)
+        q = p * np.asarray(SEVERITY_WEIGHTS)
+        out[t] = (q / q.sum()).tolist()
+    return out
+
+
+@dataclass
+class Graders:
+    """Loaded, verified models."""
+
+    boosters: dict[str, lgb.Booster]
+    manifest: dict
+
+    def predict(self, features: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """25 rows per study of ``features`` (submission order) and the fallback log.
+
+        Rows without a measured point (``diagnostics_error`` set) fall back to
+        the trained priors; the log says which and why.
+        """
+        man = self.manifest
+        parts, fallback = [], []
+        err = features.get("diagnostics_error", pd.Series("", index=features.index)).fillna("")
+        for group, booster in self.boosters.items():
+            g = features[features["condition"].isin(MODEL_GROUPS[group]) & (err == "")]
+            if len(g):
+                x = g.reindex(columns=man["columns"][group]).to_numpy(np.float32)
+                raw = booster.predict(x, raw_score=True)
+                parts.append(to_submission(g, _softmax(raw / man["temperature"][group])))
+        pred = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["row_id", *CLASS_COLUMNS])
+        have = set(pred["row_id"])
+        rows = []
+        why = dict(zip(features["row_id"], err))
+        for study in pd.unique(features["study_id"]):
+            for t in TARGETS:
+                rid = f"{int(study)}_{t}"
+                if rid not in have:
+                    rows.append({"row_id": rid, **dict(zip(CLASS_COLUMNS, man["priors"][t]))})
+                    fallback.append({"row_id": rid, "reason": why.get(rid) or "no feature row"})
+        sub = pd.concat([pred, pd.DataFrame(rows)], ignore_index=True) if rows else pred
+        sub = sharpen_any_severe(sub, man["beta"])
+        order = [f"{int(s)}_{t}" for s in pd.unique(features["study_id"]) for t in TARGETS]
+        sub = sub.set_index("row_id").loc[order].reset_index()
+        return sub, pd.DataFrame(fallback, columns=["row_id", "reason"])
+
+
+def save(result: dict, out: Path) -> Path:
+    """Write text models, ``manifest.json``, ``oof.csv`` and ``cv.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for group, b in result["boosters"].items():
+        path = out / f"{group}.txt"
+        b.save_model(str(path))
+        files[group] = {"file": path.name, "sha256": _sha(path)}
+    manifest = {
+        "spinefeat_version": __version__, "lightgbm_version": lgb.__version__, "classes": list(CLASS_COLUMNS),
+        "groups": {g: list(c) for g, c in MODEL_GROUPS.items()}, "columns": result["columns"],
+        "models": files, "params": result["params"], "rounds": result["rounds"],
+        "temperature": result["temperature"], "beta": result["beta"], "priors": result["priors"],
+        "training_fingerprint": result["fingerprint"], "cv": result["cv"],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    result["oof"].to_csv(out / "oof.csv", index=False)
+    (out / "cv.json").write_text(json.dumps(result["cv"], indent=2))
+    return out / "manifest.json"
+
+
+def load(models: Path) -> Graders:
+    """Load models, refusing any whose file hash or feature list disagrees with the manifest."""
+    models = Path(models)
+    mpath = models / "manifest.json"
+    if not mpath.is_file():
+        raise SpinefeatError(f"{models}: no manifest.json (train with `spinefeat train`)")
+    man = json.loads(mpath.read_text())
+    boosters = {}
+    for group, info in man["models"].items():
+        path = models / info["file"]
+        if not path.is_file():
+            raise SpinefeatError(f"{path}: model file missing")
+        if _sha(path) != info["sha256"]:
+            raise SpinefeatError(f"{path}: file hash does not match manifest.json; refusing to load")
+        b = lgb.Booster(model_file=str(path))
+        if b.feature_name() != man["columns"][group]:
+            raise SpinefeatError(f"{path}: feature list differs from manifest.json; refusing to load")
+        boosters[group] = b
+    return Graders(boosters, man)
+

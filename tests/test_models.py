@@ -1,0 +1,97 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from spinefeat import models
+from spinefeat.cli import app
+from spinefeat.dataset import TARGETS
+from spinefeat.errors import SpinefeatError
+
+
+def test_temperature_recovers_a_known_scale():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1.5, (4000, 3))
+    p = models._softmax(logits)
+    y = np.array([rng.choice(3, p=pi) for pi in p])
+    assert models.fit_temperature(y, logits * 2.0) == pytest.approx(2.0, rel=0.1)
+
+
+def test_sharpening_touches_only_the_largest_spinal_severe_row():
+    rows = [{"row_id": f"7_spinal_canal_stenosis_{lv}", "normal_mild": 0.6, "moderate": 0.2, "severe": s}
+            for lv, s in zip(("l1_l2", "l2_l3"), (0.2, 0.4))]
+    rows[1]["normal_mild"] = 0.4
+    sub = pd.DataFrame(rows)
+    out = models.sharpen_any_severe(sub, np.log(3))
+    assert out.loc[0].tolist() == sub.loc[0].tolist()
+    assert out.loc[1, "severe"] == pytest.approx(2 / 3)          # odds 0.4/0.6 * 3 = 2 -> p = 2/3
+    assert out.loc[1, "normal_mild"] / out.loc[1, "moderate"] == pytest.approx(0.4 / 0.2)   # others keep their ratio
+    assert out.loc[1, ["normal_mild", "moderate", "severe"]].sum() == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def trained(cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "m"
+    res = CliRunner().invoke(app, ["train", str(cohort), "--out", str(out), "--folds", "3", "--jobs", "2"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_train_writes_text_models_and_manifest(trained):
+    man = json.loads((trained / "manifest.json").read_text())
+    assert set(man["models"]) == {"spinal", "foraminal", "subarticular"}
+    for info in man["models"].values():
+        assert (trained / info["file"]).read_text().startswith("tree")
+    assert man["classes"] == ["normal_mild", "moderate", "severe"]
+    assert set(man["cv"]) >= {"raw", "temperature", "sharpened", "constant_in_sample"}
+    assert not list(trained.rglob("*.pkl")) and not list(trained.rglob("*.pickle"))
+    oof = pd.read_csv(trained / "oof.csv")
+    assert np.allclose(oof[["normal_mild", "moderate", "severe"]].sum(axis=1), 1)
+
+
+def test_tampered_model_or_features_are_refused(trained, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(trained, bad, ignore=shutil.ignore_patterns("*.cache", "*.parquet"))
+    with open(bad / "spinal.txt", "a") as fh:
+        fh.write("\n")
+    with pytest.raises(SpinefeatError, match="hash"):
+        models.load(bad)
+    shutil.copy(trained / "spinal.txt", bad / "spinal.txt")
+    man = json.loads((bad / "manifest.json").read_text())
+    man["columns"]["spinal"] = man["columns"]["spinal"][::-1]
+    (bad / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(SpinefeatError, match="feature list"):
+        models.load(bad)
+
+
+def test_predict_missing_series_falls_back_to_priors(trained, cohort, tmp_path):
+    data = tmp_path / "d"
+    shutil.copytree(cohort, data, ignore=shutil.ignore_patterns("*.cache"))
+    ser = pd.read_csv(data / "test_series_descriptions.csv")
+    study = ser.study_id.iloc[0]
+    t1 = ser[(ser.study_id == study) & (ser.series_description == "Sagittal T1")].series_id.iloc[0]
+    shutil.rmtree(data / "test_images" / str(study) / str(t1))
+    ser[ser.series_id != t1].to_csv(data / "test_series_descriptions.csv", index=False)
+    out = tmp_path / "sub.csv"
+    res = CliRunner().invoke(app, ["predict", str(data), "--models", str(trained), "--out", str(out),
+                                   "--coords", str(data / "truth" / "test_label_coordinates.csv")])
+    assert res.exit_code == 0, res.output
+    sub = pd.read_csv(out)
+    assert len(sub) == 2 * 25
+    assert [r.split("_", 1)[1] for r in sub.row_id[:25]] == list(TARGETS)
+    assert np.allclose(sub[["normal_mild", "moderate", "severe"]].sum(axis=1), 1)
+    fb = pd.read_csv(tmp_path / "sub.fallback.csv")
+    foraminal = [f"{study}_{c}_{lv}" for c in ("left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing")
+                 for lv in ("l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1")]
+    assert set(foraminal) <= set(fb.row_id)
+    man = json.loads((trained / "manifest.json").read_text())
+    row = sub.set_index("row_id").loc[foraminal[0]]
+    assert np.allclose(row.to_numpy(), man["priors"]["left_neural_foraminal_narrowing_l1_l2"])
+
+
+def test_test_split_without_coords_is_a_clear_error(trained, cohort, tmp_path):
+    res = CliRunner().invoke(app, ["predict", str(cohort), "--models", str(trained), "--out", str(tmp_path / "s.csv")])
+    assert res.exit_code == 3 and "--coords" in res.output
