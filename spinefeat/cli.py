@@ -251,6 +251,199 @@ def predict(
 
 
 @app.command()
+def bench(
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
+    models_dir: Annotated[Optional[Path], typer.Option("--models", exists=True, file_okay=False,
+                                                       help="Trained models (grading is timed too).")] = None,
+    split: Annotated[str, typer.Option(help="Split whose studies are timed.")] = "train",
+    coords: Annotated[Optional[str], typer.Option(help="Points CSV; 'labels' for the train split.")] = None,
+    studies: Annotated[int, typer.Option(min=1, help="Studies timed on the predict path.")] = 10,
+    train_features: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False,
+                                                           help="Feature table to bootstrap for the training timing.")] = None,
+    train_studies: Annotated[int, typer.Option(min=10, help="Studies' rows for the training timing.")] = 2000,
+    jobs: Annotated[int, typer.Option(min=1, help="LightGBM threads for the training timing.")] = 2,
+    out: Annotated[Path, typer.Option(help="JSON to write.")] = Path("reports/bench.json"),
+) -> None:
+    """Time decode-only vs the whole predict path per study (one core), training, and peak memory."""
+    import json
+
+    import pandas as pd
+
+    from .bench import environment, time_predict_path, time_training
+    from .dataset import DataFolder
+
+    try:
+        folder = DataFolder(data)
+        graders = None
+        if models_dir is not None:
+            from .models import load
+
+            graders = load(models_dir)
+        res = time_predict_path(data, _points(folder, coords or "labels", split), graders, split=split,
+                                studies=studies)
+        if train_features is not None:
+            res.update(time_training(pd.read_parquet(train_features), folder.train(), studies=train_studies,
+                                     jobs=jobs))
+    except SpinefeatError as exc:
+        _fail(exc)
+    res.update(environment())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    for k, v in res.items():
+        typer.echo(f"{k:>36s}  {v:.3f}" if isinstance(v, float) else f"{k:>36s}  {v}")
+    typer.echo(f"-> {out}")
+
+
+def _print_explanation(table) -> None:
+    from rich.table import Table
+
+    from .report import drivers_text
+
+    t = Table("target", "grade", "N/M", "Mod", "Sev", "top drivers (value unit, push)")
+    for rec in table.itertuples():
+        drivers = drivers_text(rec.drivers)
+        t.add_row(f"{rec.condition} {rec.level}", rec.grade, f"{rec.normal_mild:.2f}", f"{rec.moderate:.2f}",
+                  f"{rec.severe:.2f}", drivers)
+    Console().print(t)
+
+
+@app.command()
+def explain(
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
+    models_dir: Annotated[Path, typer.Option("--models", exists=True, file_okay=False, help="Trained models folder.")],
+    study: Annotated[int, typer.Option(help="Study id to explain.")],
+    split: Annotated[str, typer.Option(help="Split holding the study.")] = "test",
+    coords: Annotated[Optional[str], typer.Option(help="Points CSV; 'labels' for the train split.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the overlays of the measured regions.")] = Path("explain"),
+    top: Annotated[int, typer.Option(min=1, help="Drivers shown per target.")] = 3,
+) -> None:
+    """Each target's grade with the features that drove it (values in units) and overlays of what was measured."""
+    from .dataset import DataFolder
+    from .explain import explain_study
+    from .extract import add_relative_features, extract_study
+    from .models import load
+
+    try:
+        graders = load(models_dir)
+        folder = DataFolder(data)
+        points = _points(folder, coords, split)
+        feats = add_relative_features(extract_study(data, split, study, folder.series(split), points,
+                                                    overlays=out / "overlays"))
+        table = explain_study(graders, feats, study, top=top)
+    except SpinefeatError as exc:
+        _fail(exc)
+    if table.empty:
+        _fail(SpinefeatError(f"study {study}: no point was measured (check --split and --coords)"))
+    _print_explanation(table)
+    console.print(f"overlays -> {out / 'overlays'}")
+
+
+@app.command()
+def report(
+    models_dir: Annotated[Path, typer.Option("--models", exists=True, file_okay=False, help="Trained models folder.")],
+    data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="The labelled folder the models learned from.")],
+    name: Annotated[str, typer.Option(help="Report folder name under --root.")] = "cohort",
+    root: Annotated[Path, typer.Option(help="Where reports go.")] = Path("reports"),
+    studies: Annotated[int, typer.Option(min=0, help="Study pages (first studies of the training table).")] = 3,
+    overlays: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Overlays from extract.")] = None,
+) -> None:
+    """Write a static HTML report: cohort page (metric, confusion, calibration, importance) and study pages."""
+    import pandas as pd
+
+    from .dataset import DataFolder
+    from .explain import explain_study, global_importance
+    from .models import load
+    from .report import write_report
+
+    try:
+        graders = load(models_dir)
+        feats_path = models_dir / "train_features.parquet"
+        feats = pd.read_parquet(feats_path) if feats_path.is_file() else None
+        pages = {}
+        if feats is not None:
+            for sid in list(dict.fromkeys(feats["study_id"]))[:studies]:
+                pages[int(sid)] = explain_study(graders, feats, sid)
+        index = write_report(root / name, manifest=graders.manifest, oof=pd.read_csv(models_dir / "oof.csv"),
+                             train=DataFolder(data).train(), importance=global_importance(graders), studies=pages,
+                             overlays=overlays)
+    except SpinefeatError as exc:
+        _fail(exc)
+    console.print(f"report -> {index}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Working folder (cohort, models, submission).")] = Path("demo"),
+    studies: Annotated[int, typer.Option(min=10, help="Training studies to synthesise.")] = 50,
+    test_studies: Annotated[int, typer.Option(min=1, help="Held-out test studies.")] = 20,
+    jobs: Annotated[int, typer.Option(min=1, help="Parallel studies / threads.")] = 2,
+    seed: Annotated[int, typer.Option(help="Cohort seed.")] = 0,
+    report_dir: Annotated[Path, typer.Option(help="Where the HTML report goes.")] = Path("reports/demo"),
+) -> None:
+    """Synthesise a cohort, train with CV, predict and score the held-out part, explain, and write the report.
+
+    The test split is predicted at its true points (truth/test_label_coordinates.csv)
+    until the localiser lands.
+    """
+    import json
+
+    import pandas as pd
+
+    from .dataset import DataFolder, read_train
+    from .explain import explain_study, global_importance
+    from .metric import score
+    from .models import fit, load, save
+    from .report import write_report
+    from .synth import synth_cohort
+
+    t0 = time.perf_counter()
+    cohort, models_dir = out / "cohort", out / "models"
+    if cohort.exists() and any(cohort.iterdir()):
+        console.print(f"[red]error:[/red] {cohort} exists and is not empty; choose a new --out")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        with _progress() as prog:
+            task = prog.add_task("1/5 synthesising studies", total=studies + test_studies)
+            synth_cohort(cohort, studies=studies, test_studies=test_studies, seed=seed, jobs=jobs,
+                         progress=lambda n: prog.update(task, completed=n))
+        folder = DataFolder(cohort)
+        console.print("2/5 extracting features at the label points")
+        feats = _extract_with_progress(cohort, _points(folder, "labels", "train"), split="train",
+                                       cache=models_dir / "features.cache", jobs=jobs)
+        models_dir.mkdir(parents=True, exist_ok=True)
+        feats.to_parquet(models_dir / "train_features.parquet", index=False)
+        console.print("3/5 fitting graders with 5-fold cross-validation")
+        result = fit(feats, folder.train(), folds=5, jobs=jobs, seed=seed)
+        save(result, models_dir)
+        _print_cv(result["cv"])
+        console.print("4/5 predicting the held-out test studies")
+        graders = load(models_dir)
+        test_pts = _points(folder, str(cohort / "truth" / "test_label_coordinates.csv"), "test")
+        overlays = out / "overlays"
+        test_feats = _extract_with_progress(cohort, test_pts, split="test", cache=out / "test_features.cache",
+                                            jobs=jobs, overlays=overlays)
+        sub, _ = graders.predict(test_feats)
+        sub.to_csv(out / "submission.csv", index=False)
+        test_scores = score(read_train(cohort / "truth" / "test_labels.csv"), sub)
+        console.print("5/5 explaining and writing the report")
+        pages = {int(s): explain_study(graders, test_feats, s) for s in list(dict.fromkeys(test_feats["study_id"]))[:3]}
+        index = write_report(report_dir, manifest=graders.manifest, oof=pd.read_csv(models_dir / "oof.csv"),
+                             train=folder.train(), importance=global_importance(graders), studies=pages,
+                             overlays=overlays, test_scores={k: float(v) for k, v in test_scores.items()},
+                             title="spinefeat demo (synthetic cohort)")
+    except SpinefeatError as exc:
+        _fail(exc)
+    wall = time.perf_counter() - t0
+    cv = result["cv"]["sharpened"]
+    summary = {"cv_score": cv["score"], "cv_constant_in_sample": result["cv"]["constant_in_sample"]["score"],
+               "test_score": test_scores["score"], "wall_seconds": wall, "report": str(index)}
+    (out / "demo.json").write_text(json.dumps(summary, indent=2))
+    console.print(f"[bold]CV score {cv['score']:.3f}[/bold] (best constant {summary['cv_constant_in_sample']:.3f}); "
+                  f"held-out test score {test_scores['score']:.3f} on {len(sub) // 25} studies; "
+                  f"{wall:.0f} s in all\nreport -> {index}")
+
+
+@app.command()
 def features() -> None:
     """Print the feature registry: name, unit, definition."""
     from rich.table import Table

@@ -81,3 +81,195 @@ def synth_accuracy(features: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.Data
                          **{f"median_{g}": float(est[sub["true_grade"] == i].median())
                             for i, g in enumerate(("normal_mild", "moderate", "severe"))}})
     return pd.DataFrame(errs), pd.DataFrame(seps)
+
+
+# ---------------------------------------------------------------------------
+# HTML report: a cohort page and a page per study (static, opens from disk)
+# ---------------------------------------------------------------------------
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td.l{text-align:left}img{max-width:100%}.grid td{width:90px;text-align:center}
+.small{font-size:12px;color:#555}h2{margin-top:32px}"""
+
+
+def _page(title: str, body: str) -> str:
+    import html
+
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
+
+
+def _table(df: pd.DataFrame, *, floats: str = "{:.4f}") -> str:
+    import html
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for rec in df.itertuples(index=False):
+        cells = []
+        for v in rec:
+            if isinstance(v, float) and float(v).is_integer() and abs(v) > 10:
+                cells.append(f"<td>{int(v)}</td>")
+            elif isinstance(v, float):
+                cells.append(f"<td>{floats.format(v)}</td>")
+            else:
+                cells.append(f"<td class='l'>{html.escape(str(v))}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _plots_cohort(outdir: Path, joined: pd.DataFrame, importance: pd.DataFrame) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .metric import GROUPS
+
+    names = []
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, g in zip(axes, GROUPS):
+        sub = joined[joined["group"] == g]
+        cm = np.zeros((3, 3))
+        if len(sub):
+            pred = sub[["normal_mild", "moderate", "severe"]].to_numpy().argmax(axis=1)
+            for t, p in zip(sub["severity"], pred):
+                cm[t, p] += 1
+        ax.imshow(cm, cmap="Blues")
+        for i in range(3):
+            for j in range(3):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center")
+        ax.set_xticks(range(3), ["N/M", "Mod", "Sev"])
+        ax.set_yticks(range(3), ["N/M", "Mod", "Sev"])
+        ax.set_xlabel("predicted (argmax)")
+        ax.set_ylabel("label")
+        ax.set_title(g)
+    fig.tight_layout()
+    fig.savefig(outdir / "confusion.png", dpi=90)
+    plt.close(fig)
+    names.append("confusion.png")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    bins = np.linspace(0, 1, 11)
+    for ax, g in zip(axes, GROUPS):
+        sub = joined[joined["group"] == g]
+        for k, (col, colour) in enumerate(zip(("normal_mild", "moderate", "severe"), ("tab:green", "tab:orange", "tab:red"))):
+            if not len(sub):
+                continue
+            p = sub[col].to_numpy()
+            y = (sub["severity"].to_numpy() == k).astype(float)
+            idx = np.clip(np.digitize(p, bins) - 1, 0, 9)
+            xs = [p[idx == b].mean() for b in range(10) if (idx == b).sum() >= 5]
+            ys = [y[idx == b].mean() for b in range(10) if (idx == b).sum() >= 5]
+            ax.plot(xs, ys, "o-", color=colour, label=col)
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.set_title(f"{g}: reliability")
+        ax.set_xlabel("predicted probability")
+        ax.set_ylabel("observed frequency")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(outdir / "calibration.png", dpi=90)
+    plt.close(fig)
+    names.append("calibration.png")
+    groups = list(dict.fromkeys(importance["group"]))
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(14, 4))
+    for ax, g in zip(np.atleast_1d(axes), groups):
+        sub = importance[importance["group"] == g].head(10)[::-1]
+        ax.barh(sub["feature"], sub["gain_share"], color="tab:blue")
+        ax.set_title(f"{g}: gain share")
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(outdir / "importance.png", dpi=90)
+    plt.close(fig)
+    names.append("importance.png")
+    return names
+
+
+def _severity_colour(p) -> str:
+    """Green (Normal/Mild) through orange (Moderate) to red (Severe) by the expected grade."""
+    e = float(p[1] + 2 * p[2])
+    stops = np.array([[60, 180, 75], [245, 160, 40], [220, 50, 40]], float)
+    lo = min(int(e), 1)
+    rgb = stops[lo] + (stops[lo + 1] - stops[lo]) * (e - lo)
+    return "rgb({},{},{})".format(*rgb.astype(int))
+
+
+def drivers_text(drivers) -> str:
+    """``name = value unit (+push)``; dimensionless values carry no unit."""
+    return "; ".join(f"{n} = {v:.3g}{'' if u in ('1', '') else ' ' + u} ({'+' if c > 0 else '-'}{abs(c):.2f})"
+                     for n, v, u, c in drivers)
+
+
+def write_report(out: Path, *, manifest: dict, oof: pd.DataFrame, train: pd.DataFrame, importance: pd.DataFrame,
+                 studies: dict[int, pd.DataFrame] | None = None, overlays: Path | None = None,
+                 test_scores: dict | None = None, title: str = "spinefeat report") -> Path:
+    """Write ``out/index.html`` (cohort) and ``out/study_<id>.html`` pages; images alongside.
+
+    ``oof`` is an out-of-fold submission scored against ``train``; ``studies``
+    maps study ids to :func:`spinefeat.explain.explain_study` tables;
+    ``overlays`` is the folder of per-point PNGs written by ``extract``.
+    """
+    import html
+    import shutil
+
+    from .dataset import CONDITIONS, LEVELS, labels_long
+    from .metric import TERMS, breakdown, join
+
+    out = Path(out)
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    joined, missing = join(labels_long(train), oof)
+    from .metric import condition_group
+
+    joined["group"] = joined["condition"].map(condition_group)
+    cv = manifest["cv"]
+    terms = pd.DataFrame([{"step": s, **{t: cv[s][t] for t in (*TERMS, "score")}}
+                          for s in ("constant_in_sample", "raw", "temperature", "sharpened")])
+    body = [f"<p>{cv['folds']}-fold cross-validation over {cv['studies']} studies ({cv['rows']} scored rows), "
+            "study-grouped. <span class='small'>constant_in_sample: per-target class frequencies times the weights "
+            "1/2/4 (the best constant), fitted on all rows.</span></p>", "<h2>Challenge metric</h2>", _table(terms)]
+    if test_scores:
+        body += ["<h2>Held-out test split</h2>", _table(pd.DataFrame([test_scores]))]
+    const = pd.DataFrame([{"row_id": r, **dict(zip(("normal_mild", "moderate", "severe"),
+                                                    manifest["priors"][r.split("_", 1)[1]]))} for r in oof["row_id"]])
+    for by in ("level", "condition"):
+        table = breakdown(train, oof, by).merge(
+            breakdown(train, const, by)[[by, "log_loss"]].rename(columns={"log_loss": "constant_log_loss"}), on=by)
+        body += [f"<h2>Per {by}</h2>", _table(table)]
+    for name in _plots_cohort(out / "img", joined, importance):
+        body.append(f"<h2>{name.split('.')[0].title()}</h2><img src='img/{name}' alt='{name}'>")
+    body += ["<h2>Top features</h2>", _table(importance.groupby("group").head(8)[["group", "feature", "gain_share", "unit", "definition"]])]
+    if studies:
+        body.append("<h2>Studies</h2><ul>" + "".join(f"<li><a href='study_{s}.html'>study {s}</a></li>" for s in studies)
+                    + "</ul>")
+    (out / "index.html").write_text(_page(title, "".join(body)))
+    for sid, table in (studies or {}).items():
+        by_row = table.set_index("row_id")
+        grid = ["<table class='grid'><tr><th></th>" + "".join(f"<th>{lv}</th>" for lv in LEVELS) + "</tr>"]
+        for cond in CONDITIONS:
+            cells = []
+            for lv in LEVELS:
+                rid = f"{sid}_{cond}_{lv}"
+                if rid in by_row.index:
+                    p = by_row.loc[rid, ["normal_mild", "moderate", "severe"]].to_numpy(float)
+                    cells.append(f"<td style='background:{_severity_colour(p)}' title='{p.round(2)}'>"
+                                 f"{by_row.loc[rid, 'grade'].replace('_', '/')}<br>"
+                                 f"<span class='small'>{p[0]:.2f}/{p[1]:.2f}/{p[2]:.2f}</span></td>")
+                else:
+                    cells.append("<td>prior</td>")
+            grid.append(f"<tr><th>{cond}</th>{''.join(cells)}</tr>")
+        grid.append("</table>")
+        rows = []
+        for rec in table.itertuples():
+            drivers = drivers_text(rec.drivers)
+            img = ""
+            if overlays is not None and (Path(overlays) / f"{rec.row_id}.png").is_file():
+                shutil.copy(Path(overlays) / f"{rec.row_id}.png", out / "img" / f"{rec.row_id}.png")
+                img = f"<img src='img/{rec.row_id}.png' alt='{rec.row_id}' style='height:120px'>"
+            rows.append(f"<tr><td class='l'>{html.escape(rec.condition)} {rec.level}</td><td>{rec.grade}</td>"
+                        f"<td class='l small'>{html.escape(drivers)}</td><td>{img}</td></tr>")
+        page = ("<p>Predicted grade per target (cell colour: green Normal/Mild to red Severe; "
+                "probabilities N/M, Moderate, Severe).</p>" + "".join(grid)
+                + "<h2>Why: top contributions to the predicted grade's raw score, and the measured regions</h2>"
+                + "<table><tr><th>target</th><th>grade</th><th>drivers (value unit, push)</th><th>overlay</th></tr>"
+                + "".join(rows) + "</table><p><a href='index.html'>cohort</a></p>")
+        (out / f"study_{sid}.html").write_text(_page(f"study {sid}", page))
+    return out / "index.html"

@@ -44,3 +44,12 @@ def cohort(tmp_path_factory) -> Path:
                                    "--jobs", "2"])
     assert res.exit_code == 0, res.output
     return out
+
+
+@pytest.fixture(scope="session")
+def trained(cohort, tmp_path_factory):
+    """Graders trained on the cohort through the CLI (3 folds)."""
+    out = tmp_path_factory.mktemp("models") / "m"
+    res = CliRunner().invoke(app, ["train", str(cohort), "--out", str(out), "--folds", "3", "--jobs", "2"])
+    assert res.exit_code == 0, res.output
+    return out

@@ -32,14 +32,6 @@ def test_sharpening_touches_only_the_largest_spinal_severe_row():
     assert out.loc[1, ["normal_mild", "moderate", "severe"]].sum() == pytest.approx(1.0)
 
 
-@pytest.fixture(scope="module")
-def trained(cohort, tmp_path_factory):
-    out = tmp_path_factory.mktemp("models") / "m"
-    res = CliRunner().invoke(app, ["train", str(cohort), "--out", str(out), "--folds", "3", "--jobs", "2"])
-    assert res.exit_code == 0, res.output
-    return out
-
-
 def test_train_writes_text_models_and_manifest(trained):
     man = json.loads((trained / "manifest.json").read_text())
     assert set(man["models"]) == {"spinal", "foraminal", "subarticular"}
