@@ -34,6 +34,16 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(EXIT_DATA)
 
 
+class Points(str, Enum):
+    labels = "labels"
+    both = "both"
+
+
+class By(str, Enum):
+    level = "level"
+    condition = "condition"
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"spinefeat {__version__}")
@@ -129,7 +139,10 @@ def preview(
 def extract(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
     out: Annotated[Path, typer.Option(help="Feature table (parquet).")] = Path("features.parquet"),
-    coords: Annotated[str, typer.Option(help="'labels' (train_label_coordinates.csv) or a CSV of the same columns.")] = "labels",
+    coords: Annotated[str, typer.Option(help="'labels' (train_label_coordinates.csv), 'predicted' (the localiser, "
+                                              "with --models) or a CSV of the same columns.")] = "labels",
+    models_dir: Annotated[Optional[Path], typer.Option("--models", exists=True, file_okay=False,
+                                                       help="Models folder holding the localiser.")] = None,
     split: Annotated[str, typer.Option(help="Which split's studies: train or test.")] = "train",
     jobs: Annotated[int, typer.Option(min=1, help="Studies in parallel.")] = 1,
     cache: Annotated[Optional[Path], typer.Option(help="Per-study cache folder; default OUT.cache/.")] = None,
@@ -139,7 +152,8 @@ def extract(
     from .dataset import DataFolder
 
     try:
-        df = _extract_with_progress(data, _points(DataFolder(data), coords, split), split=split,
+        df = _extract_with_progress(data, _points(DataFolder(data), coords, split, models=models_dir, jobs=jobs),
+                                    split=split,
                                     cache=cache or out.with_suffix(".cache"), jobs=jobs, overlays=overlays)
     except SpinefeatError as exc:
         _fail(exc)
@@ -152,15 +166,28 @@ def extract(
                   f"{df.groupby('study_id')['diagnostics_seconds'].first().mean():.2f} s per study")
 
 
-def _points(folder, coords: Optional[str], split: str):
+def _points(folder, coords: Optional[str], split: str, *, models: Optional[Path] = None, jobs: int = 1):
+    """Points to measure at: 'labels', a CSV, or 'predicted' (the localiser saved with the models)."""
     from .dataset import read_coordinates
     from .extract import points_from_labels
 
-    if coords in (None, "labels"):
+    if coords == "labels":
         if split != "train":
-            raise SpinefeatError("the test split has no label coordinates: give --coords FILE "
-                                 "(a CSV with the columns of train_label_coordinates.csv)")
+            raise SpinefeatError("only the train split has label coordinates: give --coords FILE or use the "
+                                 "localiser (--coords predicted with --models)")
         return points_from_labels(folder)
+    if coords in (None, "predicted"):
+        if models is None:
+            raise SpinefeatError("finding the points needs the localiser: give --models (or --coords FILE)")
+        from .localize import Localizer, localize
+
+        with _progress() as prog:
+            task = prog.add_task(f"localising {split} studies", total=None)
+            pts, missing = localize(Localizer.load(models), folder.root, split=split, jobs=jobs,
+                                    progress=lambda n, t: prog.update(task, completed=n, total=t))
+        if len(missing):
+            console.print(f"[yellow]{len(missing)} points could not be placed[/yellow] (e.g. {missing.reason.iloc[0]})")
+        return pts
     return read_coordinates(Path(coords))
 
 
@@ -191,33 +218,27 @@ def train(
     folds: Annotated[int, typer.Option(min=2, help="Study-grouped CV folds.")] = 5,
     jobs: Annotated[int, typer.Option(min=1, help="Studies extracted in parallel; LightGBM threads.")] = 1,
     features_path: Annotated[Optional[Path], typer.Option("--features", exists=True, dir_okay=False,
-                                                          help="Use this feature table instead of extracting.")] = None,
+                                                          help="Feature table at the label points (skips that extraction).")] = None,
     seed: Annotated[int, typer.Option(help="Fold assignment and LightGBM seed.")] = 0,
+    points: Annotated[Points, typer.Option(help="Fit the graders at the label points only, or also at the points the "
+                                                "localiser finds (as at test time; CV is then scored there).")] = "both",
 ) -> None:
-    """Extract features at the label points (cached) and fit the three graders with cross-validation."""
+    """Learn the localiser and fit the three graders with cross-validation (features cached under OUT)."""
     import pandas as pd
 
-    from .dataset import DataFolder
-    from .models import fit, save
+    from .pipeline import train_all
 
     try:
-        folder = DataFolder(data)
-        if features_path is not None:
-            feats = pd.read_parquet(features_path)
-        else:
-            feats = _extract_with_progress(data, _points(folder, "labels", "train"), split="train",
-                                           cache=out / "features.cache", jobs=jobs)
-            out.mkdir(parents=True, exist_ok=True)
-            feats.to_parquet(out / "train_features.parquet", index=False)
+        label_features = pd.read_parquet(features_path) if features_path is not None else None
         with _progress() as prog:
-            task = prog.add_task("fitting graders", total=None)
-            result = fit(feats, folder.train(), folds=folds, jobs=jobs, seed=seed,
-                         progress=lambda n, t: prog.update(task, completed=n, total=t))
-        manifest = save(result, out)
+            task = prog.add_task("training", total=None)
+            result = train_all(data, out, folds=folds, jobs=jobs, seed=seed, points=points.value,
+                               label_features=label_features,
+                               step=lambda name, n, t: prog.update(task, description=name, completed=n, total=t))
     except SpinefeatError as exc:
         _fail(exc)
     _print_cv(result["cv"])
-    console.print(f"models -> {manifest.parent} (fit in {result['cv']['seconds']:.1f} s)")
+    console.print(f"models -> {out} (graders fit in {result['cv']['seconds']:.1f} s)")
 
 
 @app.command()
@@ -226,7 +247,8 @@ def predict(
     models_dir: Annotated[Path, typer.Option("--models", exists=True, file_okay=False, help="Trained models folder.")],
     out: Annotated[Path, typer.Option(help="Submission CSV to write.")] = Path("submission.csv"),
     split: Annotated[str, typer.Option(help="test (unlabelled studies) or train.")] = "test",
-    coords: Annotated[Optional[str], typer.Option(help="Points CSV (train_label_coordinates columns); 'labels' for the train split.")] = None,
+    coords: Annotated[Optional[str], typer.Option(help="Default: the localiser finds the points. Or a points CSV "
+                                                        "(train_label_coordinates columns), or 'labels' (train split).")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="Studies in parallel.")] = 1,
     cache: Annotated[Optional[Path], typer.Option(help="Per-study feature cache; default OUT.cache/.")] = None,
 ) -> None:
@@ -237,8 +259,8 @@ def predict(
     try:
         graders = load(models_dir)
         folder = DataFolder(data)
-        feats = _extract_with_progress(data, _points(folder, coords, split), split=split,
-                                       cache=cache or out.with_suffix(".cache"), jobs=jobs)
+        feats = _extract_with_progress(data, _points(folder, coords, split, models=models_dir, jobs=jobs),
+                                       split=split, cache=cache or out.with_suffix(".cache"), jobs=jobs)
         sub, fallback = graders.predict(feats)
     except SpinefeatError as exc:
         _fail(exc)
@@ -326,7 +348,7 @@ def explain(
     try:
         graders = load(models_dir)
         folder = DataFolder(data)
-        points = _points(folder, coords, split)
+        points = _points(folder, coords, split, models=models_dir)
         feats = add_relative_features(extract_study(data, split, study, folder.series(split), points,
                                                     overlays=out / "overlays"))
         table = explain_study(graders, feats, study, top=top)
@@ -380,10 +402,10 @@ def demo(
     seed: Annotated[int, typer.Option(help="Cohort seed.")] = 0,
     report_dir: Annotated[Path, typer.Option(help="Where the HTML report goes.")] = Path("reports/demo"),
 ) -> None:
-    """Synthesise a cohort, train with CV, predict and score the held-out part, explain, and write the report.
+    """Synthesise a cohort, train with CV, localise, predict and score the held-out part, explain, write the report.
 
-    The test split is predicted at its true points (truth/test_label_coordinates.csv)
-    until the localiser lands.
+    The held-out studies are graded at the points the localiser finds; the score
+    at their true points is shown beside it.
     """
     import json
 
@@ -392,7 +414,8 @@ def demo(
     from .dataset import DataFolder, read_train
     from .explain import explain_study, global_importance
     from .metric import score
-    from .models import fit, load, save
+    from .models import load
+    from .pipeline import train_all
     from .report import write_report
     from .synth import synth_cohort
 
@@ -407,40 +430,89 @@ def demo(
             synth_cohort(cohort, studies=studies, test_studies=test_studies, seed=seed, jobs=jobs,
                          progress=lambda n: prog.update(task, completed=n))
         folder = DataFolder(cohort)
-        console.print("2/5 extracting features at the label points")
-        feats = _extract_with_progress(cohort, _points(folder, "labels", "train"), split="train",
-                                       cache=models_dir / "features.cache", jobs=jobs)
-        models_dir.mkdir(parents=True, exist_ok=True)
-        feats.to_parquet(models_dir / "train_features.parquet", index=False)
-        console.print("3/5 fitting graders with 5-fold cross-validation")
-        result = fit(feats, folder.train(), folds=5, jobs=jobs, seed=seed)
-        save(result, models_dir)
+        with _progress() as prog:
+            task = prog.add_task("2/5 training", total=None)
+            result = train_all(cohort, models_dir, folds=5, jobs=jobs, seed=seed,
+                               step=lambda name, n, t: prog.update(task, description=f"2-3/5 {name}", completed=n,
+                                                                   total=t))
         _print_cv(result["cv"])
-        console.print("4/5 predicting the held-out test studies")
+        console.print("4/5 localising and grading the held-out test studies")
         graders = load(models_dir)
-        test_pts = _points(folder, str(cohort / "truth" / "test_label_coordinates.csv"), "test")
+        test_labels = read_train(cohort / "truth" / "test_labels.csv")
         overlays = out / "overlays"
-        test_feats = _extract_with_progress(cohort, test_pts, split="test", cache=out / "test_features.cache",
+        pts = _points(folder, "predicted", "test", models=models_dir, jobs=jobs)
+        pts.to_csv(out / "test_points.csv", index=False)
+        test_feats = _extract_with_progress(cohort, pts, split="test", cache=out / "test_features.cache",
                                             jobs=jobs, overlays=overlays)
         sub, _ = graders.predict(test_feats)
         sub.to_csv(out / "submission.csv", index=False)
-        test_scores = score(read_train(cohort / "truth" / "test_labels.csv"), sub)
+        test_scores = score(test_labels, sub)
+        true_pts = _points(folder, str(cohort / "truth" / "test_label_coordinates.csv"), "test")
+        true_feats = _extract_with_progress(cohort, true_pts, split="test", cache=out / "test_true_points.cache",
+                                            jobs=jobs)
+        test_scores_true = score(test_labels, graders.predict(true_feats)[0])
         console.print("5/5 explaining and writing the report")
         pages = {int(s): explain_study(graders, test_feats, s) for s in list(dict.fromkeys(test_feats["study_id"]))[:3]}
         index = write_report(report_dir, manifest=graders.manifest, oof=pd.read_csv(models_dir / "oof.csv"),
                              train=folder.train(), importance=global_importance(graders), studies=pages,
-                             overlays=overlays, test_scores={k: float(v) for k, v in test_scores.items()},
+                             overlays=overlays,
+                             test_scores={"points": "predicted", **{k: float(v) for k, v in test_scores.items()}},
+                             test_scores_true={"points": "true", **{k: float(v) for k, v in test_scores_true.items()}},
                              title="spinefeat demo (synthetic cohort)")
     except SpinefeatError as exc:
         _fail(exc)
     wall = time.perf_counter() - t0
     cv = result["cv"]["sharpened"]
     summary = {"cv_score": cv["score"], "cv_constant_in_sample": result["cv"]["constant_in_sample"]["score"],
-               "test_score": test_scores["score"], "wall_seconds": wall, "report": str(index)}
+               "test_score_predicted_points": test_scores["score"], "test_score_true_points": test_scores_true["score"],
+               "test_studies": len(sub) // 25, "wall_seconds": wall, "report": str(index)}
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     console.print(f"[bold]CV score {cv['score']:.3f}[/bold] (best constant {summary['cv_constant_in_sample']:.3f}); "
-                  f"held-out test score {test_scores['score']:.3f} on {len(sub) // 25} studies; "
-                  f"{wall:.0f} s in all\nreport -> {index}")
+                  f"held-out score {test_scores['score']:.3f} at localised points, {test_scores_true['score']:.3f} at true "
+                  f"points ({len(sub) // 25} studies: a small, noisy sample); {wall:.0f} s in all\nreport -> {index}")
+
+
+@app.command()
+def localize(
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
+    models_dir: Annotated[Path, typer.Option("--models", exists=True, file_okay=False, help="Models with the localiser.")],
+    out: Annotated[Path, typer.Option(help="Points CSV (train_label_coordinates columns + confidence).")] = Path("coords.csv"),
+    split: Annotated[str, typer.Option(help="Split whose studies are localised.")] = "test",
+    jobs: Annotated[int, typer.Option(min=1, help="Studies in parallel.")] = 1,
+) -> None:
+    """Find the 25 points of every study without labels."""
+    import time as _t
+
+    from .dataset import DataFolder
+
+    t0 = _t.perf_counter()
+    try:
+        pts = _points(DataFolder(data), "predicted", split, models=models_dir, jobs=jobs)
+    except SpinefeatError as exc:
+        _fail(exc)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pts.to_csv(out, index=False)
+    n = pts["study_id"].nunique()
+    console.print(f"{len(pts)} points for {n} studies -> {out} ({(_t.perf_counter() - t0) / max(n, 1):.2f} s per study, "
+                  f"jobs={jobs})")
+
+
+@app.command("check-localize")
+def check_localize(
+    predicted: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Points from `spinefeat localize`.")],
+    truth: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="True points (coordinate-file layout).")],
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The folder both refer to.")],
+    split: Annotated[str, typer.Option(help="Split of the studies.")] = "test",
+    out: Annotated[Optional[Path], typer.Option(help="Write the per-point errors here (CSV).")] = None,
+) -> None:
+    """Localisation error against true points: mm, wrong level, wrong slice."""
+    from .dataset import read_coordinates
+    from .localize import point_errors, summarize_errors
+
+    err = point_errors(data, read_coordinates(predicted), read_coordinates(truth), split=split)
+    if out is not None:
+        err.to_csv(out, index=False)
+    typer.echo(summarize_errors(err).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 @app.command()
@@ -487,11 +559,6 @@ def validate(
     except SpinefeatError as exc:
         _fail(exc)
     console.print(", ".join(f"{k}={v}" for k, v in counts.items()))
-
-
-class By(str, Enum):
-    level = "level"
-    condition = "condition"
 
 
 @app.command()

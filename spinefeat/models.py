@@ -2,8 +2,8 @@
 
 One multiclass model per condition (the spinal canal, the neural foramina, the
 subarticular recesses), level and side as features. Trained with the metric's
-sample weights 1/2/4 and early stopping on the weighted loss in study-grouped
-folds. Out-of-fold predictions then fit a temperature per condition and a
+sample weights 1/2/4 in study-grouped folds, early stopping on the weighted loss
+of an inner split of each fold's training studies (never on the fold itself). Out-of-fold predictions then fit a temperature per condition and a
 sharpening of each study's largest spinal severe probability (the
 any_severe_spinal term). Models are LightGBM text files; the manifest holds
 feature lists, class order, parameters, versions, file hashes and the
@@ -120,8 +120,13 @@ def _sha(path: Path) -> str:
 
 
 def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: int = 1, seed: int = 0,
-        progress=None) -> dict:
+        augment: pd.DataFrame | None = None, progress=None) -> dict:
     """Cross-validate and fit the three graders.
+
+    ``augment`` (optional) holds more feature rows of the same studies (for
+    example at the label points when ``features`` are at the localiser's
+    points): they join the training folds of their studies, never the scored
+    out-of-fold rows, so the CV score stays that of ``features``.
 
     Returns a dict with ``boosters`` (group -> Booster fitted on all rows),
     ``columns``, ``temperature``, ``beta``, ``oof`` (calibrated submission
@@ -129,6 +134,7 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
     frequencies times the weights, the fallback).
     """
     rows = training_rows(features, train)
+    extra = training_rows(augment, train) if augment is not None else rows.iloc[:0]
     if rows.empty:
         raise SpinefeatError("no feature row has a label: check that the features come from the labelled folder")
     studies = np.array(sorted(rows["study_id"].unique()))
@@ -136,23 +142,34 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         raise SpinefeatError(f"{len(studies)} labelled studies: need at least {folds} for {folds}-fold CV")
     rng = np.random.default_rng(seed)
     fold_of = dict(zip(rng.permutation(studies), np.arange(len(studies)) % folds))
+    # For fold k, the training studies with inner == k stop the boosting early (about 1/folds of them).
+    inner_of = dict(zip(rng.permutation(studies), np.arange(len(studies)) % folds))
     params = dict(PARAMS, num_threads=jobs, seed=seed)
     out = {"boosters": {}, "columns": {}, "temperature": {}, "rounds": {}, "params": params}
     raw_oof_parts = []
     t0 = time.perf_counter()
     for gi, group in enumerate(MODEL_GROUPS):
         g = rows[rows["condition"].isin(MODEL_GROUPS[group])].reset_index(drop=True)
+        ga = extra[extra["condition"].isin(MODEL_GROUPS[group]) & extra["study_id"].isin(fold_of)]
         cols = feature_columns(features, group)
-        x, y = g[cols].to_numpy(np.float32), g["severity"].to_numpy(int)
+        n_main = len(g)
+        both = pd.concat([g, ga.reindex(columns=g.columns)], ignore_index=True)
+        x, y = both[cols].to_numpy(np.float32), both["severity"].to_numpy(int)
         w = np.asarray(SEVERITY_WEIGHTS)[y]
-        fold = g["study_id"].map(fold_of).to_numpy()
-        raw = np.zeros((len(g), 3))
+        fold = both["study_id"].map(fold_of).to_numpy()
+        main = np.arange(len(both)) < n_main
+        raw = np.zeros((len(both), 3))
         best = []
+        # Early stopping on an inner split of the training studies: the held-out fold
+        # is never used to choose anything, so its predictions are honest.
+        inner = both["study_id"].map(inner_of).to_numpy()
         for k in range(folds):
-            tr, va = fold != k, fold == k
+            va = (fold == k) & main
+            es = (fold != k) & (inner == k) & main
+            tr = (fold != k) & (inner != k)
             dtr = lgb.Dataset(x[tr], y[tr], weight=w[tr], feature_name=cols, free_raw_data=False)
-            dva = lgb.Dataset(x[va], y[va], weight=w[va], reference=dtr)
-            b = lgb.train(params, dtr, MAX_ROUNDS, valid_sets=[dva],
+            des = lgb.Dataset(x[es], y[es], weight=w[es], reference=dtr)
+            b = lgb.train(params, dtr, MAX_ROUNDS, valid_sets=[des],
                           callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
             best.append(b.best_iteration)
             raw[va] = b.predict(x[va], num_iteration=b.best_iteration, raw_score=True)
@@ -161,8 +178,8 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         rounds = max(int(np.mean(best) * 1.1), 10)
         out["boosters"][group] = lgb.train(params, lgb.Dataset(x, y, weight=w, feature_name=cols), rounds)
         out["columns"][group], out["rounds"][group] = cols, rounds
-        out["temperature"][group] = fit_temperature(y, raw)
-        raw_oof_parts.append((g, raw, group))
+        out["temperature"][group] = fit_temperature(y[main], raw[main])
+        raw_oof_parts.append((g, raw[main], group))
         if progress is not None:
             progress(len(MODEL_GROUPS) * folds + gi + 1, len(MODEL_GROUPS) * folds + len(MODEL_GROUPS))
     # Scores of each step, on the same out-of-fold rows.

@@ -201,7 +201,8 @@ def drivers_text(drivers) -> str:
 
 def write_report(out: Path, *, manifest: dict, oof: pd.DataFrame, train: pd.DataFrame, importance: pd.DataFrame,
                  studies: dict[int, pd.DataFrame] | None = None, overlays: Path | None = None,
-                 test_scores: dict | None = None, title: str = "spinefeat report") -> Path:
+                 test_scores: dict | None = None, test_scores_true: dict | None = None,
+                 title: str = "spinefeat report") -> Path:
     """Write ``out/index.html`` (cohort) and ``out/study_<id>.html`` pages; images alongside.
 
     ``oof`` is an out-of-fold submission scored against ``train``; ``studies``
@@ -227,7 +228,8 @@ def write_report(out: Path, *, manifest: dict, oof: pd.DataFrame, train: pd.Data
             "study-grouped. <span class='small'>constant_in_sample: per-target class frequencies times the weights "
             "1/2/4 (the best constant), fitted on all rows.</span></p>", "<h2>Challenge metric</h2>", _table(terms)]
     if test_scores:
-        body += ["<h2>Held-out test split</h2>", _table(pd.DataFrame([test_scores]))]
+        rows = [test_scores] + ([test_scores_true] if test_scores_true else [])
+        body += ["<h2>Held-out test split</h2>", _table(pd.DataFrame(rows))]
     const = pd.DataFrame([{"row_id": r, **dict(zip(("normal_mild", "moderate", "severe"),
                                                     manifest["priors"][r.split("_", 1)[1]]))} for r in oof["row_id"]])
     for by in ("level", "condition"):

@@ -84,6 +84,8 @@ def test_predict_missing_series_falls_back_to_priors(trained, cohort, tmp_path):
     assert np.allclose(row.to_numpy(), man["priors"]["left_neural_foraminal_narrowing_l1_l2"])
 
 
-def test_test_split_without_coords_is_a_clear_error(trained, cohort, tmp_path):
-    res = CliRunner().invoke(app, ["predict", str(cohort), "--models", str(trained), "--out", str(tmp_path / "s.csv")])
-    assert res.exit_code == 3 and "--coords" in res.output
+def test_predict_without_points_or_localiser_is_a_clear_error(trained, cohort, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(trained, bare, ignore=shutil.ignore_patterns("*.cache", "localizer.*"))
+    res = CliRunner().invoke(app, ["predict", str(cohort), "--models", str(bare), "--out", str(tmp_path / "s.csv")])
+    assert res.exit_code == 3 and "localizer" in res.output

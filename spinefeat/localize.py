@@ -1,0 +1,470 @@
+"""Find the 25 condition-level points without labels: classical features, a learned detector, a chain model.
+
+1. Sagittal T2: the mid-sagittal slice is the one with the longest elongated
+   bright CSF column; a curve ``col = f(row)`` is fitted through it and
+   sampled every millimetre.
+2. At each sample, intensity statistics of the tissue anterior to the canal
+   (vertebral bodies and discs alternate), the canal's width and the distance
+   to the end of the thecal sac (the sacral anchor) feed a LightGBM classifier:
+   background or one of the five discs.
+3. A chain model picks exactly five ordered samples, L1/L2 at the top, by
+   dynamic programming over the detector's log-probabilities plus spacing
+   priors learned from the training coordinates: no level is skipped or doubled.
+4. Foramina (sagittal T1) and recesses (axial T2) are placed from the disc
+   points through patient-space offsets learned from the training labels, on
+   the slice chosen by patient x (never instance order), then refined locally.
+
+The detector is a LightGBM text model; everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from .dataset import CONDITION_SERIES, CONDITIONS, LEVELS, DataFolder
+from .dicom import Stack
+from .errors import SpinefeatError
+from .geometry import orientation_axes, project_to_stacks
+
+log = logging.getLogger(__name__)
+STEP_MM = 1.0
+DISC_RADIUS_MM = 2.5
+ANTERIOR_MM = (8.0, 13.0, 18.0, 23.0)
+ALONG_MM = tuple(np.arange(-12.0, 12.1, 2.0))
+DET_PARAMS = {"objective": "multiclass", "num_class": 6, "learning_rate": 0.1, "num_leaves": 31,
+              "min_data_in_leaf": 40, "feature_fraction": 0.8, "verbose": -1, "seed": 0, "deterministic": True,
+              "force_col_wise": True}
+
+
+# ---------------------------------------------------------------------------
+# Sagittal: mid slice, canal curve, samples and their features (pure)
+# ---------------------------------------------------------------------------
+
+def _norm(img: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(img, [1, 99.5])
+    return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1.2).astype(np.float32)
+
+
+def csf_column(img: np.ndarray, pixel_spacing_mm, *, centre_band_mm: float = 45.0) -> tuple[np.ndarray, float]:
+    """The CSF column: bright, vertically elongated components near the image's centre column.
+
+    The longest such component seeds a line ``col = f(row)``; other pieces
+    within 8 mm of it join (the column breaks where a canal is tight). Bright
+    bands far from the centre (subcutaneous fat at the back) are never taken:
+    sagittal fields of view are centred on the spine. Returns the mask and its
+    vertical extent (mm).
+    """
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    x = ndi.uniform_filter(_norm(img), size=3)
+    lab, n = ndi.label(x > 0.6)
+    if n == 0:
+        return np.zeros(img.shape, bool), 0.0
+    centre = (img.shape[1] - 1) / 2
+    cands = []
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        h_mm = (sl[0].stop - sl[0].start) * dr
+        comp = lab[sl] == i
+        width_mm = float(comp.sum()) * dr * dc / max(h_mm, 1e-6)
+        col_mm = (np.nonzero(comp)[1].mean() + sl[1].start - centre) * dc
+        if h_mm >= 15 and 1.5 <= width_mm <= 22 and h_mm / max(width_mm, 1e-6) > 3 and abs(col_mm) <= centre_band_mm:
+            cands.append((h_mm, i))
+    if not cands:
+        return np.zeros(img.shape, bool), 0.0
+    seed = lab == max(cands)[1]
+    rr, cc = np.nonzero(seed)
+    coef = np.polyfit(rr, cc, 2 if np.ptp(rr) * dr > 60 else 1)
+    mask = seed.copy()
+    for _, i in cands:
+        r2, c2 = np.nonzero(lab == i)
+        if np.median(np.abs(c2 - np.polyval(coef, r2))) * dc <= 8.0:
+            mask |= lab == i
+    rows = np.flatnonzero(mask.any(axis=1))
+    return mask, float(np.ptp(rows) * dr) if len(rows) else 0.0
+
+
+def mid_sagittal(stack: Stack) -> tuple[int, float]:
+    """The mid-sagittal slice and the midline's offset from it along the slice normal (mm).
+
+    The sac is widest at the midline, so its CSF area on a sagittal slice peaks
+    there: the slice with the largest CSF-column area, refined between slices
+    by a parabola through it and its neighbours.
+    """
+    k = stack.geometry.n_slices
+    cands = list(range(max(0, k // 2 - 4), min(k, k // 2 + 5)))
+    area = {}
+    for i in cands:
+        mask, extent = csf_column(stack.pixels[i], stack.geometry.pixel_spacing_mm)
+        area[i] = float(mask.sum()) if extent >= 40 else 0.0
+    best = max(cands, key=lambda i: (area[i], -abs(i - (k - 1) / 2)))
+    shift = 0.0
+    if best - 1 in area and best + 1 in area:
+        a0, a1, a2 = area[best - 1], area[best], area[best + 1]
+        den = a0 - 2 * a1 + a2
+        if den < 0:
+            shift = float(np.clip(0.5 * (a0 - a2) / den, -0.5, 0.5))
+    return best, shift * stack.geometry.slice_spacing_mm
+
+
+@dataclass
+class Canal:
+    rows: np.ndarray            # sample rows (float, input pixels), top to bottom
+    cols: np.ndarray            # canal centre column at each sample
+    s_mm: np.ndarray            # arc position of each sample (mm from the top sample)
+    width_mm: np.ndarray        # CSF width at each sample
+    end_mm: float               # arc position of the lowest CSF (thecal sac end)
+    anterior: float             # +1 when anterior is increasing column, else -1
+
+
+def fit_canal(img: np.ndarray, pixel_spacing_mm, iop) -> Canal | None:
+    """Fit ``col = f(row)`` through the CSF column and sample it every :data:`STEP_MM`."""
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    mask, extent = csf_column(img, pixel_spacing_mm)
+    if extent < 40:
+        return None
+    rr, cc = np.nonzero(mask)
+    deg = 3 if np.ptp(rr) * dr > 80 else 2
+    coef = np.polyfit(rr, cc, deg)
+    # Robust: refit on pixels near the first fit (drops bright fat beside the column).
+    near = np.abs(cc - np.polyval(coef, rr)) * dc < 10
+    coef = np.polyfit(rr[near], cc[near], deg)
+    top, bottom = rr[near].min(), rr[near].max()
+    dense = np.arange(top, bottom + 0.01, 0.25)
+    dcol = np.gradient(np.polyval(coef, dense)) * dc
+    ds = np.hypot(0.25 * dr, dcol)
+    s = np.concatenate([[0.0], np.cumsum(ds[1:])])
+    targets = np.arange(0.0, s[-1], STEP_MM)
+    rows = np.interp(targets, s, dense)
+    cols = np.polyval(coef, rows)
+    width = np.array([mask[int(round(r)), :].sum() * dc for r in rows])
+    f_r, _, _ = orientation_axes(iop)
+    # LPS +y is posterior: anterior is the column direction with F_r . y < 0.
+    anterior = -1.0 if f_r[1] > 0 else 1.0
+    return Canal(rows, cols, targets, width, float(targets[-1]), anterior)
+
+
+def sample_features(img: np.ndarray, pixel_spacing_mm, canal: Canal) -> np.ndarray:
+    """Per canal sample: tissue intensities anterior to the canal over +-12 mm along it, width, position."""
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    x = ndi.uniform_filter(_norm(img), size=max(3, int(round(2.0 / dr))))
+    h, w = x.shape
+    feats = []
+    for a in ANTERIOR_MM:
+        for d in ALONG_MM:
+            r = np.clip(np.round(canal.rows + d / dr), 0, h - 1).astype(int)
+            c = np.clip(np.round(canal.cols + canal.anterior * a / dc), 0, w - 1).astype(int)
+            feats.append(x[r, c])
+    prof = np.array(feats).T                          # (n, len(ANTERIOR)*len(ALONG))
+    centre = prof[:, [i * len(ALONG_MM) + len(ALONG_MM) // 2 for i in range(len(ANTERIOR_MM))]]
+    rel = prof - prof.reshape(len(canal.rows), len(ANTERIOR_MM), len(ALONG_MM)).mean(axis=2).repeat(len(ALONG_MM), 1)
+    pos = np.stack([canal.end_mm - canal.s_mm, canal.s_mm, canal.s_mm / max(canal.end_mm, 1), canal.width_mm], 1)
+    return np.concatenate([prof, rel, centre, pos], axis=1).astype(np.float32)
+
+
+def chain(logp: np.ndarray, s_mm: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, float]:
+    """Best ordered choice of one sample per level (top to bottom).
+
+    ``logp`` (n, 5): log-probability of each sample being each level;
+    ``gaps`` (4, 2): mean and sd (mm) of the distance from level k to k+1.
+    Returns the sample index per level and the total score. Levels are
+    strictly ordered and spaced by at least half the smallest mean gap, so a
+    missing or extra candidate can never give a skipped or doubled level.
+    """
+    n, k = logp.shape
+    if n < k:
+        raise SpinefeatError("canal too short for five levels")
+    min_gap = 0.5 * float(gaps[:, 0].min())
+    score = logp[:, 0].copy()
+    back = np.zeros((k, n), int)
+    diff = s_mm[None, :] - s_mm[:, None]                     # [i, j] = s_j - s_i
+    for lv in range(1, k):
+        mu, sd = gaps[lv - 1]
+        trans = -0.5 * ((diff - mu) / sd) ** 2
+        trans[diff < min_gap] = -np.inf
+        tot = score[:, None] + trans
+        back[lv] = np.argmax(tot, axis=0)
+        score = tot[back[lv], np.arange(n)] + logp[:, lv]
+    idx = np.zeros(k, int)
+    idx[-1] = int(np.argmax(score))
+    for lv in range(k - 1, 0, -1):
+        idx[lv - 1] = back[lv][idx[lv]]
+    return idx, float(score[idx[-1]])
+
+
+# ---------------------------------------------------------------------------
+# The model: training and use
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Localizer:
+    detector: lgb.Booster
+    gaps: np.ndarray                         # (4, 2) mm
+    offsets: dict = field(default_factory=dict)   # condition -> level -> [dx, dy, dz] from the spinal point
+
+    def save(self, out: Path) -> None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        self.detector.save_model(str(out / "localizer.txt"))
+        (out / "localizer.json").write_text(json.dumps({"gaps_mm": self.gaps.tolist(), "offsets_mm": self.offsets,
+                                                        "step_mm": STEP_MM}, indent=2))
+
+    @classmethod
+    def load(cls, models: Path) -> "Localizer":
+        models = Path(models)
+        if not (models / "localizer.txt").is_file():
+            raise SpinefeatError(f"{models}: no localizer (train with `spinefeat train`)")
+        meta = json.loads((models / "localizer.json").read_text())
+        return cls(lgb.Booster(model_file=str(models / "localizer.txt")), np.array(meta["gaps_mm"]), meta["offsets_mm"])
+
+    def find_discs(self, stack: Stack) -> tuple[int, float, np.ndarray, np.ndarray]:
+        """Mid-sagittal slice, the midline's offset from it (mm), the five disc (row, col) on it, a confidence per level."""
+        k, shift_mm = mid_sagittal(stack)
+        img = stack.pixels[k]
+        canal = fit_canal(img, stack.geometry.pixel_spacing_mm, stack.geometry.iop)
+        if canal is None:
+            raise SpinefeatError(f"study {stack.study_id} series {stack.series_id}: no CSF column found")
+        p = self.detector.predict(sample_features(img, stack.geometry.pixel_spacing_mm, canal))
+        logp = np.log(np.clip(p[:, 1:], 1e-6, 1))
+        idx, _ = chain(logp, canal.s_mm, self.gaps)
+        rc = np.stack([canal.rows[idx], canal.cols[idx]], axis=1)
+        return k, shift_mm, rc, p[idx, np.arange(1, 6)]
+
+
+def _series_desc(ser: pd.DataFrame, study_id: int, desc: str) -> list[int]:
+    return ser.loc[(ser["study_id"] == study_id) & (ser["series_description"] == desc), "series_id"].astype(int).tolist()
+
+
+def _label_xyz(images, point) -> np.ndarray:
+    st, k = images.locate(point["series_id"], point["instance_number"])
+    return st.geometry.to_patient(k, float(point["y"]), float(point["x"]))
+
+
+def train_localizer(root: Path, points: pd.DataFrame, *, jobs: int = 1, progress=None) -> Localizer:
+    """Learn the detector, the level spacing and the offsets of the other points from labelled studies."""
+    from .extract import StudyImages
+
+    folder = DataFolder(root)
+    ser = folder.series("train")
+    xs, ys, gaps = [], [], []
+    offsets: dict[str, dict[str, list]] = {c: {lv: [] for lv in LEVELS} for c in CONDITIONS[1:]}
+    study_ids = sorted(points["study_id"].unique())
+    for n, sid in enumerate(study_ids):
+        pts = points[points["study_id"] == sid]
+        sp = pts[pts["condition"] == "spinal_canal_stenosis"].set_index("level")
+        if len(sp) < 5 or sp["series_id"].nunique() != 1:
+            continue
+        images = StudyImages(folder, "train", sid, ser)
+        try:
+            (stack,) = images.stacks(int(sp["series_id"].iloc[0]))[:1]
+            spine_xyz = {lv: _label_xyz(images, sp.loc[lv]) for lv in LEVELS}
+            k = stack.slice_of_instance(int(sp["instance_number"].iloc[0]))
+            img = stack.pixels[k]
+            canal = fit_canal(img, stack.geometry.pixel_spacing_mm, stack.geometry.iop)
+        except (SpinefeatError, ValueError, KeyError) as exc:
+            log.warning("study %s skipped for the localiser: %s", sid, exc)
+            continue
+        if canal is None:
+            continue
+        f = sample_features(img, stack.geometry.pixel_spacing_mm, canal)
+        # Label of each sample: the disc whose labelled point is within DISC_RADIUS_MM (in mm on the slice).
+        dr, dc = stack.geometry.pixel_spacing_mm
+        y = np.zeros(len(canal.rows), int)
+        for li, lv in enumerate(LEVELS):
+            d = np.hypot((canal.rows - sp.loc[lv, "y"]) * dr, (canal.cols - sp.loc[lv, "x"]) * dc)
+            y[d <= DISC_RADIUS_MM] = li + 1
+        xs.append(f)
+        ys.append(y)
+        z = np.array([spine_xyz[lv] for lv in LEVELS])
+        gaps.append(np.linalg.norm(np.diff(z, axis=0), axis=1))
+        for cond in CONDITIONS[1:]:
+            for _, p in pts[pts["condition"] == cond].iterrows():
+                try:
+                    offsets[cond][p["level"]].append((_label_xyz(images, p) - spine_xyz[p["level"]]).tolist())
+                except (SpinefeatError, KeyError):
+                    pass
+        if progress is not None:
+            progress(n + 1, len(study_ids))
+    if not xs:
+        raise SpinefeatError("no study could train the localiser (need five spinal points on one sagittal slice)")
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    # Balance: every disc sample counts as much as ten background samples.
+    w = np.where(y > 0, 10.0, 1.0)
+    det = lgb.train(dict(DET_PARAMS, num_threads=jobs), lgb.Dataset(x, y, weight=w), 200)
+    g = np.array(gaps)
+    gap_stats = np.stack([g.mean(axis=0), np.maximum(g.std(axis=0), 2.0)], axis=1)
+    off = {c: {lv: (np.median(np.array(v), axis=0).tolist() if v else [0.0, 0.0, 0.0]) for lv, v in d.items()}
+           for c, d in offsets.items()}
+    return Localizer(det, gap_stats, off)
+
+
+def _refine(img: np.ndarray, rc, pixel_spacing_mm, *, radius_mm: float, smooth_mm: float = 2.0) -> tuple[float, float]:
+    """Move a point to the brightest smoothed pixel within ``radius_mm``."""
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    x = ndi.gaussian_filter(_norm(img), sigma=(smooth_mm / dr, smooth_mm / dc))
+    r0, c0 = rc
+    rr, cc = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+    inside = np.hypot((rr - r0) * dr, (cc - c0) * dc) <= radius_mm
+    if not inside.any():
+        return float(r0), float(c0)
+    i = np.argmax(np.where(inside, x, -np.inf))
+    return float(rr.flat[i]), float(cc.flat[i])
+
+
+def _axial_midline_mm(images, series: pd.DataFrame, study_id: int, stack: Stack, k: int, rc: np.ndarray) -> float | None:
+    """Median signed distance (mm, along the sagittal normal) from slice ``k`` to the dural sac centres
+    found on the axial T2 slices the disc points project to; None when no axial sac is found."""
+    from .segment import FAILED, segment_axial_sac
+
+    n = stack.geometry.normal
+    dists = []
+    for sid in _series_desc(series, study_id, "Axial T2"):
+        stacks = images.stacks(sid)
+        geos = [s.geometry for s in stacks]
+        for r, c in rc:
+            xyz = stack.geometry.to_patient(k, r, c)
+            pr = project_to_stacks(xyz, geos)
+            if not pr["in_image"]:
+                continue
+            ax = stacks[pr["stack"]]
+            seg = segment_axial_sac(ax.pixels[pr["slice"]], (pr["row"], pr["col"]),
+                                    pixel_spacing_mm=ax.geometry.pixel_spacing_mm)
+            if seg.quality == FAILED:
+                continue
+            cr, cc = np.argwhere(seg.mask).mean(axis=0)
+            dr, dc = ax.geometry.pixel_spacing_mm
+            centre = ax.geometry.to_patient(pr["slice"], seg.origin_rc[0] + cr * seg.spacing_mm / dr,
+                                            seg.origin_rc[1] + cc * seg.spacing_mm / dc)
+            dists.append(float((centre - stack.geometry.positions_mm[k]) @ n))
+    return float(np.median(dists)) if dists else None
+
+
+def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series: pd.DataFrame) -> tuple[list[dict], list[str]]:
+    """The 25 points of one study (rows in the coordinate-file layout + confidence), and reasons for missing ones."""
+    from .extract import StudyImages
+
+    images = StudyImages(DataFolder(root), split, study_id, series)
+    rows, missing = [], []
+    t2 = _series_desc(series, study_id, CONDITION_SERIES["spinal_canal_stenosis"])
+    if not t2:
+        return [], ["no Sagittal T2/STIR series: no levels found"]
+    stack = max(images.stacks(t2[0]), key=lambda s: s.geometry.n_slices)
+    k, shift_mm, rc, conf = loc.find_discs(stack)
+    # The axial sac centres show where the midline is: take the sagittal slice nearest to it.
+    d = _axial_midline_mm(images, series, study_id, stack, k, rc)
+    if d is not None:
+        offs = stack.geometry.offsets_mm
+        k_new = int(np.argmin(np.abs(offs - (offs[k] + d))))
+        shift_mm = float(offs[k] + d - offs[k_new])
+        k = k_new
+    spine, midline = {}, {}
+    for li, lv in enumerate(LEVELS):
+        spine[lv] = stack.geometry.to_patient(k, rc[li, 0], rc[li, 1])
+        midline[lv] = spine[lv] + shift_mm * stack.geometry.normal
+        rows.append({"study_id": study_id, "series_id": t2[0], "instance_number": int(stack.instance_numbers[k]),
+                     "condition": "spinal_canal_stenosis", "level": lv, "x": float(rc[li, 1]), "y": float(rc[li, 0]),
+                     "confidence": float(conf[li])})
+    for cond in CONDITIONS[1:]:
+        desc = CONDITION_SERIES[cond]
+        sids = _series_desc(series, study_id, desc)
+        if not sids:
+            missing.append(f"{cond}: no {desc} series")
+            continue
+        for lv in LEVELS:
+            xyz = midline[lv] + np.asarray(loc.offsets[cond][lv])
+            best = None
+            for sid in sids:
+                stacks = images.stacks(sid)
+                pr = project_to_stacks(xyz, [s.geometry for s in stacks])
+                key = (not pr["in_image"], abs(pr["distance_mm"]))
+                if best is None or key < best[0]:
+                    best = (key, sid, stacks[pr["stack"]], pr)
+            _, sid, st, pr = best
+            if not pr["in_image"]:
+                missing.append(f"{cond} {lv}: outside the {desc} series")
+                continue
+            r, c = pr["row"], pr["col"]
+            if "foraminal" in cond:
+                # The foraminal fat keyhole is the brightest tissue nearby on T1. (On axial T2 the
+                # brightest tissue near a recess is the sac's CSF, so recesses keep their offset.)
+                r, c = _refine(st.pixels[pr["slice"]], (r, c), st.geometry.pixel_spacing_mm, radius_mm=4.0,
+                               smooth_mm=1.5)
+            rows.append({"study_id": study_id, "series_id": sid, "instance_number": int(st.instance_numbers[pr["slice"]]),
+                         "condition": cond, "level": lv, "x": c, "y": r, "confidence": float(conf[LEVELS.index(lv)])})
+    return rows, missing
+
+
+def localize(loc: Localizer, root: Path, *, split: str = "test", jobs: int = 1, progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Points of every study of a split, and a table of what could not be placed and why."""
+    from joblib import Parallel, delayed
+
+    series = DataFolder(root).series(split)
+    ids = sorted(series["study_id"].unique())
+
+    def one(sid):
+        try:
+            return sid, *localize_study(loc, root, split, int(sid), series)
+        except Exception as exc:     # recorded per study; the run goes on
+            return sid, [], [f"{type(exc).__name__}: {exc}"]
+
+    rows, missing = [], []
+    done = 0
+    for sid, r, m in Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(one)(s) for s in ids):
+        rows.extend(r)
+        missing.extend({"study_id": int(sid), "reason": x} for x in m)
+        done += 1
+        if progress is not None:
+            progress(done, len(ids))
+    cols = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y", "confidence"]
+    pts = pd.DataFrame(rows, columns=cols).sort_values(["study_id", "condition", "level"]).reset_index(drop=True)
+    return pts, pd.DataFrame(missing, columns=["study_id", "reason"])
+
+
+def point_errors(root: Path, predicted: pd.DataFrame, truth: pd.DataFrame, *, split: str) -> pd.DataFrame:
+    """Per true point: distance (mm, patient space) to the predicted point of the same target,
+    whether it sits nearer another level's true point (wrong level), and the slice offset."""
+    from .extract import StudyImages
+
+    folder = DataFolder(root)
+    series = folder.series(split)
+    out = []
+    for sid, tp in truth.groupby("study_id"):
+        pp = predicted[predicted["study_id"] == sid]
+        if pp.empty:
+            continue
+        images = StudyImages(folder, split, int(sid), series)
+        txyz = {(r.condition, r.level): _label_xyz(images, r._asdict()) for r in tp.itertuples()}
+        for r in pp.itertuples():
+            key = (r.condition, r.level)
+            if key not in txyz:
+                continue
+            p = _label_xyz(images, r._asdict())
+            d = np.linalg.norm(p - txyz[key])
+            others = [np.linalg.norm(p - v) for (c, lv), v in txyz.items() if c == r.condition and lv != r.level]
+            true_row = tp[(tp["condition"] == r.condition) & (tp["level"] == r.level)].iloc[0]
+            if int(true_row["series_id"]) == int(r.series_id):
+                st_t, k_t = images.locate(true_row["series_id"], true_row["instance_number"])
+                st_p, k_p = images.locate(r.series_id, r.instance_number)
+                slice_off = abs(k_t - k_p) if st_t is st_p else 99
+            else:
+                slice_off = 99
+            out.append({"study_id": sid, "condition": r.condition, "level": r.level, "error_mm": float(d),
+                        "wrong_level": bool(others and min(others) < d), "slice_offset": int(slice_off)})
+    return pd.DataFrame(out)
+
+
+def summarize_errors(err: pd.DataFrame) -> pd.DataFrame:
+    """Per condition: median and 95th percentile error, share within 5 mm, wrong level, slice exact/off by one/worse."""
+    rows = []
+    for cond, g in err.groupby("condition"):
+        rows.append({"condition": cond, "points": len(g), "median_mm": g.error_mm.median(),
+                     "p95_mm": g.error_mm.quantile(0.95), "within_5mm": (g.error_mm <= 5).mean(),
+                     "wrong_level": g.wrong_level.mean(), "slice_exact": (g.slice_offset == 0).mean(),
+                     "slice_off_by_one": (g.slice_offset == 1).mean(), "slice_worse": (g.slice_offset > 1).mean()})
+    return pd.DataFrame(rows)

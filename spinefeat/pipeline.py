@@ -1,0 +1,50 @@
+"""The training pipeline shared by `spinefeat train` and `spinefeat demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .dataset import DataFolder
+from .extract import extract, points_from_labels
+from .localize import localize, train_localizer
+from .models import fit, save
+
+
+def train_all(data: Path, out: Path, *, folds: int = 5, jobs: int = 1, seed: int = 0, points: str = "both",
+              label_features: pd.DataFrame | None = None, step=None) -> dict:
+    """Learn the localiser and the graders from a labelled folder; write them to ``out``.
+
+    ``points``: ``labels`` fits the graders at the label points; ``both``
+    (default) fits them at the points the localiser finds on the training
+    studies, as at test time, with the label-point rows as augmentation, and
+    reports CV at the localised points. ``step(name, done, total)`` reports
+    progress. Feature tables are cached under ``out``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    folder = DataFolder(data)
+    report = step or (lambda *a: None)
+    labels = points_from_labels(folder)
+    if label_features is None:
+        label_features = extract(data, labels, split="train", cache=out / "features.cache", jobs=jobs,
+                                 progress=lambda n, t: report("extracting at the label points", n, t))
+    label_features.to_parquet(out / "train_features.parquet", index=False)
+    loc = train_localizer(data, labels, jobs=jobs, progress=lambda n, t: report("learning the localiser", n, t))
+    loc.save(out)
+    augment = None
+    features = label_features
+    if points == "both":
+        found, _ = localize(loc, data, split="train", jobs=jobs,
+                            progress=lambda n, t: report("localising the training studies", n, t))
+        found.to_csv(out / "train_points_localised.csv", index=False)
+        features = extract(data, found, split="train", cache=out / "features_localised.cache", jobs=jobs,
+                           progress=lambda n, t: report("extracting at the localised points", n, t))
+        features.to_parquet(out / "train_features_localised.parquet", index=False)
+        augment = label_features
+    result = fit(features, folder.train(), folds=folds, jobs=jobs, seed=seed, augment=augment,
+                 progress=lambda n, t: report("fitting graders", n, t))
+    result["cv"]["points"] = points
+    save(result, out)
+    return result
