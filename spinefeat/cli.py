@@ -278,7 +278,7 @@ def bench(
     models_dir: Annotated[Optional[Path], typer.Option("--models", exists=True, file_okay=False,
                                                        help="Trained models (grading is timed too).")] = None,
     split: Annotated[str, typer.Option(help="Split whose studies are timed.")] = "train",
-    coords: Annotated[Optional[str], typer.Option(help="Points CSV; 'labels' for the train split.")] = None,
+    coords: Annotated[Optional[str], typer.Option(help="Points CSV or 'labels'; default: the models' localiser finds them.")] = None,
     studies: Annotated[int, typer.Option(min=1, help="Studies timed on the predict path.")] = 10,
     train_features: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False,
                                                            help="Feature table to bootstrap for the training timing.")] = None,
@@ -296,13 +296,16 @@ def bench(
 
     try:
         folder = DataFolder(data)
-        graders = None
+        graders = localizer = None
         if models_dir is not None:
+            from .localize import Localizer
             from .models import load
 
             graders = load(models_dir)
-        res = time_predict_path(data, _points(folder, coords or "labels", split), graders, split=split,
-                                studies=studies)
+            if coords is None and (models_dir / "localizer.txt").is_file():
+                localizer = Localizer.load(models_dir)
+        points = None if localizer is not None else _points(folder, coords or "labels", split)
+        res = time_predict_path(data, points, graders, split=split, studies=studies, localizer=localizer)
         if train_features is not None:
             res.update(time_training(pd.read_parquet(train_features), folder.train(), studies=train_studies,
                                      jobs=jobs))

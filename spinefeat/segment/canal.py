@@ -5,20 +5,12 @@ from __future__ import annotations
 import numpy as np
 from skimage.morphology import convex_hull_image
 
-from .common import FAILED, FOUND, WEAK, Segmentation, bright_region, crop_mm, extent_mm, normalise
+from .common import FAILED, FOUND, WEAK, Segmentation, blank_reason, bright_region, crop_mm, extent_mm, finish, \
+    normalise, open_crop
 
 NAN = float("nan")
 AXIAL_KEYS = ("area_mm2", "ap_diameter_mm", "transverse_diameter_mm", "csf_fraction", "solidity")
 SAGITTAL_KEYS = ("ap_width_mm", "ap_width_above_mm", "ap_width_below_mm", "width_ratio")
-
-
-def _blank(crop: np.ndarray) -> str | None:
-    if np.ptp(crop) < 1e-6:
-        return "blank crop"
-    x = normalise(crop)
-    if (x > 0.95).mean() > 0.6:
-        return "saturated crop"
-    return None
 
 
 def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, crop_size_mm: float = 40.0,
@@ -40,12 +32,9 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, crop_size
     >>> bool(abs(seg.measurements["area_mm2"] / (np.pi * 10 ** 2) - 1) < 0.03)
     True
     """
-    crop, origin = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
-                           spacing_mm=spacing_mm)
-    fail = Segmentation(np.zeros(crop.shape, bool), {k: NAN for k in AXIAL_KEYS}, FAILED, spacing_mm, origin)
-    why = _blank(crop)
-    if why:
-        fail.notes.append(why)
+    crop, origin, fail = open_crop(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
+                                   spacing_mm=spacing_mm, keys=AXIAL_KEYS)
+    if fail is not None:
         return fail
     x = normalise(crop, hi_pct=99.5)
     mask, info = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)))
@@ -60,21 +49,12 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, crop_size
     ap, tr = extent_mm(mask, spacing_mm)
     meas = {"area_mm2": float(mask.sum()) * spacing_mm ** 2, "ap_diameter_mm": ap, "transverse_diameter_mm": tr,
             "csf_fraction": float(info["bright"][mask].mean()), "solidity": solidity}
-    return _finish(mask, meas, spacing_mm, origin, min_area_mm2=5.0)
-
-
-def _finish(mask, meas, spacing_mm, origin, *, min_area_mm2: float, border_is_weak: bool = True) -> Segmentation:
-    touches = bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
-    weak = (touches and border_is_weak) or meas.get("area_mm2", 1e9) < min_area_mm2
-    seg = Segmentation(mask, meas, WEAK if weak else FOUND, spacing_mm, origin)
-    if touches:
-        seg.notes.append("mask reaches the crop border")
-    return seg
+    return finish(mask, meas, spacing_mm, origin, min_area_mm2=5.0)
 
 
 def _column_width(image, seed_rc, pixel_spacing_mm, spacing_mm, search_mm) -> tuple[float, np.ndarray, tuple]:
     crop, origin = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=24.0, spacing_mm=spacing_mm)
-    if _blank(crop):
+    if blank_reason(crop):
         return NAN, np.zeros(crop.shape, bool), origin
     x = normalise(crop, hi_pct=99.5)
     mask, _ = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)), search_mm=search_mm)

@@ -58,6 +58,36 @@ def crop_mm(image: np.ndarray, centre_rc, *, pixel_spacing_mm, size_mm: float, s
     return crop, (r0, c0)
 
 
+def blank_reason(crop: np.ndarray) -> str | None:
+    """Why a crop cannot be segmented (blank or saturated), or None."""
+    if np.ptp(crop) < 1e-6:
+        return "blank crop"
+    if (normalise(crop) > 0.95).mean() > 0.6:
+        return "saturated crop"
+    return None
+
+
+def open_crop(image: np.ndarray, seed_rc, *, pixel_spacing_mm, size_mm: float, spacing_mm: float,
+              keys) -> tuple[np.ndarray, tuple[float, float], "Segmentation | None"]:
+    """The fixed-mm crop around a seed, its origin, and a ``failed`` result (NaN ``keys``) when it is unusable."""
+    crop, origin = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=size_mm, spacing_mm=spacing_mm)
+    why = blank_reason(crop)
+    if why is None:
+        return crop, origin, None
+    return crop, origin, Segmentation(np.zeros(crop.shape, bool), {k: float("nan") for k in keys}, FAILED,
+                                      spacing_mm, origin, [why])
+
+
+def finish(mask, meas, spacing_mm, origin, *, min_area_mm2: float, border_is_weak: bool = True) -> Segmentation:
+    """``found``, or ``weak`` when the mask is tiny or (where that matters) reaches the crop border."""
+    touches = bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+    weak = (touches and border_is_weak) or meas.get("area_mm2", 1e9) < min_area_mm2
+    seg = Segmentation(mask, meas, WEAK if weak else FOUND, spacing_mm, origin)
+    if touches:
+        seg.notes.append("mask reaches the crop border")
+    return seg
+
+
 def normalise(img: np.ndarray, *, lo_pct: float = 1.0, hi_pct: float = 99.0) -> np.ndarray:
     """Percentile scaling to [0, 1] (per crop or per series, the caller chooses the reference)."""
     lo, hi = np.percentile(img, [lo_pct, hi_pct])

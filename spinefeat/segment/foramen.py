@@ -6,8 +6,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image
 
-from .canal import _blank, _finish
-from .common import FAILED, FOUND, Segmentation, bright_region, crop_mm, extent_mm, normalise
+from .common import FOUND, Segmentation, bright_region, extent_mm, finish, normalise, open_crop
 
 NAN = float("nan")
 KEYS = ("area_mm2", "height_mm", "width_mm", "narrowest_width_mm", "fat_fraction", "root_area_mm2",
@@ -33,12 +32,9 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     T1), ``fat_level`` is the brightest tissue within 4 mm of the point over
     it; under :data:`FAT_LEVEL` no fat is left: area 0, four directions lost.
     """
-    crop, origin = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
-                           spacing_mm=spacing_mm)
-    fail = Segmentation(np.zeros(crop.shape, bool), {k: NAN for k in KEYS}, FAILED, spacing_mm, origin)
-    why = _blank(crop)
-    if why:
-        fail.notes.append(why)
+    crop, origin, fail = open_crop(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
+                                   spacing_mm=spacing_mm, keys=KEYS)
+    if fail is not None:
         return fail
     n = crop.shape[0]
     yy, xx = np.indices(crop.shape)
@@ -94,4 +90,4 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
             "root_area_mm2": root_area, "fat_up_mm": up, "fat_down_mm": down, "fat_front_mm": front,
             "fat_back_mm": back, "min_fat_mm": float(dirs.min()), "n_directions_lost": float((dirs < FAT_LOST_MM).sum()),
             "fat_level": fat_level}
-    return _finish(mask, meas, spacing_mm, origin, min_area_mm2=3.0)
+    return finish(mask, meas, spacing_mm, origin, min_area_mm2=3.0)

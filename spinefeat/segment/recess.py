@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .canal import _blank, _finish
-from .common import FAILED, FOUND, Segmentation, bright_region, crop_mm, normalise, run_through
+from .common import FOUND, Segmentation, bright_region, finish, normalise, open_crop, run_through
 
 NAN = float("nan")
 #: Below this share of the crop's bright reference (the sac's CSF), nothing near the point is recess space.
@@ -25,12 +24,9 @@ def measure_recess(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_si
     towards the patient's back, from the orientation tags). ``dark_fraction``
     is the share of the crop darker than the half-maximum (encroaching tissue).
     """
-    crop, origin = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
-                           spacing_mm=spacing_mm)
-    fail = Segmentation(np.zeros(crop.shape, bool), {k: NAN for k in KEYS}, FAILED, spacing_mm, origin)
-    why = _blank(crop)
-    if why:
-        fail.notes.append(why)
+    crop, origin, fail = open_crop(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
+                                   spacing_mm=spacing_mm, keys=KEYS)
+    if fail is not None:
         return fail
     x = normalise(crop, hi_pct=99.5)
     # The recess is space (fat or CSF, both bright on T2) around the dark traversing root:
@@ -65,4 +61,4 @@ def measure_recess(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_si
             "lf_thickness_mm": lf * spacing_mm if 0 <= r < x.shape[0] else NAN,
             "dark_fraction": float((x < info["threshold"]).mean())}
     # The recess opens into the canal, so reaching the crop border is expected here.
-    return _finish(mask, meas, spacing_mm, origin, min_area_mm2=1.0, border_is_weak=False)
+    return finish(mask, meas, spacing_mm, origin, min_area_mm2=1.0, border_is_weak=False)
