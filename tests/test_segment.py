@@ -57,6 +57,25 @@ def test_seed_chooses_the_component_not_the_brightest_blob():
     assert seg.measurements["area_mm2"] == pytest.approx(np.pi * 25, rel=0.08)
 
 
+def test_sac_split_by_a_rootlet_clump_is_one_sac():
+    """A dark band of clumped rootlets (1.5 mm) across the sac cuts its CSF in two: both halves are the sac."""
+    img, seed = disc_image(7.0, 0.4, noise=0.02)
+    n = img.shape[0]
+    yy, xx = (np.mgrid[:n, :n] - (n - 1) / 2) * 0.4
+    img[(np.abs(yy - 1.0) < 0.75) & (np.hypot(yy, xx) <= 7.0)] = 0.3
+    seg = segment_axial_sac(img, seed, pixel_spacing_mm=(0.4, 0.4))
+    assert seg.measurements["area_mm2"] == pytest.approx(np.pi * 49, rel=0.06)
+
+
+def test_bright_structure_beyond_the_join_distance_stays_out():
+    img, seed = disc_image(5.0, 0.5, size_mm=80)
+    n = img.shape[0]
+    yy, xx = (np.mgrid[:n, :n] - (n - 1) / 2) * 0.5
+    img[(np.abs(yy) < 3) & (xx > 9) & (xx < 14)] = 1.0     # fat 4 mm lateral to the sac's edge
+    seg = segment_axial_sac(img, seed, pixel_spacing_mm=(0.5, 0.5))
+    assert seg.measurements["area_mm2"] == pytest.approx(np.pi * 25, rel=0.08)
+
+
 @pytest.mark.parametrize("value", [0.0, 1.0, 4095.0])
 def test_blank_crop_is_flagged_not_raised(value):
     seg = segment_axial_sac(np.full((100, 100), value), (50, 50), pixel_spacing_mm=(0.5, 0.5))

@@ -17,7 +17,8 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, crop_size
                       spacing_mm: float = 0.25) -> Segmentation:
     """The dural sac (bright CSF, rootlet holes filled) around a seed on an axial T2 slice.
 
-    The sac is the convex hull of the CSF component holding the seed.
+    The sac is the convex hull of the CSF component nearest the seed and the
+    CSF pieces within 2 mm of it (clumped rootlets split the CSF).
     Returns a :class:`Segmentation` with ``area_mm2``, ``ap_diameter_mm``
     (along image rows), ``transverse_diameter_mm``, ``csf_fraction`` (share of
     the filled sac that is bright CSF, low when rootlets clump) and
@@ -37,7 +38,7 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, crop_size
     if fail is not None:
         return fail
     x = normalise(crop, hi_pct=99.5)
-    mask, info = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)))
+    mask, info = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)), join_mm=2.0)
     if not mask.any():
         fail.notes.append("no bright structure near the seed")
         return fail

@@ -104,14 +104,17 @@ def disk(radius_px: int) -> np.ndarray:
 
 def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, search_mm: float = 4.0,
                   strict: float = 0.85, fill: bool = True, close_mm: float = 0.75,
-                  min_level: float = 0.05) -> tuple[np.ndarray, dict]:
+                  min_level: float = 0.05, join_mm: float = 0.0, join_within_mm: float = 10.0) -> tuple[np.ndarray, dict]:
     """The bright structure nearest the centre of a normalised, fixed-mm crop.
 
     1. ``hi`` = the 95th percentile within ``search_mm`` of the centre (the
        structure's own level);
     2. a strict threshold ``strict * hi`` separates the structure from
        moderately bright neighbours (epidural fat next to CSF, marrow next to
-       foraminal fat); the component nearest the centre is kept;
+       foraminal fat); the component nearest the centre is kept, with (when
+       ``join_mm > 0``) every other strict component within ``join_mm`` of it,
+       repeatedly, as long as it comes within ``join_within_mm`` of the centre
+       (CSF split into pieces by clumped rootlets is one sac);
     3. its edge is moved to the half-maximum between ``hi`` and its
        surroundings, within one input pixel of the strict mask, which removes
        the bias a high threshold puts on blurred edges;
@@ -144,6 +147,15 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
     if d.min() > search_mm:
         return np.zeros(x.shape, bool), info
     comp = lab == best
+    if join_mm > 0:
+        reach = disk(int(round(join_mm / spacing_mm)))
+        allowed = np.unique(lab[(lab > 0) & (dist_mm <= join_within_mm)])
+        while True:
+            touching = np.intersect1d(np.unique(lab[ndi.binary_dilation(comp, reach) & (lab > 0)]), allowed)
+            grown_comp = np.isin(lab, touching) | comp
+            if grown_comp.sum() == comp.sum():
+                break
+            comp = grown_comp
     px = max(1, int(np.ceil(input_px_mm / spacing_mm)))
     grown = ndi.binary_dilation(comp, disk(px))
     ring = ndi.binary_dilation(grown, disk(px)) & ~grown
@@ -151,7 +163,7 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
     thr = 0.5 * (hi + lo)
     bright = grown & (x >= thr) | comp
     lab2, _ = ndi.label(bright)
-    bright = lab2 == lab2[tuple(np.argwhere(comp)[0])]
+    bright = np.isin(lab2, np.unique(lab2[comp]))
     mask = bright
     if close_mm > 0:
         mask = ndi.binary_closing(np.pad(mask, px + 2), disk(int(round(close_mm / spacing_mm))))[px + 2:-px - 2, px + 2:-px - 2]
