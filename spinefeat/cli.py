@@ -482,6 +482,7 @@ def localize(
     out: Annotated[Path, typer.Option(help="Points CSV (train_label_coordinates columns + confidence).")] = Path("coords.csv"),
     split: Annotated[str, typer.Option(help="Split whose studies are localised.")] = "test",
     jobs: Annotated[int, typer.Option(min=1, help="Studies in parallel.")] = 1,
+    overlays: Annotated[Optional[Path], typer.Option(help="Write a PNG of each study's points here.")] = None,
 ) -> None:
     """Find the 25 points of every study without labels."""
     import time as _t
@@ -498,6 +499,11 @@ def localize(
     n = pts["study_id"].nunique()
     console.print(f"{len(pts)} points for {n} studies -> {out} ({(_t.perf_counter() - t0) / max(n, 1):.2f} s per study, "
                   f"jobs={jobs})")
+    if overlays is not None:
+        from .report import write_point_sheets
+
+        written = write_point_sheets(data, pts, overlays, split=split)
+        console.print(f"point overlays of {len(written)} studies -> {overlays}")
 
 
 @app.command("check-localize")
@@ -507,15 +513,28 @@ def check_localize(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The folder both refer to.")],
     split: Annotated[str, typer.Option(help="Split of the studies.")] = "test",
     out: Annotated[Optional[Path], typer.Option(help="Write the per-point errors here (CSV).")] = None,
+    overlays: Annotated[Optional[Path], typer.Option(help="Write PNGs of predicted (red) and true (green) points here.")] = None,
+    studies: Annotated[int, typer.Option(min=1, help="Studies drawn with --overlays (worst first).")] = 6,
 ) -> None:
     """Localisation error against true points: mm, wrong level, wrong slice."""
     from .dataset import read_coordinates
     from .localize import point_errors, summarize_errors
 
-    err = point_errors(data, read_coordinates(predicted), read_coordinates(truth), split=split)
+    pred, true = read_coordinates(predicted), read_coordinates(truth)
+    err = point_errors(data, pred, true, split=split)
     if out is not None:
         err.to_csv(out, index=False)
-    typer.echo(summarize_errors(err).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    summary = summarize_errors(err)
+    typer.echo(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    shifted = err.groupby("study_id")["wrong_level"].any()
+    typer.echo(f"all points: within 5 mm {(err.error_mm <= 5).mean():.3f}, wrong level {err.wrong_level.mean():.4f}, "
+               f"studies {err.study_id.nunique()}, studies with a point on a wrong level {int(shifted.sum())}")
+    if overlays is not None:
+        from .report import write_point_sheets
+
+        worst = err.groupby("study_id")["error_mm"].max().sort_values(ascending=False).index[:studies]
+        written = write_point_sheets(data, pred[pred["study_id"].isin(worst)], overlays, split=split, truth=true)
+        console.print(f"point overlays of {len(written)} studies (largest errors) -> {overlays}")
 
 
 @app.command()

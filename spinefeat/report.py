@@ -8,9 +8,9 @@ import cv2
 import pandas as pd
 import numpy as np
 
-from .dataset import SERIES_TYPES, DataFolder
+from .dataset import LEVELS, SERIES_TYPES, DataFolder
 from .dicom import load_series
-from .viz import contact_sheet
+from .viz import contact_sheet, window
 
 
 def preview_sheet(folders: list[Path], *, studies: int = 1, tile_px: int = 256) -> np.ndarray:
@@ -40,6 +40,80 @@ def write_preview(folders: list[Path], out: Path, *, studies: int = 1) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), preview_sheet(folders, studies=studies))
     return out
+
+
+#: Tiles of a study's point sheet: (title, conditions drawn, condition and level whose slice is shown).
+POINT_TILES = [("Sag T2 spinal", ("spinal_canal_stenosis",), ("spinal_canal_stenosis", "l3_l4")),
+               ("Sag T1 left foramina", ("left_neural_foraminal_narrowing",), ("left_neural_foraminal_narrowing", "l3_l4")),
+               ("Sag T1 right foramina", ("right_neural_foraminal_narrowing",), ("right_neural_foraminal_narrowing", "l3_l4"))] + [
+    (f"Ax T2 {lv[:2].upper()}/{lv[3:].upper()} recesses", ("left_subarticular_stenosis", "right_subarticular_stenosis"),
+     ("left_subarticular_stenosis", lv)) for lv in LEVELS]
+PREDICTED_BGR, TRUE_BGR = (40, 40, 255), (60, 220, 60)
+
+
+def point_sheet(images, predicted: pd.DataFrame, truth: pd.DataFrame | None = None, *, tile_px: int = 320) -> np.ndarray:
+    """One study's points drawn on its slices: a sagittal T2 tile (spinal), one sagittal T1 tile per side
+    (foramina) and one axial tile per level (recesses).
+
+    Each tile shows the slice of the predicted point named in :data:`POINT_TILES`
+    (the true one where none was predicted); every point of the tile's
+    conditions on the same series is drawn, filled on that slice, hollow (with
+    its slice offset) on another. Predicted points are red, true points green,
+    labelled by level.
+    """
+    tiles = []
+    both = [(predicted, PREDICTED_BGR)] + ([(truth, TRUE_BGR)] if truth is not None else [])
+    for title, conds, (c0, lv0) in POINT_TILES:
+        anchor = None
+        for df, _ in both:
+            hit = df[(df["condition"] == c0) & (df["level"] == lv0)]
+            if len(hit):
+                anchor = hit.iloc[0]
+                break
+        if anchor is None:
+            tile = np.zeros((tile_px, tile_px, 3), np.uint8)
+            cv2.putText(tile, f"{title}: no point", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (200, 200, 200), 1)
+            tiles.append(tile)
+            continue
+        st, k = images.locate(anchor["series_id"], anchor["instance_number"])
+        img = window(st.pixels[k])
+        scale = tile_px / max(img.shape)
+        tile = cv2.cvtColor(cv2.resize(img, (int(img.shape[1] * scale), int(img.shape[0] * scale)),
+                                       interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR)
+        tile = cv2.copyMakeBorder(tile, 0, tile_px - tile.shape[0], 0, tile_px - tile.shape[1], cv2.BORDER_CONSTANT)
+        for df, colour in both:
+            sub = df[df["condition"].isin(conds) & (df["series_id"].astype(int) == int(anchor["series_id"]))]
+            for r in sub.itertuples():
+                st2, k2 = images.locate(r.series_id, r.instance_number)
+                if st2 is not st or (len(conds) > 1 and r.level != lv0):
+                    continue
+                xy = (int(round(r.x * scale)), int(round(r.y * scale)))
+                cv2.circle(tile, xy, 4, colour, -1 if k2 == k else 1)
+                text = r.level[:2].upper() + ("" if k2 == k else f" {k2 - k:+d}")
+                cv2.putText(tile, text, (xy[0] + 6, xy[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, colour, 1)
+        cv2.putText(tile, f"{title} #{int(anchor['instance_number'])}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (255, 255, 255), 1)
+        tiles.append(tile)
+    return np.vstack([np.hstack(tiles[:4]), np.hstack(tiles[4:])])
+
+
+def write_point_sheets(root: Path, predicted: pd.DataFrame, out: Path, *, split: str = "test",
+                       truth: pd.DataFrame | None = None, studies: int | None = None) -> list[Path]:
+    """:func:`point_sheet` of each study (the first ``studies``) as ``out/<study_id>_points.png``."""
+    from .extract import StudyImages
+
+    folder = DataFolder(root)
+    series = folder.series(split)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for sid in sorted(predicted["study_id"].unique())[:studies]:
+        images = StudyImages(folder, split, int(sid), series)
+        t = truth[truth["study_id"] == sid] if truth is not None else None
+        path = out / f"{int(sid)}_points.png"
+        cv2.imwrite(str(path), point_sheet(images, predicted[predicted["study_id"] == sid], t))
+        written.append(path)
+    return written
 
 
 #: (feature column, truth column, error kind) of the main measurement per condition group.
