@@ -1,18 +1,27 @@
 """Find the 25 condition-level points without labels: classical features, a learned detector, a chain model.
 
-1. Sagittal T2: the mid-sagittal slice is the one with the longest elongated
-   bright CSF column; a curve ``col = f(row)`` is fitted through it and
-   sampled every millimetre.
-2. At each sample, intensity statistics of the tissue anterior to the canal
-   (vertebral bodies and discs alternate), the canal's width and the distance
-   to the end of the thecal sac (the sacral anchor) feed a LightGBM classifier:
-   background or one of the five discs.
+1. Sagittal T2: the mid-sagittal slice is the one with the most CSF in its
+   elongated bright column; a curve ``col = f(row)`` is fitted through the
+   column (pieces broken by a tight canal joined along the curve), continued
+   straight past its ends, and sampled every millimetre.
+2. At each sample, the tissue anterior to the canal (vertebral bodies and
+   discs alternate) near the sample and up to 64 mm along the curve (is there
+   a disc above and below: the sacrum has none), the canal's width, the
+   distance to the end of the CSF and the height in the image (fields of view
+   are centred on the lumbar spine) feed a LightGBM classifier: background or
+   one of the five discs.
 3. A chain model picks exactly five ordered samples, L1/L2 at the top, by
    dynamic programming over the detector's log-probabilities plus spacing
-   priors learned from the training coordinates: no level is skipped or doubled.
-4. Foramina (sagittal T1) and recesses (axial T2) are placed from the disc
+   priors learned from the training coordinates: no level is skipped or
+   doubled. Each disc then sits at the centre of its detector plateau.
+4. The dural sac centres on the axial T2 slices through the discs give the
+   midline at each level (a Theil-Sen line along the spine: the sagittal plane
+   may be tilted); each spinal point goes on the sagittal slice nearest to it.
+5. Foramina (sagittal T1) and recesses (axial T2) are placed from the midline
    points through patient-space offsets learned from the training labels, on
-   the slice chosen by patient x (never instance order), then refined locally.
+   the slice chosen by patient position (never instance order). A foramen
+   then moves to the middle of the run of slices showing its fat keyhole and
+   to the keyhole's centre.
 
 The detector is a LightGBM text model; everything else is JSON.
 """
@@ -39,6 +48,9 @@ STEP_MM = 1.0
 DISC_RADIUS_MM = 2.5
 ANTERIOR_MM = (8.0, 13.0, 18.0, 23.0)
 ALONG_MM = tuple(np.arange(-12.0, 12.1, 2.0))
+#: Wider context, followed along the canal curve: is there a disc a level above or below (the sacrum has none)?
+FAR_ANTERIOR_MM = (13.0, 18.0)
+FAR_ALONG_MM = tuple(d for d in np.arange(-64.0, 64.1, 8.0) if abs(d) >= 16)
 DET_PARAMS = {"objective": "multiclass", "num_class": 6, "learning_rate": 0.1, "num_leaves": 31,
               "min_data_in_leaf": 40, "feature_fraction": 0.8, "verbose": -1, "seed": 0, "deterministic": True,
               "force_col_wise": True}
@@ -56,8 +68,10 @@ def _norm(img: np.ndarray) -> np.ndarray:
 def csf_column(img: np.ndarray, pixel_spacing_mm, *, centre_band_mm: float = 45.0) -> tuple[np.ndarray, float]:
     """The CSF column: bright, vertically elongated components near the image's centre column.
 
-    The longest such component seeds a line ``col = f(row)``; other pieces
-    within 8 mm of it join (the column breaks where a canal is tight). Bright
+    The longest such component seeds the column; other pieces join it, nearest
+    first, when they lie within 8 mm of a line through the 40 mm of column next
+    to them and start within 50 mm of it (the column breaks where a canal is
+    tight, and curves with the lordosis). Bright
     bands far from the centre (subcutaneous fat at the back) are never taken:
     sagittal fields of view are centred on the spine. Returns the mask and its
     vertical extent (mm).
@@ -78,12 +92,25 @@ def csf_column(img: np.ndarray, pixel_spacing_mm, *, centre_band_mm: float = 45.
             cands.append((h_mm, i))
     if not cands:
         return np.zeros(img.shape, bool), 0.0
-    seed = lab == max(cands)[1]
-    rr, cc = np.nonzero(seed)
-    coef = np.polyfit(rr, cc, 2 if np.ptp(rr) * dr > 60 else 1)
-    mask = seed.copy()
-    for _, i in cands:
+    mask = lab == max(cands)[1]
+    # Join the other pieces one at a time, nearest first, each against a line through the 40 mm of
+    # the column next to it (the column curves with the lordosis; a global fit drifts at the ends).
+    todo = {i for _, i in cands} - {max(cands)[1]}
+    while todo:
+        rr, cc = np.nonzero(mask)
+        gap = {}
+        for i in todo:
+            r2, _ = np.nonzero(lab == i)
+            gap[i] = min(abs(r2.min() - rr.max()), abs(rr.min() - r2.max()))
+        i = min(todo, key=gap.get)
+        todo.discard(i)
+        if gap[i] * dr > 50.0:
+            break
         r2, c2 = np.nonzero(lab == i)
+        near = np.abs(rr - (r2.min() if r2.min() > rr.max() else r2.max())) * dr <= 40.0
+        if near.sum() < 10 or np.ptp(rr[near]) == 0:
+            continue
+        coef = np.polyfit(rr[near], cc[near], 1)
         if np.median(np.abs(c2 - np.polyval(coef, r2))) * dc <= 8.0:
             mask |= lab == i
     rows = np.flatnonzero(mask.any(axis=1))
@@ -94,16 +121,19 @@ def mid_sagittal(stack: Stack) -> tuple[int, float]:
     """The mid-sagittal slice and the midline's offset from it along the slice normal (mm).
 
     The sac is widest at the midline, so its CSF area on a sagittal slice peaks
-    there: the slice with the largest CSF-column area, refined between slices
-    by a parabola through it and its neighbours.
+    there: the slice with the largest CSF-column area among those whose column
+    is nearly as long as the longest (a bright patch of fat off the spine can
+    have a large area, never the column's length), refined between slices by a
+    parabola through it and its neighbours.
     """
     k = stack.geometry.n_slices
     cands = list(range(max(0, k // 2 - 4), min(k, k // 2 + 5)))
-    area = {}
+    area, extent = {}, {}
     for i in cands:
-        mask, extent = csf_column(stack.pixels[i], stack.geometry.pixel_spacing_mm)
-        area[i] = float(mask.sum()) if extent >= 40 else 0.0
-    best = max(cands, key=lambda i: (area[i], -abs(i - (k - 1) / 2)))
+        mask, extent[i] = csf_column(stack.pixels[i], stack.geometry.pixel_spacing_mm)
+        area[i] = float(mask.sum()) if extent[i] >= 40 else 0.0
+    longest = max(extent.values())
+    best = max(cands, key=lambda i: (extent[i] >= 0.75 * longest and area[i] > 0, area[i], -abs(i - (k - 1) / 2)))
     shift = 0.0
     if best - 1 in area and best + 1 in area:
         a0, a1, a2 = area[best - 1], area[best], area[best + 1]
@@ -123,8 +153,14 @@ class Canal:
     anterior: float             # +1 when anterior is increasing column, else -1
 
 
-def fit_canal(img: np.ndarray, pixel_spacing_mm, iop) -> Canal | None:
-    """Fit ``col = f(row)`` through the CSF column and sample it every :data:`STEP_MM`."""
+def fit_canal(img: np.ndarray, pixel_spacing_mm, iop, *, extend_mm: tuple[float, float] = (20.0, 40.0)) -> Canal | None:
+    """Fit ``col = f(row)`` through the CSF column and sample it every :data:`STEP_MM`.
+
+    The curve goes on straight (along its end tangent) ``extend_mm`` above and
+    below the CSF, within the image: the CSF can stop above the lowest disc
+    (a tight canal at L5/S1, a short sac), and the detector must still be able
+    to find it there.
+    """
     dr, dc = (float(v) for v in pixel_spacing_mm)
     mask, extent = csf_column(img, pixel_spacing_mm)
     if extent < 40:
@@ -136,22 +172,28 @@ def fit_canal(img: np.ndarray, pixel_spacing_mm, iop) -> Canal | None:
     near = np.abs(cc - np.polyval(coef, rr)) * dc < 10
     coef = np.polyfit(rr[near], cc[near], deg)
     top, bottom = rr[near].min(), rr[near].max()
-    dense = np.arange(top, bottom + 0.01, 0.25)
-    dcol = np.gradient(np.polyval(coef, dense)) * dc
-    ds = np.hypot(0.25 * dr, dcol)
+    first = max(0.0, top - extend_mm[0] / dr)
+    last = min(img.shape[0] - 1.0, bottom + extend_mm[1] / dr)
+    dense = np.arange(first, last + 0.01, 0.25)
+    slope = np.polyval(np.polyder(coef), [top, bottom])
+    col = np.where(dense < top, np.polyval(coef, top) + slope[0] * (dense - top),
+                   np.where(dense > bottom, np.polyval(coef, bottom) + slope[1] * (dense - bottom),
+                            np.polyval(coef, dense)))
+    ds = np.hypot(0.25 * dr, np.gradient(col) * dc)
     s = np.concatenate([[0.0], np.cumsum(ds[1:])])
     targets = np.arange(0.0, s[-1], STEP_MM)
     rows = np.interp(targets, s, dense)
-    cols = np.polyval(coef, rows)
+    cols = np.interp(targets, s, col)
     width = np.array([mask[int(round(r)), :].sum() * dc for r in rows])
     f_r, _, _ = orientation_axes(iop)
     # LPS +y is posterior: anterior is the column direction with F_r . y < 0.
     anterior = -1.0 if f_r[1] > 0 else 1.0
-    return Canal(rows, cols, targets, width, float(targets[-1]), anterior)
+    return Canal(rows, cols, targets, width, float(np.interp(bottom, dense, s)), anterior)
 
 
 def sample_features(img: np.ndarray, pixel_spacing_mm, canal: Canal) -> np.ndarray:
-    """Per canal sample: tissue intensities anterior to the canal over +-12 mm along it, width, position."""
+    """Per canal sample: tissue intensities anterior to the canal over +-12 mm along the image rows and at
+    +-16..64 mm along the canal curve (NaN beyond its ends), the CSF width, the position."""
     dr, dc = (float(v) for v in pixel_spacing_mm)
     x = ndi.uniform_filter(_norm(img), size=max(3, int(round(2.0 / dr))))
     h, w = x.shape
@@ -162,10 +204,22 @@ def sample_features(img: np.ndarray, pixel_spacing_mm, canal: Canal) -> np.ndarr
             c = np.clip(np.round(canal.cols + canal.anterior * a / dc), 0, w - 1).astype(int)
             feats.append(x[r, c])
     prof = np.array(feats).T                          # (n, len(ANTERIOR)*len(ALONG))
+    n = len(canal.rows)
+    far = []
+    for a in FAR_ANTERIOR_MM:
+        c_all = np.clip(np.round(canal.cols + canal.anterior * a / dc), 0, w - 1).astype(int)
+        r_all = np.clip(np.round(canal.rows), 0, h - 1).astype(int)
+        for d in FAR_ALONG_MM:
+            j = np.arange(n) + int(round(d / STEP_MM))
+            ok = (j >= 0) & (j < n)
+            v = np.full(n, np.nan, np.float32)
+            v[ok] = x[r_all[j[ok]], c_all[j[ok]]]
+            far.append(v)
     centre = prof[:, [i * len(ALONG_MM) + len(ALONG_MM) // 2 for i in range(len(ANTERIOR_MM))]]
     rel = prof - prof.reshape(len(canal.rows), len(ANTERIOR_MM), len(ALONG_MM)).mean(axis=2).repeat(len(ALONG_MM), 1)
-    pos = np.stack([canal.end_mm - canal.s_mm, canal.s_mm, canal.s_mm / max(canal.end_mm, 1), canal.width_mm], 1)
-    return np.concatenate([prof, rel, centre, pos], axis=1).astype(np.float32)
+    # Where along the image: fields of view are centred on the lumbar spine (real layouts put L3/L4 near the middle).
+    pos = np.stack([canal.end_mm - canal.s_mm, canal.width_mm, (canal.rows - (h - 1) / 2) * dr], 1)
+    return np.concatenate([prof, rel, centre, np.array(far).T, pos], axis=1).astype(np.float32)
 
 
 def chain(logp: np.ndarray, s_mm: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, float]:
@@ -233,8 +287,21 @@ class Localizer:
         p = self.detector.predict(sample_features(img, stack.geometry.pixel_spacing_mm, canal))
         logp = np.log(np.clip(p[:, 1:], 1e-6, 1))
         idx, _ = chain(logp, canal.s_mm, self.gaps)
-        rc = np.stack([canal.rows[idx], canal.cols[idx]], axis=1)
+        s_mm = np.array([disc_centre_mm(p[:, lv + 1], canal.s_mm, i) for lv, i in enumerate(idx)])
+        rc = np.stack([np.interp(s_mm, canal.s_mm, canal.rows), np.interp(s_mm, canal.s_mm, canal.cols)], axis=1)
         return k, shift_mm, rc, p[idx, np.arange(1, 6)]
+
+
+def disc_centre_mm(p_level: np.ndarray, s_mm: np.ndarray, i: int, *, half_window_mm: float = 2.0 * DISC_RADIUS_MM) -> float:
+    """Arc position of a disc: the detector-probability-weighted mean of the samples around the chain's choice ``i``.
+
+    The detector marks every sample within :data:`DISC_RADIUS_MM` of a disc
+    centre, so its probability is a plateau; the plateau's centre is finer
+    than its argmax (which lands anywhere on it).
+    """
+    near = np.abs(s_mm - s_mm[i]) <= half_window_mm
+    w = p_level[near]
+    return float(np.sum(w * s_mm[near]) / w.sum()) if w.sum() > 0 else float(s_mm[i])
 
 
 def _series_desc(ser: pd.DataFrame, study_id: int, desc: str) -> list[int]:
@@ -304,30 +371,81 @@ def train_localizer(root: Path, points: pd.DataFrame, *, jobs: int = 1, progress
     return Localizer(det, gap_stats, off)
 
 
-def _refine(img: np.ndarray, rc, pixel_spacing_mm, *, radius_mm: float, smooth_mm: float = 2.0) -> tuple[float, float]:
-    """Move a point to the brightest smoothed pixel within ``radius_mm``."""
+#: A keyhole counts as the foramen seen on a slice when its area (mm2) is in this range.
+KEYHOLE_AREA_MM2 = (5.0, 250.0)
+
+
+def _keyhole(img: np.ndarray, rc, pixel_spacing_mm, series_high: float, *,
+             max_shift_mm: float = 4.0) -> tuple[float, float, float] | None:
+    """Centre (row, col) and area (mm2) of the foraminal keyhole (fat with the root hole filled) segmented
+    around ``rc`` on a T1 slice, or None when there is none of a plausible size within ``max_shift_mm``."""
+    from .segment import FOUND, segment_foramen
+
+    seg = segment_foramen(img, rc, pixel_spacing_mm=pixel_spacing_mm, series_high=series_high)
+    area = seg.measurements["area_mm2"]
+    if seg.quality != FOUND or not KEYHOLE_AREA_MM2[0] <= area <= KEYHOLE_AREA_MM2[1]:
+        return None
     dr, dc = (float(v) for v in pixel_spacing_mm)
-    x = ndi.gaussian_filter(_norm(img), sigma=(smooth_mm / dr, smooth_mm / dc))
-    r0, c0 = rc
-    rr, cc = np.mgrid[0:img.shape[0], 0:img.shape[1]]
-    inside = np.hypot((rr - r0) * dr, (cc - c0) * dc) <= radius_mm
-    if not inside.any():
-        return float(r0), float(c0)
-    i = np.argmax(np.where(inside, x, -np.inf))
-    return float(rr.flat[i]), float(cc.flat[i])
+    cr, cc = np.argwhere(seg.mask).mean(axis=0)
+    r, c = seg.origin_rc[0] + cr * seg.spacing_mm / dr, seg.origin_rc[1] + cc * seg.spacing_mm / dc
+    if np.hypot((r - rc[0]) * dr, (c - rc[1]) * dc) > max_shift_mm:
+        return None
+    return float(r), float(c), float(area)
 
 
-def _axial_midline_mm(images, series: pd.DataFrame, study_id: int, stack: Stack, k: int, rc: np.ndarray) -> float | None:
-    """Median signed distance (mm, along the sagittal normal) from slice ``k`` to the dural sac centres
-    found on the axial T2 slices the disc points project to; None when no axial sac is found."""
+def middle_of_run(area: np.ndarray, pos_mm: np.ndarray, k: int, prior_mm: float, *, max_ratio: float = 1.5) -> int:
+    """The slice in the middle of the run of slices that show the foramen.
+
+    ``area``: per slice, the keyhole area seen at the point (NaN where none);
+    ``pos_mm``: slice positions along the normal; ``k``: the slice the prior
+    position ``prior_mm`` falls on. A foramen is a tube running laterally and
+    the label marks its middle; the run is the slices around ``k`` whose
+    keyhole is within ``max_ratio`` of the one on ``k`` (a much larger one
+    is the fat of the canal, medially). With an even run the two middle
+    slices tie and the one nearer the prior wins. No keyhole on ``k`` keeps ``k``.
+    """
+    if not np.isfinite(area[k]):
+        return k
+    same = np.isfinite(area) & (area <= area[k] * max_ratio) & (area >= area[k] / max_ratio)
+    lo, hi = k, k
+    while lo > 0 and same[lo - 1]:
+        lo -= 1
+    while hi < len(area) - 1 and same[hi + 1]:
+        hi += 1
+    run = np.arange(lo, hi + 1)
+    mid = pos_mm[run].mean()
+    quarter = 0.25 * float(np.median(np.abs(np.diff(pos_mm)))) if len(pos_mm) > 1 else 1.0
+    return int(min(run, key=lambda j: (round(abs(pos_mm[j] - mid) / quarter), abs(pos_mm[j] - prior_mm))))
+
+
+def place_foramen(st: Stack, xyz: np.ndarray, pr: dict, series_high: float, *, reach: int = 2) -> tuple[int, float, float]:
+    """Slice, row and col of a foraminal point: the middle of the slices within ``reach`` of the prior's
+    that show the keyhole at the prior's position, then the keyhole's centre on that slice."""
+    g = st.geometry
+    k, rc = pr["slice"], (pr["row"], pr["col"])
+    area = np.full(g.n_slices, np.nan)
+    centres = {}
+    for j in range(max(0, k - reach), min(g.n_slices, k + reach + 1)):
+        centres[j] = _keyhole(st.pixels[j], rc, g.pixel_spacing_mm, series_high)
+        if centres[j] is not None:
+            area[j] = centres[j][2]
+    j = middle_of_run(area, g.positions_mm @ g.normal, k, float(np.asarray(xyz) @ g.normal))
+    r, c = centres[j][:2] if centres.get(j) is not None else rc
+    return j, r, c
+
+
+def _axial_midline_mm(images, series: pd.DataFrame, study_id: int, stack: Stack, k: int, rc: np.ndarray) -> dict[int, float]:
+    """Per level: the signed distance (mm, along the sagittal normal) from slice ``k`` to the dural sac
+    centre found on the axial T2 slice the level's disc point projects to. Levels whose sac is not found
+    are left out."""
     from .segment import FAILED, segment_axial_sac
 
     n = stack.geometry.normal
-    dists = []
+    dists: dict[int, list[float]] = {}
     for sid in _series_desc(series, study_id, "Axial T2"):
         stacks = images.stacks(sid)
         geos = [s.geometry for s in stacks]
-        for r, c in rc:
+        for li, (r, c) in enumerate(rc):
             xyz = stack.geometry.to_patient(k, r, c)
             pr = project_to_stacks(xyz, geos)
             if not pr["in_image"]:
@@ -341,8 +459,30 @@ def _axial_midline_mm(images, series: pd.DataFrame, study_id: int, stack: Stack,
             dr, dc = ax.geometry.pixel_spacing_mm
             centre = ax.geometry.to_patient(pr["slice"], seg.origin_rc[0] + cr * seg.spacing_mm / dr,
                                             seg.origin_rc[1] + cc * seg.spacing_mm / dc)
-            dists.append(float((centre - stack.geometry.positions_mm[k]) @ n))
-    return float(np.median(dists)) if dists else None
+            dists.setdefault(li, []).append(float((centre - stack.geometry.positions_mm[k]) @ n))
+    return {li: float(np.median(v)) for li, v in dists.items()}
+
+
+def midline_offsets_mm(per_level: dict[int, float], t_mm: np.ndarray, fallback_mm: float) -> np.ndarray:
+    """Offset of the midline from the mid-sagittal slice at each level (mm along the slice normal).
+
+    A tilted sagittal plane crosses the midline at a slant, so the offset is a
+    line along the spine (``t_mm``: the levels' positions along it), fitted
+    through the levels' axial estimates by Theil-Sen, which ignores a level
+    whose sac was mis-segmented. With fewer than three estimates their median
+    is used, with none ``fallback_mm``.
+    """
+    from scipy.stats import theilslopes
+
+    t_mm = np.asarray(t_mm, float)
+    if not per_level:
+        return np.full(len(t_mm), float(fallback_mm))
+    li = np.array(sorted(per_level))
+    d = np.array([per_level[i] for i in li])
+    if len(li) < 3:
+        return np.full(len(t_mm), float(np.median(d)))
+    slope, intercept, _, _ = theilslopes(d, t_mm[li], method="joint")
+    return intercept + slope * t_mm
 
 
 def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series: pd.DataFrame) -> tuple[list[dict], list[str]]:
@@ -356,19 +496,16 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
         return [], ["no Sagittal T2/STIR series: no levels found"]
     stack = max(images.stacks(t2[0]), key=lambda s: s.geometry.n_slices)
     k, shift_mm, rc, conf = loc.find_discs(stack)
-    # The axial sac centres show where the midline is: take the sagittal slice nearest to it.
-    d = _axial_midline_mm(images, series, study_id, stack, k, rc)
-    if d is not None:
-        offs = stack.geometry.offsets_mm
-        k_new = int(np.argmin(np.abs(offs - (offs[k] + d))))
-        shift_mm = float(offs[k] + d - offs[k_new])
-        k = k_new
-    spine, midline = {}, {}
+    # The axial sac centres show where the midline is at each level; the spinal point of a level goes
+    # on the sagittal slice nearest to its midline point (tilted planes cross slices along the spine).
+    t_mm = np.linalg.norm((rc - rc[0]) * np.asarray(stack.geometry.pixel_spacing_mm), axis=1)
+    d = midline_offsets_mm(_axial_midline_mm(images, series, study_id, stack, k, rc), t_mm, shift_mm)
+    midline = {}
     for li, lv in enumerate(LEVELS):
-        spine[lv] = stack.geometry.to_patient(k, rc[li, 0], rc[li, 1])
-        midline[lv] = spine[lv] + shift_mm * stack.geometry.normal
-        rows.append({"study_id": study_id, "series_id": t2[0], "instance_number": int(stack.instance_numbers[k]),
-                     "condition": "spinal_canal_stenosis", "level": lv, "x": float(rc[li, 1]), "y": float(rc[li, 0]),
+        midline[lv] = stack.geometry.to_patient(k, rc[li, 0], rc[li, 1]) + d[li] * stack.geometry.normal
+        pr = project_to_stacks(midline[lv], [stack.geometry])
+        rows.append({"study_id": study_id, "series_id": t2[0], "instance_number": int(stack.instance_numbers[pr["slice"]]),
+                     "condition": "spinal_canal_stenosis", "level": lv, "x": float(pr["col"]), "y": float(pr["row"]),
                      "confidence": float(conf[li])})
     for cond in CONDITIONS[1:]:
         desc = CONDITION_SERIES[cond]
@@ -389,13 +526,11 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
             if not pr["in_image"]:
                 missing.append(f"{cond} {lv}: outside the {desc} series")
                 continue
-            r, c = pr["row"], pr["col"]
+            j, r, c = pr["slice"], pr["row"], pr["col"]
             if "foraminal" in cond:
-                # The foraminal fat keyhole is the brightest tissue nearby on T1. (On axial T2 the
-                # brightest tissue near a recess is the sac's CSF, so recesses keep their offset.)
-                r, c = _refine(st.pixels[pr["slice"]], (r, c), st.geometry.pixel_spacing_mm, radius_mm=4.0,
-                               smooth_mm=1.5)
-            rows.append({"study_id": study_id, "series_id": sid, "instance_number": int(st.instance_numbers[pr["slice"]]),
+                # The label marks the middle of the foramen: the centre of its fat keyhole on T1.
+                j, r, c = place_foramen(st, xyz, pr, images.series_high(sid))
+            rows.append({"study_id": study_id, "series_id": sid, "instance_number": int(st.instance_numbers[j]),
                          "condition": cond, "level": lv, "x": c, "y": r, "confidence": float(conf[LEVELS.index(lv)])})
     return rows, missing
 

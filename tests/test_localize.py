@@ -4,7 +4,7 @@ import pytest
 from spinefeat import synth
 from spinefeat.dataset import LEVELS
 from spinefeat.geometry import project_to_stacks
-from spinefeat.localize import chain
+from spinefeat.localize import chain, csf_column, disc_centre_mm, fit_canal, middle_of_run, midline_offsets_mm
 
 GAPS = np.array([[35.0, 3.0]] * 4)
 
@@ -79,11 +79,97 @@ def test_localize_cli_finds_points_near_the_truth(trained, cohort, tmp_path):
 
     pts = pd.read_csv(out)
     assert set(pts.columns) >= {"study_id", "series_id", "instance_number", "condition", "level", "x", "y", "confidence"}
-    # every study gets its five spinal points, ordered top to bottom on one slice
+    # every study gets its five spinal points, ordered top to bottom, on the same or neighbouring slices
     for _, g in pts[pts.condition == "spinal_canal_stenosis"].groupby("study_id"):
-        assert len(g) == 5 and g.instance_number.nunique() == 1
+        assert len(g) == 5 and np.abs(np.diff(g.sort_values("level").instance_number)).max() <= 1
         assert g.sort_values("level").y.is_monotonic_increasing or g.sort_values("level").y.is_monotonic_decreasing
     res = CliRunner().invoke(app, ["check-localize", str(out), str(cohort / "truth" / "test_label_coordinates.csv"),
-                                   str(cohort)])
+                                   str(cohort), "--overlays", str(tmp_path / "ov"), "--studies", "1"])
     assert res.exit_code == 0, res.output
     assert "spinal_canal_stenosis" in res.output
+    (png,) = list((tmp_path / "ov").glob("*_points.png"))
+    import cv2
+
+    sheet = cv2.imread(str(png))
+    assert sheet.shape == (640, 1280, 3)                 # 2 x 4 tiles: sagittal T2, T1 left/right, 5 axial
+    b, g, r = (sheet[..., i].astype(int) for i in range(3))
+    assert ((r > 200) & (g < 80) & (b < 80)).sum() > 50   # predicted points drawn (red)
+    assert ((g > 180) & (r < 100) & (b < 100)).sum() > 50  # true points drawn (green)
+
+
+def test_midline_follows_a_tilted_plane_and_ignores_a_missegmented_level():
+    t = np.array([0.0, 35.0, 70.0, 105.0, 140.0])
+    truth = 1.0 + 0.05 * t                          # a 3 degree tilt: 7 mm across the lumbar spine
+    per_level = {i: float(truth[i]) for i in range(5)}
+    per_level[2] += 6.0                             # one sac segmented on the wrong blob
+    np.testing.assert_allclose(midline_offsets_mm(per_level, t, 0.0), truth, atol=1e-6)
+
+
+def test_midline_with_few_or_no_axial_estimates():
+    t = np.array([0.0, 35.0, 70.0, 105.0, 140.0])
+    np.testing.assert_allclose(midline_offsets_mm({1: 2.0, 3: 4.0}, t, 9.0), 3.0)     # median of two
+    np.testing.assert_allclose(midline_offsets_mm({}, t, 9.0), 9.0)                   # the sagittal estimate
+
+
+def test_disc_centre_is_the_middle_of_the_plateau_not_its_argmax():
+    s = np.arange(0.0, 40.0)
+    p = np.where(np.abs(s - 20.4) <= 2.5, 0.8, 0.01)
+    p[18] = 0.9                                     # argmax off-centre
+    assert abs(disc_centre_mm(p, s, 18) - 20.4) < 0.6
+
+
+POS = np.arange(9) * 4.5                            # nine slices 4.5 mm apart
+
+
+def _areas(found: dict) -> np.ndarray:
+    a = np.full(9, np.nan)
+    for j, v in found.items():
+        a[j] = v
+    return a
+
+
+def test_foramen_slice_is_the_middle_of_an_odd_run():
+    # the prior falls on slice 4, the keyhole is seen on 4, 5, 6: its middle is 5
+    assert middle_of_run(_areas({4: 80, 5: 85, 6: 82}), POS, 4, POS[4]) == 5
+
+
+def test_foramen_slice_even_run_ties_go_to_the_prior():
+    assert middle_of_run(_areas({3: 80, 4: 82}), POS, 4, POS[4] - 1.0) == 4
+    assert middle_of_run(_areas({3: 80, 4: 82}), POS, 3, POS[3] + 1.0) == 3
+
+
+def test_foramen_run_stops_at_the_canal_fat_and_needs_a_keyhole_on_the_prior():
+    # slice 3 shows a much larger bright region (the canal's fat, medially): not part of the run
+    assert middle_of_run(_areas({3: 300, 4: 80, 5: 82, 6: 79}), POS, 4, POS[4]) == 5
+    # nothing on the prior's slice: stay there rather than jump to a neighbour's fat
+    assert middle_of_run(_areas({3: 90, 5: 85}), POS, 4, POS[4]) == 4
+
+
+def _column_image(break_rows=(), n=400, px=0.7):
+    """A sagittal image with a curved bright CSF column (lordosis), broken where asked."""
+    img = np.full((n, n), 0.2)
+    rows = np.arange(40, 360)
+    cols = 200 + 60 * ((rows - 200) / 160.0) ** 2          # bends 60 px (42 mm) at the ends
+    for r, c in zip(rows, cols):
+        img[r, int(c) - 5:int(c) + 6] = 1.0
+    for a, b in break_rows:
+        img[a:b] = 0.2
+    return img, rows, cols, px
+
+
+def test_csf_column_joins_pieces_broken_by_a_tight_canal_along_the_curve():
+    img, rows, _, px = _column_image(break_rows=[(250, 262), (300, 310)])
+    mask, extent = csf_column(img, (px, px))
+    got = np.flatnonzero(mask.any(axis=1))
+    assert got.min() <= 42 and got.max() >= 357            # all three pieces, to the curved end
+    assert extent == pytest.approx((357 - 42) * px, abs=3)
+
+
+def test_canal_curve_goes_on_past_the_csf_and_keeps_its_end():
+    img, rows, cols, px = _column_image()
+    img[300:] = 0.2                                        # the CSF stops at row 300
+    canal = fit_canal(img, (px, px), [0, 1, 0, 0, 0, -1])
+    assert canal.rows.max() > 300 + 30 / px                 # sampled 40 mm below the CSF (within the image)
+    assert canal.width_mm[canal.rows > 305].max() == 0
+    # end_mm is the arc position of the lowest CSF
+    assert np.interp(canal.end_mm, canal.s_mm, canal.rows) == pytest.approx(299, abs=1.5)
