@@ -21,7 +21,9 @@
    points through patient-space offsets learned from the training labels, on
    the slice chosen by patient position (never instance order). A foramen
    then moves to the middle of the run of slices showing its fat keyhole and
-   to the keyhole's centre.
+   to the keyhole's centre; a recess is placed from the dural sac segmented on
+   its axial slice (front-back; left-right from the midline) through a second
+   learned offset.
 
 The detector is a LightGBM text model; everything else is JSON.
 """
@@ -44,6 +46,7 @@ from .errors import SpinefeatError
 from .geometry import orientation_axes, project_to_stacks
 
 log = logging.getLogger(__name__)
+RECESSES = ("left_subarticular_stenosis", "right_subarticular_stenosis")
 STEP_MM = 1.0
 DISC_RADIUS_MM = 2.5
 ANTERIOR_MM = (8.0, 13.0, 18.0, 23.0)
@@ -261,13 +264,15 @@ class Localizer:
     detector: lgb.Booster
     gaps: np.ndarray                         # (4, 2) mm
     offsets: dict = field(default_factory=dict)   # condition -> level -> [dx, dy, dz] from the spinal point
+    sac_offsets: dict = field(default_factory=dict)  # recess condition -> level -> [dx, dy, dz] from the axial sac centre
 
     def save(self, out: Path) -> None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.detector.save_model(str(out / "localizer.txt"))
         (out / "localizer.json").write_text(json.dumps({"gaps_mm": self.gaps.tolist(), "offsets_mm": self.offsets,
-                                                        "step_mm": STEP_MM}, indent=2))
+                                                        "sac_offsets_mm": self.sac_offsets, "step_mm": STEP_MM},
+                                                       indent=2))
 
     @classmethod
     def load(cls, models: Path) -> "Localizer":
@@ -275,7 +280,8 @@ class Localizer:
         if not (models / "localizer.txt").is_file():
             raise SpinefeatError(f"{models}: no localizer (train with `spinefeat train`)")
         meta = json.loads((models / "localizer.json").read_text())
-        return cls(lgb.Booster(model_file=str(models / "localizer.txt")), np.array(meta["gaps_mm"]), meta["offsets_mm"])
+        return cls(lgb.Booster(model_file=str(models / "localizer.txt")), np.array(meta["gaps_mm"]), meta["offsets_mm"],
+                   meta.get("sac_offsets_mm", {}))
 
     def find_discs(self, stack: Stack) -> tuple[int, float, np.ndarray, np.ndarray]:
         """Mid-sagittal slice, the midline's offset from it (mm), the five disc (row, col) on it, a confidence per level."""
@@ -321,6 +327,7 @@ def train_localizer(root: Path, points: pd.DataFrame, *, jobs: int = 1, progress
     ser = folder.series("train")
     xs, ys, gaps = [], [], []
     offsets: dict[str, dict[str, list]] = {c: {lv: [] for lv in LEVELS} for c in CONDITIONS[1:]}
+    sac_offsets: dict[str, dict[str, list]] = {c: {lv: [] for lv in LEVELS} for c in RECESSES}
     study_ids = sorted(points["study_id"].unique())
     for n, sid in enumerate(study_ids):
         pts = points[points["study_id"] == sid]
@@ -353,7 +360,13 @@ def train_localizer(root: Path, points: pd.DataFrame, *, jobs: int = 1, progress
         for cond in CONDITIONS[1:]:
             for _, p in pts[pts["condition"] == cond].iterrows():
                 try:
-                    offsets[cond][p["level"]].append((_label_xyz(images, p) - spine_xyz[p["level"]]).tolist())
+                    xyz = _label_xyz(images, p)
+                    offsets[cond][p["level"]].append((xyz - spine_xyz[p["level"]]).tolist())
+                    if cond in RECESSES:
+                        centre = sac_centre(*images.locate(p["series_id"], p["instance_number"]),
+                                            spine_xyz[p["level"]], keep_lateral=True)
+                        if centre is not None:
+                            sac_offsets[cond][p["level"]].append((xyz - centre).tolist())
                 except (SpinefeatError, KeyError):
                     pass
         if progress is not None:
@@ -366,9 +379,10 @@ def train_localizer(root: Path, points: pd.DataFrame, *, jobs: int = 1, progress
     det = lgb.train(dict(DET_PARAMS, num_threads=jobs), lgb.Dataset(x, y, weight=w), 200)
     g = np.array(gaps)
     gap_stats = np.stack([g.mean(axis=0), np.maximum(g.std(axis=0), 2.0)], axis=1)
-    off = {c: {lv: (np.median(np.array(v), axis=0).tolist() if v else [0.0, 0.0, 0.0]) for lv, v in d.items()}
-           for c, d in offsets.items()}
-    return Localizer(det, gap_stats, off)
+    def medians(table):
+        return {c: {lv: np.median(np.array(v), axis=0).tolist() for lv, v in d.items() if v} for c, d in table.items()}
+
+    return Localizer(det, gap_stats, medians(offsets), medians(sac_offsets))
 
 
 #: A keyhole counts as the foramen seen on a slice when its area (mm2) is in this range.
@@ -393,6 +407,10 @@ def _keyhole(img: np.ndarray, rc, pixel_spacing_mm, series_high: float, *,
     return float(r), float(c), float(area)
 
 
+def _same_keyhole(area: float, area_k: float, max_ratio: float) -> bool:
+    return bool(np.isfinite(area) and area_k / max_ratio <= area <= area_k * max_ratio)
+
+
 def middle_of_run(area: np.ndarray, pos_mm: np.ndarray, k: int, prior_mm: float, *, max_ratio: float = 1.5) -> int:
     """The slice in the middle of the run of slices that show the foramen.
 
@@ -406,11 +424,10 @@ def middle_of_run(area: np.ndarray, pos_mm: np.ndarray, k: int, prior_mm: float,
     """
     if not np.isfinite(area[k]):
         return k
-    same = np.isfinite(area) & (area <= area[k] * max_ratio) & (area >= area[k] / max_ratio)
     lo, hi = k, k
-    while lo > 0 and same[lo - 1]:
+    while lo > 0 and _same_keyhole(area[lo - 1], area[k], max_ratio):
         lo -= 1
-    while hi < len(area) - 1 and same[hi + 1]:
+    while hi < len(area) - 1 and _same_keyhole(area[hi + 1], area[k], max_ratio):
         hi += 1
     run = np.arange(lo, hi + 1)
     mid = pos_mm[run].mean()
@@ -418,48 +435,67 @@ def middle_of_run(area: np.ndarray, pos_mm: np.ndarray, k: int, prior_mm: float,
     return int(min(run, key=lambda j: (round(abs(pos_mm[j] - mid) / quarter), abs(pos_mm[j] - prior_mm))))
 
 
-def place_foramen(st: Stack, xyz: np.ndarray, pr: dict, series_high: float, *, reach: int = 2) -> tuple[int, float, float]:
+def place_foramen(st: Stack, xyz: np.ndarray, pr: dict, series_high: float, *, reach: int = 2,
+                  max_ratio: float = 1.5) -> tuple[int, float, float]:
     """Slice, row and col of a foraminal point: the middle of the slices within ``reach`` of the prior's
-    that show the keyhole at the prior's position, then the keyhole's centre on that slice."""
+    that show the keyhole at the prior's position (see :func:`middle_of_run`), then the keyhole's centre
+    on that slice. Slices are segmented outwards from the prior's only while the run goes on."""
     g = st.geometry
     k, rc = pr["slice"], (pr["row"], pr["col"])
     area = np.full(g.n_slices, np.nan)
-    centres = {}
-    for j in range(max(0, k - reach), min(g.n_slices, k + reach + 1)):
-        centres[j] = _keyhole(st.pixels[j], rc, g.pixel_spacing_mm, series_high)
-        if centres[j] is not None:
-            area[j] = centres[j][2]
-    j = middle_of_run(area, g.positions_mm @ g.normal, k, float(np.asarray(xyz) @ g.normal))
+    centres = {k: _keyhole(st.pixels[k], rc, g.pixel_spacing_mm, series_high)}
+    if centres[k] is not None:
+        area[k] = centres[k][2]
+        for step in (-1, 1):
+            for j in range(k + step, k + step * (reach + 1), step):
+                if not 0 <= j < g.n_slices:
+                    break
+                centres[j] = _keyhole(st.pixels[j], rc, g.pixel_spacing_mm, series_high)
+                if centres[j] is not None:
+                    area[j] = centres[j][2]
+                if not _same_keyhole(area[j], area[k], max_ratio):
+                    break
+    j = middle_of_run(area, g.positions_mm @ g.normal, k, float(np.asarray(xyz) @ g.normal), max_ratio=max_ratio)
     r, c = centres[j][:2] if centres.get(j) is not None else rc
     return j, r, c
+
+
+def sac_centre(ax: Stack, k: int, xyz, *, keep_lateral: bool = False) -> np.ndarray | None:
+    """Patient position of the dural sac's centre on slice ``k`` of an axial T2 stack, segmented around the
+    in-plane projection of ``xyz``; None when no sac is found there. With ``keep_lateral`` the left-right
+    position (along the image rows) is the one of ``xyz``."""
+    from .segment import FAILED, segment_axial_sac
+
+    g = ax.geometry
+    pr = {key: float(v[0]) for key, v in g.project(xyz).items() if key in ("row", "col")}
+    seg = segment_axial_sac(ax.pixels[k], (pr["row"], pr["col"]), pixel_spacing_mm=g.pixel_spacing_mm)
+    if seg.quality == FAILED:
+        return None
+    cr, cc = np.argwhere(seg.mask).mean(axis=0)
+    dr, dc = g.pixel_spacing_mm
+    centre = g.to_patient(k, seg.origin_rc[0] + cr * seg.spacing_mm / dr, seg.origin_rc[1] + cc * seg.spacing_mm / dc)
+    if keep_lateral:
+        lateral = np.asarray(g.iop[:3], float)
+        centre = centre + ((np.asarray(xyz, float) - centre) @ lateral) * lateral
+    return centre
 
 
 def _axial_midline_mm(images, series: pd.DataFrame, study_id: int, stack: Stack, k: int, rc: np.ndarray) -> dict[int, float]:
     """Per level: the signed distance (mm, along the sagittal normal) from slice ``k`` to the dural sac
     centre found on the axial T2 slice the level's disc point projects to. Levels whose sac is not found
     are left out."""
-    from .segment import FAILED, segment_axial_sac
-
     n = stack.geometry.normal
     dists: dict[int, list[float]] = {}
     for sid in _series_desc(series, study_id, "Axial T2"):
         stacks = images.stacks(sid)
-        geos = [s.geometry for s in stacks]
         for li, (r, c) in enumerate(rc):
             xyz = stack.geometry.to_patient(k, r, c)
-            pr = project_to_stacks(xyz, geos)
+            pr = project_to_stacks(xyz, [s.geometry for s in stacks])
             if not pr["in_image"]:
                 continue
-            ax = stacks[pr["stack"]]
-            seg = segment_axial_sac(ax.pixels[pr["slice"]], (pr["row"], pr["col"]),
-                                    pixel_spacing_mm=ax.geometry.pixel_spacing_mm)
-            if seg.quality == FAILED:
-                continue
-            cr, cc = np.argwhere(seg.mask).mean(axis=0)
-            dr, dc = ax.geometry.pixel_spacing_mm
-            centre = ax.geometry.to_patient(pr["slice"], seg.origin_rc[0] + cr * seg.spacing_mm / dr,
-                                            seg.origin_rc[1] + cc * seg.spacing_mm / dc)
-            dists.setdefault(li, []).append(float((centre - stack.geometry.positions_mm[k]) @ n))
+            centre = sac_centre(stacks[pr["stack"]], pr["slice"], xyz)
+            if centre is not None:
+                dists.setdefault(li, []).append(float((centre - stack.geometry.positions_mm[k]) @ n))
     return {li: float(np.median(v)) for li, v in dists.items()}
 
 
@@ -514,6 +550,9 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
             missing.append(f"{cond}: no {desc} series")
             continue
         for lv in LEVELS:
+            if lv not in loc.offsets[cond]:
+                missing.append(f"{cond} {lv}: no training point to learn its offset from")
+                continue
             xyz = midline[lv] + np.asarray(loc.offsets[cond][lv])
             best = None
             for sid in sids:
@@ -530,6 +569,13 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
             if "foraminal" in cond:
                 # The label marks the middle of the foramen: the centre of its fat keyhole on T1.
                 j, r, c = place_foramen(st, xyz, pr, images.series_high(sid))
+            elif lv in loc.sac_offsets.get(cond, {}):
+                # A recess lies beside the dural sac: placed from the sac found on its slice (its front-back
+                # position; left-right the midline line is steadier than one slice's sac).
+                centre = sac_centre(st, j, midline[lv], keep_lateral=True)
+                if centre is not None:
+                    q = st.geometry.project(centre + np.asarray(loc.sac_offsets[cond][lv]))
+                    r, c = float(q["row"][0]), float(q["col"][0])
             rows.append({"study_id": study_id, "series_id": sid, "instance_number": int(st.instance_numbers[j]),
                          "condition": cond, "level": lv, "x": c, "y": r, "confidence": float(conf[LEVELS.index(lv)])})
     return rows, missing

@@ -173,3 +173,27 @@ def test_canal_curve_goes_on_past_the_csf_and_keeps_its_end():
     assert canal.width_mm[canal.rows > 305].max() == 0
     # end_mm is the arc position of the lowest CSF
     assert np.interp(canal.end_mm, canal.s_mm, canal.rows) == pytest.approx(299, abs=1.5)
+
+
+def _axial_stack(centre_rc, r_mm=6.0, px=0.5, n=200):
+    """One axial slice (rows posterior, cols patient left) with a round sac at ``centre_rc``."""
+    from spinefeat.dicom import Stack
+    from spinefeat.geometry import StackGeometry
+
+    yy, xx = np.mgrid[:n, :n]
+    img = np.where(np.hypot((yy - centre_rc[0]) * px, (xx - centre_rc[1]) * px) <= r_mm, 1000.0, 200.0)
+    geo = StackGeometry(np.array([[-50.0, -50.0, 0.0]]), np.array([1.0, 0, 0, 0, 1.0, 0]), np.array([px, px]),
+                        (n, n), "1.2.3")
+    return Stack(1, 2, "Axial T2", img[None].astype(np.float32), geo, np.array([1]))
+
+
+def test_sac_centre_finds_the_sac_and_can_keep_the_seeds_left_right():
+    from spinefeat.localize import sac_centre
+
+    st = _axial_stack((110, 96))                       # sac centre at x = -50 + 96 * 0.5 = -2, y = 5
+    seed = st.geometry.to_patient(0, 104, 100)          # 3 mm in front of and 2 mm beside it
+    np.testing.assert_allclose(sac_centre(st, 0, seed), [-2.0, 5.0, 0.0], atol=0.15)
+    np.testing.assert_allclose(sac_centre(st, 0, seed, keep_lateral=True), [seed[0], 5.0, 0.0], atol=0.15)
+    blank = _axial_stack((110, 96))
+    blank.pixels[:] = 0.0
+    assert sac_centre(blank, 0, seed) is None

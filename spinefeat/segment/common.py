@@ -148,14 +148,10 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
         return np.zeros(x.shape, bool), info
     comp = lab == best
     if join_mm > 0:
-        reach = disk(int(round(join_mm / spacing_mm)))
-        allowed = np.unique(lab[(lab > 0) & (dist_mm <= join_within_mm)])
-        while True:
-            touching = np.intersect1d(np.unique(lab[ndi.binary_dilation(comp, reach) & (lab > 0)]), allowed)
-            grown_comp = np.isin(lab, touching) | comp
-            if grown_comp.sum() == comp.sum():
-                break
-            comp = grown_comp
+        # Pieces closer than join_mm touch once each is grown by half of it: one dilation, one labelling.
+        allowed = np.isin(lab, np.unique(lab[(lab > 0) & (dist_mm <= join_within_mm)])) | comp
+        near_lab, _ = ndi.label(ndi.binary_dilation(allowed, disk(int(round(0.5 * join_mm / spacing_mm)))))
+        comp = allowed & (near_lab == near_lab[comp].max())
     px = max(1, int(np.ceil(input_px_mm / spacing_mm)))
     grown = ndi.binary_dilation(comp, disk(px))
     ring = ndi.binary_dilation(grown, disk(px)) & ~grown
