@@ -508,8 +508,6 @@ def midline_offsets_mm(per_level: dict[int, float], t_mm: np.ndarray, fallback_m
     whose sac was mis-segmented. With fewer than three estimates their median
     is used, with none ``fallback_mm``.
     """
-    from scipy.stats import theilslopes
-
     t_mm = np.asarray(t_mm, float)
     if not per_level:
         return np.full(len(t_mm), float(fallback_mm))
@@ -517,7 +515,11 @@ def midline_offsets_mm(per_level: dict[int, float], t_mm: np.ndarray, fallback_m
     d = np.array([per_level[i] for i in li])
     if len(li) < 3:
         return np.full(len(t_mm), float(np.median(d)))
-    slope, intercept, _, _ = theilslopes(d, t_mm[li], method="joint")
+    # Theil-Sen by hand: five points, and importing scipy.stats costs a second per worker process.
+    t = t_mm[li]
+    i, j = np.triu_indices(len(li), 1)
+    slope = float(np.median((d[j] - d[i]) / (t[j] - t[i])))
+    intercept = float(np.median(d - slope * t))
     return intercept + slope * t_mm
 
 
