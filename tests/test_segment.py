@@ -8,9 +8,15 @@ from spinefeat.geometry import project_to_stacks
 from spinefeat.segment import FAILED, FOUND, segment_axial_sac
 
 
+def mm_grid(img, spacing):
+    """Row and column positions (mm) of an image's pixels from its centre."""
+    n = img.shape[0]
+    return (np.mgrid[:n, :n] - (n - 1) / 2) * spacing
+
+
 def disc_image(r_mm, spacing, *, size_mm=80, holes=False, noise=0.0, seed=0):
     n = int(size_mm / spacing)
-    yy, xx = (np.mgrid[:n, :n] - (n - 1) / 2) * spacing
+    yy, xx = mm_grid(np.empty((n, n)), spacing)
     img = np.where(np.hypot(yy, xx) <= r_mm, 1.0, 0.2)
     if holes:   # dark rootlets inside the sac
         for dy, dx in [(-2, -3), (1, 2), (3, -1), (0, 0), (-3, 3)]:
@@ -60,8 +66,7 @@ def test_seed_chooses_the_component_not_the_brightest_blob():
 def test_sac_split_by_a_rootlet_clump_is_one_sac():
     """A dark band of clumped rootlets (1.5 mm) across the sac cuts its CSF in two: both halves are the sac."""
     img, seed = disc_image(7.0, 0.4, noise=0.02)
-    n = img.shape[0]
-    yy, xx = (np.mgrid[:n, :n] - (n - 1) / 2) * 0.4
+    yy, xx = mm_grid(img, 0.4)
     img[(np.abs(yy - 1.0) < 0.75) & (np.hypot(yy, xx) <= 7.0)] = 0.3
     seg = segment_axial_sac(img, seed, pixel_spacing_mm=(0.4, 0.4))
     assert seg.measurements["area_mm2"] == pytest.approx(np.pi * 49, rel=0.06)
@@ -69,8 +74,7 @@ def test_sac_split_by_a_rootlet_clump_is_one_sac():
 
 def test_bright_structure_beyond_the_join_distance_stays_out():
     img, seed = disc_image(5.0, 0.5, size_mm=80)
-    n = img.shape[0]
-    yy, xx = (np.mgrid[:n, :n] - (n - 1) / 2) * 0.5
+    yy, xx = mm_grid(img, 0.5)
     img[(np.abs(yy) < 3) & (xx > 9) & (xx < 14)] = 1.0     # fat 4 mm lateral to the sac's edge
     seg = segment_axial_sac(img, seed, pixel_spacing_mm=(0.5, 0.5))
     assert seg.measurements["area_mm2"] == pytest.approx(np.pi * 25, rel=0.08)
