@@ -29,8 +29,6 @@ def time_predict_path(root: Path, points: pd.DataFrame | None, graders, *, split
 
     With ``localizer`` the points are found (``points`` is ignored); otherwise they come from ``points``.
     """
-    from .localize import localize_study
-
     folder = DataFolder(root)
     series = folder.series(split)
     ids = list(dict.fromkeys(series["study_id"]))[:studies]
@@ -41,10 +39,7 @@ def time_predict_path(root: Path, points: pd.DataFrame | None, graders, *, split
             load_series(folder.images_dir(split) / str(sid) / str(rec.series_id))
         decode.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        if localizer is not None:
-            rows, _ = localize_study(localizer, root, split, int(sid), series)
-            points = pd.DataFrame(rows)
-        feats = add_relative_features(extract_study(root, split, sid, series, points))
+        feats = add_relative_features(extract_study(root, split, sid, series, points, localizer=localizer))
         if graders is not None:
             graders.predict(feats)
         full.append(time.perf_counter() - t0)

@@ -149,20 +149,18 @@ def extract(
     overlays: Annotated[Optional[Path], typer.Option(help="Write a PNG per point with the measured regions here.")] = None,
 ) -> None:
     """Segment the regions around every point and write one feature row per (study, condition, level)."""
-    from .dataset import DataFolder
-
     try:
-        df = _extract_with_progress(data, _points(DataFolder(data), coords, split, models=models_dir, jobs=jobs),
-                                    split=split,
-                                    cache=cache or out.with_suffix(".cache"), jobs=jobs, overlays=overlays)
+        df = _features(data, coords, split, models=models_dir, cache=cache or out.with_suffix(".cache"), jobs=jobs,
+                       overlays=overlays)
     except SpinefeatError as exc:
         _fail(exc)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out, index=False)
     errors = df["diagnostics_error"].fillna("")
+    no_point = errors.str.startswith("no point")
     console.print(f"{len(df)} rows of {df['study_id'].nunique()} studies -> {out}; "
-                  f"{int((errors == 'no point').sum())} without a point, "
-                  f"{int(((errors != '') & (errors != 'no point')).sum())} with errors; "
+                  f"{int(no_point.sum())} without a point, "
+                  f"{int(((errors != '') & ~no_point).sum())} with errors; "
                   f"{df.groupby('study_id')['diagnostics_seconds'].first().mean():.2f} s per study")
 
 
@@ -191,13 +189,30 @@ def _points(folder, coords: Optional[str], split: str, *, models: Optional[Path]
     return read_coordinates(Path(coords))
 
 
-def _extract_with_progress(data: Path, points, *, split: str, cache: Path, jobs: int, overlays=None):
+def _extract_with_progress(data: Path, points, *, split: str, cache: Path, jobs: int, overlays=None, localizer=None):
     from .extract import extract as run_extract
 
     with _progress() as prog:
-        task = prog.add_task(f"extracting {split} studies", total=None)
-        return run_extract(data, points, split=split, cache=cache, jobs=jobs, overlays=overlays,
+        task = prog.add_task(f"{'localising and ' if localizer is not None else ''}extracting {split} studies",
+                             total=None)
+        return run_extract(data, points, split=split, cache=cache, jobs=jobs, overlays=overlays, localizer=localizer,
                            progress=lambda n, t: prog.update(task, completed=n, total=t))
+
+
+def _features(data: Path, coords: Optional[str], split: str, *, models: Optional[Path], cache: Path, jobs: int,
+              overlays=None):
+    """Features at the points ``coords`` names; 'predicted' (or none) localises each study on the same decoding."""
+    from .dataset import DataFolder
+
+    if coords in (None, "predicted"):
+        if models is None:
+            raise SpinefeatError("finding the points needs the localiser: give --models (or --coords FILE)")
+        from .localize import Localizer
+
+        return _extract_with_progress(data, None, split=split, cache=cache, jobs=jobs, overlays=overlays,
+                                      localizer=Localizer.load(models))
+    return _extract_with_progress(data, _points(DataFolder(data), coords, split), split=split, cache=cache, jobs=jobs,
+                                  overlays=overlays)
 
 
 def _print_cv(cv: dict) -> None:
@@ -253,14 +268,11 @@ def predict(
     cache: Annotated[Optional[Path], typer.Option(help="Per-study feature cache; default OUT.cache/.")] = None,
 ) -> None:
     """Write a challenge submission: 25 rows per study, priors where a point or series is missing."""
-    from .dataset import DataFolder
     from .models import load
 
     try:
         graders = load(models_dir)
-        folder = DataFolder(data)
-        feats = _extract_with_progress(data, _points(folder, coords, split, models=models_dir, jobs=jobs),
-                                       split=split, cache=cache or out.with_suffix(".cache"), jobs=jobs)
+        feats = _features(data, coords, split, models=models_dir, cache=cache or out.with_suffix(".cache"), jobs=jobs)
         sub, fallback = graders.predict(feats)
     except SpinefeatError as exc:
         _fail(exc)

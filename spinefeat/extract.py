@@ -122,11 +122,22 @@ def _context(condition: str, level: str) -> dict[str, float]:
     return {"context_level_index": float(LEVELS.index(level)), "context_side": side}
 
 
-def extract_study(root: Path, split: str, study_id: int, series: pd.DataFrame, points: pd.DataFrame, *,
-                  overlays: Path | None = None) -> pd.DataFrame:
-    """25 feature rows for one study; NaN where a point or series is missing, errors recorded per row."""
+def extract_study(root: Path, split: str, study_id: int, series: pd.DataFrame, points: pd.DataFrame | None, *,
+                  overlays: Path | None = None, localizer=None, images: StudyImages | None = None) -> pd.DataFrame:
+    """25 feature rows for one study; NaN where a point or series is missing, errors recorded per row.
+
+    With ``localizer`` (a :class:`~spinefeat.localize.Localizer`) the points are found first on the same
+    decoded images (``points`` is not used), and the reason a point could not be placed goes into its
+    row's error. ``images`` reuses a study's decoded series.
+    """
     t0 = time.perf_counter()
-    images = StudyImages(DataFolder(root), split, study_id, series)
+    images = images or StudyImages(DataFolder(root), split, study_id, series)
+    why: list[str] = []
+    if localizer is not None:
+        from .localize import COORD_COLUMNS, localize_study
+
+        found, why = localize_study(localizer, root, split, int(study_id), series, images=images)
+        points = pd.DataFrame(found, columns=COORD_COLUMNS)
     pts = points[points["study_id"] == int(study_id)]
     rows = []
     for cond in CONDITIONS:
@@ -136,7 +147,8 @@ def extract_study(root: Path, split: str, study_id: int, series: pd.DataFrame, p
             hit = pts[(pts["condition"] == cond) & (pts["level"] == level)]
             err = ""
             if hit.empty:
-                err = "no point"
+                reasons = [w for w in why if w.startswith((f"{cond} {level}:", f"{cond}:")) or not w.startswith(CONDITIONS)]
+                err = "no point" + (f" ({'; '.join(reasons)})" if reasons else "")
             else:
                 try:
                     feats, regions = point_features(images, hit.iloc[0])
@@ -215,9 +227,13 @@ def fingerprint(points: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-def extract(root: Path, points: pd.DataFrame, *, split: str = "train", cache: Path, jobs: int = 1,
-            overlays: Path | None = None, studies: list[int] | None = None, progress=None) -> pd.DataFrame:
-    """Feature table of every study of ``split`` (or ``studies``), using and filling ``cache``."""
+def extract(root: Path, points: pd.DataFrame | None, *, split: str = "train", cache: Path, jobs: int = 1,
+            overlays: Path | None = None, studies: list[int] | None = None, progress=None,
+            localizer=None) -> pd.DataFrame:
+    """Feature table of every study of ``split`` (or ``studies``), using and filling ``cache``.
+
+    With ``localizer`` instead of ``points`` each study is localised and measured on one decoding of its
+    series (the predict path)."""
     from joblib import Parallel, delayed
 
     folder = DataFolder(root)
@@ -225,7 +241,8 @@ def extract(root: Path, points: pd.DataFrame, *, split: str = "train", cache: Pa
     ids = sorted(series["study_id"].unique()) if studies is None else [int(s) for s in studies]
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    key = {"version": __version__, "points": fingerprint(points), "split": split}
+    key = {"version": __version__, "split": split,
+           "points": fingerprint(points) if localizer is None else f"localizer {localizer.fingerprint}"}
     meta = cache / "cache.json"
     if meta.is_file() and json.loads(meta.read_text()) != key:
         log.warning("cache %s was made for other points or another version; starting it afresh", cache)
@@ -239,7 +256,7 @@ def extract(root: Path, points: pd.DataFrame, *, split: str = "train", cache: Pa
 
     def run(study_id):
         try:
-            df = extract_study(root, split, study_id, series, points, overlays=overlays)
+            df = extract_study(root, split, study_id, series, points, overlays=overlays, localizer=localizer)
         except Exception as exc:      # one broken study is recorded, never the end of the run
             df = pd.DataFrame([{"study_id": int(study_id), "condition": c, "level": lv,
                                 "row_id": f"{int(study_id)}_{c}_{lv}", "split": split, **_context(c, lv),

@@ -47,6 +47,7 @@ from .geometry import orientation_axes, project_to_stacks
 
 log = logging.getLogger(__name__)
 RECESSES = ("left_subarticular_stenosis", "right_subarticular_stenosis")
+COORD_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y", "confidence"]
 STEP_MM = 1.0
 DISC_RADIUS_MM = 2.5
 ANTERIOR_MM = (8.0, 13.0, 18.0, 23.0)
@@ -273,6 +274,14 @@ class Localizer:
         (out / "localizer.json").write_text(json.dumps({"gaps_mm": self.gaps.tolist(), "offsets_mm": self.offsets,
                                                         "sac_offsets_mm": self.sac_offsets, "step_mm": STEP_MM},
                                                        indent=2))
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the detector and the learned geometry (cache keys of features at localised points)."""
+        import hashlib
+
+        meta = json.dumps({"gaps": self.gaps.tolist(), "offsets": self.offsets, "sac": self.sac_offsets}, sort_keys=True)
+        return hashlib.sha256(self.detector.model_to_string().encode() + meta.encode()).hexdigest()[:16]
 
     @classmethod
     def load(cls, models: Path) -> "Localizer":
@@ -523,11 +532,14 @@ def midline_offsets_mm(per_level: dict[int, float], t_mm: np.ndarray, fallback_m
     return intercept + slope * t_mm
 
 
-def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series: pd.DataFrame) -> tuple[list[dict], list[str]]:
-    """The 25 points of one study (rows in the coordinate-file layout + confidence), and reasons for missing ones."""
+def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series: pd.DataFrame, *,
+                   images=None) -> tuple[list[dict], list[str]]:
+    """The 25 points of one study (rows in the coordinate-file layout + confidence), and reasons for missing
+    ones ("condition level: why", "condition: why" or, for the whole study, "why"). ``images`` reuses a
+    :class:`~spinefeat.extract.StudyImages` (its decoded series)."""
     from .extract import StudyImages
 
-    images = StudyImages(DataFolder(root), split, study_id, series)
+    images = images or StudyImages(DataFolder(root), split, study_id, series)
     rows, missing = [], []
     t2 = _series_desc(series, study_id, CONDITION_SERIES["spinal_canal_stenosis"])
     if not t2:
@@ -604,8 +616,7 @@ def localize(loc: Localizer, root: Path, *, split: str = "test", jobs: int = 1, 
         done += 1
         if progress is not None:
             progress(done, len(ids))
-    cols = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y", "confidence"]
-    pts = pd.DataFrame(rows, columns=cols).sort_values(["study_id", "condition", "level"]).reset_index(drop=True)
+    pts = pd.DataFrame(rows, columns=COORD_COLUMNS).sort_values(["study_id", "condition", "level"]).reset_index(drop=True)
     return pts, pd.DataFrame(missing, columns=["study_id", "reason"])
 
 

@@ -197,3 +197,24 @@ def test_sac_centre_finds_the_sac_and_can_keep_the_seeds_left_right():
     blank = _axial_stack((110, 96))
     blank.pixels[:] = 0.0
     assert sac_centre(blank, 0, seed) is None
+
+
+def test_predict_path_decodes_each_series_once_and_matches_localise_then_extract(trained, cohort, monkeypatch):
+    import pandas as pd
+
+    from spinefeat import dicom, extract as ex
+    from spinefeat.dataset import DataFolder
+    from spinefeat.localize import COORD_COLUMNS, Localizer, localize_study
+
+    loc = Localizer.load(trained)
+    series = DataFolder(cohort).series("test")
+    sid = int(series.study_id.iloc[0])
+    rows, _ = localize_study(loc, cohort, "test", sid, series)
+    apart = ex.extract_study(cohort, "test", sid, series, pd.DataFrame(rows, columns=COORD_COLUMNS))
+    calls = []
+    real = dicom.load_series
+    monkeypatch.setattr(ex, "load_series", lambda path, **kw: calls.append(str(path)) or real(path, **kw))
+    shared = ex.extract_study(cohort, "test", sid, series, None, localizer=loc)
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == (series.study_id == sid).sum()
+    cols = [c for c in apart.columns if not c.startswith("diagnostics_")]
+    pd.testing.assert_frame_equal(shared[cols], apart[cols])
