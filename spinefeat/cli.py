@@ -164,6 +164,15 @@ def extract(
                   f"{df.groupby('study_id')['diagnostics_seconds'].first().mean():.2f} s per study")
 
 
+def _localizer(models: Optional[Path]):
+    """The localiser saved with the models; a usage error when no models folder was given."""
+    if models is None:
+        raise SpinefeatError("finding the points needs the localiser: give --models (or --coords FILE)")
+    from .localize import Localizer
+
+    return Localizer.load(models)
+
+
 def _points(folder, coords: Optional[str], split: str, *, models: Optional[Path] = None, jobs: int = 1):
     """Points to measure at: 'labels', a CSV, or 'predicted' (the localiser saved with the models)."""
     from .dataset import read_coordinates
@@ -175,13 +184,12 @@ def _points(folder, coords: Optional[str], split: str, *, models: Optional[Path]
                                  "localiser (--coords predicted with --models)")
         return points_from_labels(folder)
     if coords in (None, "predicted"):
-        if models is None:
-            raise SpinefeatError("finding the points needs the localiser: give --models (or --coords FILE)")
-        from .localize import Localizer, localize
+        from .localize import localize
 
+        loc = _localizer(models)
         with _progress() as prog:
             task = prog.add_task(f"localising {split} studies", total=None)
-            pts, missing = localize(Localizer.load(models), folder.root, split=split, jobs=jobs,
+            pts, missing = localize(loc, folder.root, split=split, jobs=jobs,
                                     progress=lambda n, t: prog.update(task, completed=n, total=t))
         if len(missing):
             console.print(f"[yellow]{len(missing)} points could not be placed[/yellow] (e.g. {missing.reason.iloc[0]})")
@@ -205,12 +213,8 @@ def _features(data: Path, coords: Optional[str], split: str, *, models: Optional
     from .dataset import DataFolder
 
     if coords in (None, "predicted"):
-        if models is None:
-            raise SpinefeatError("finding the points needs the localiser: give --models (or --coords FILE)")
-        from .localize import Localizer
-
         return _extract_with_progress(data, None, split=split, cache=cache, jobs=jobs, overlays=overlays,
-                                      localizer=Localizer.load(models))
+                                      localizer=_localizer(models))
     return _extract_with_progress(data, _points(DataFolder(data), coords, split), split=split, cache=cache, jobs=jobs,
                                   overlays=overlays)
 
