@@ -215,8 +215,11 @@ class StackGeometry:
         xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
         d = xyz @ self.normal
         k = np.abs(d[:, None] - self.offsets_mm[None, :]).argmin(axis=1)
-        # In-plane coordinates do not depend on the slice (parallel planes); the distance does.
-        row, col, _ = patient_to_pixel(xyz, self.positions_mm[0], self.iop, self.pixel_spacing_mm)
+        # Each slice's own origin: slices of one stack can be shifted in plane (real scanners do it).
+        f_r, f_c, _ = orientation_axes(self.iop)
+        dr, dc = self.pixel_spacing_mm
+        v = xyz - self.positions_mm[k]
+        row, col = v @ f_c / dr, v @ f_r / dc
         dist = d - self.offsets_mm[k]
         half = self.slice_spacing_mm / 2 if self.n_slices > 1 else 2.5
         rows, cols = self.shape

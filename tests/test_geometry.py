@@ -82,6 +82,20 @@ def test_project_onto_stack_known_slice_row_col():
     assert not far["in_image"][0]
 
 
+def test_project_uses_the_chosen_slices_own_origin():
+    """Slices of one stack can be shifted in plane (real scanners do it): row and col come from that slice."""
+    ipps = [[-50, -40, 0], [-47, -38, 5], [-50, -40, 10]]     # slice 1 shifted 3 mm in x, 2 mm in y
+    geo = g.StackGeometry(ipps, AXIAL, [0.5, 0.25], (200, 400))
+    # the pixel (row 30, col 100) of slice 1, 1 mm above its plane
+    xyz = np.array([-47 + 0.25 * 100, -38 + 0.5 * 30, 6.0])
+    p = geo.project([xyz])
+    assert p["slice"][0] == 1
+    assert p["row"][0] == pytest.approx(30) and p["col"][0] == pytest.approx(100)
+    assert p["distance_mm"][0] == pytest.approx(1.0)
+    back = geo.to_patient(1, p["row"][0], p["col"][0])
+    assert np.allclose(back, xyz - [0, 0, 1.0])
+
+
 def test_project_refuses_other_frame_of_reference():
     geo = g.StackGeometry([[0, 0, 0]], AXIAL, [1, 1], (10, 10), "1.2.3")
     with pytest.raises(GeometryError):
