@@ -44,6 +44,12 @@ class By(str, Enum):
     condition = "condition"
 
 
+#: ``--scheduler``: the same option on every batch command.
+Scheduler = Annotated[Optional[str], typer.Option(
+    help="Address of a Dask scheduler (tcp://host:8786): run the per-study work on its cluster (needs "
+         "spinefeat[dask]; workers read DATA by the same path).")]
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"spinefeat {__version__}")
@@ -147,11 +153,12 @@ def extract(
     jobs: Annotated[int, typer.Option(min=1, help="Studies in parallel.")] = 1,
     cache: Annotated[Optional[Path], typer.Option(help="Per-study cache folder; default OUT.cache/.")] = None,
     overlays: Annotated[Optional[Path], typer.Option(help="Write a PNG per point with the measured regions here.")] = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Segment the regions around every point and write one feature row per (study, condition, level)."""
     try:
         df = _features(data, coords, split, models=models_dir, cache=cache or out.with_suffix(".cache"), jobs=jobs,
-                       overlays=overlays)
+                       overlays=overlays, scheduler=scheduler)
     except SpinefeatError as exc:
         _fail(exc)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +180,8 @@ def _localizer(models: Optional[Path]):
     return Localizer.load(models)
 
 
-def _points(folder, coords: Optional[str], split: str, *, models: Optional[Path] = None, jobs: int = 1):
+def _points(folder, coords: Optional[str], split: str, *, models: Optional[Path] = None, jobs: int = 1,
+            scheduler: Optional[str] = None):
     """Points to measure at: 'labels', a CSV, or 'predicted' (the localiser saved with the models)."""
     from .dataset import read_coordinates
     from .extract import points_from_labels
@@ -189,7 +197,7 @@ def _points(folder, coords: Optional[str], split: str, *, models: Optional[Path]
         loc = _localizer(models)
         with _progress() as prog:
             task = prog.add_task(f"localising {split} studies", total=None)
-            pts, missing = localize(loc, folder.root, split=split, jobs=jobs,
+            pts, missing = localize(loc, folder.root, split=split, jobs=jobs, scheduler=scheduler,
                                     progress=lambda n, t: prog.update(task, completed=n, total=t))
         if len(missing):
             console.print(f"[yellow]{len(missing)} points could not be placed[/yellow] (e.g. {missing.reason.iloc[0]})")
@@ -197,26 +205,29 @@ def _points(folder, coords: Optional[str], split: str, *, models: Optional[Path]
     return read_coordinates(Path(coords))
 
 
-def _extract_with_progress(data: Path, points, *, split: str, cache: Path, jobs: int, overlays=None, localizer=None):
+def _extract_with_progress(data: Path, points, *, split: str, cache: Path, jobs: int, overlays=None,
+                           scheduler: Optional[str] = None):
     from .extract import extract as run_extract
 
     with _progress() as prog:
-        task = prog.add_task(f"{'localising and ' if localizer is not None else ''}extracting {split} studies",
-                             total=None)
-        return run_extract(data, points, split=split, cache=cache, jobs=jobs, overlays=overlays, localizer=localizer,
+        task = prog.add_task(f"{'localising and ' if callable(points) else ''}extracting {split} studies", total=None)
+        return run_extract(data, points, split=split, cache=cache, jobs=jobs, overlays=overlays, scheduler=scheduler,
                            progress=lambda n, t: prog.update(task, completed=n, total=t))
 
 
 def _features(data: Path, coords: Optional[str], split: str, *, models: Optional[Path], cache: Path, jobs: int,
-              overlays=None):
+              overlays=None, scheduler: Optional[str] = None):
     """Features at the points ``coords`` names; 'predicted' (or none) localises each study on the same decoding."""
     from .dataset import DataFolder
 
     if coords in (None, "predicted"):
-        return _extract_with_progress(data, None, split=split, cache=cache, jobs=jobs, overlays=overlays,
-                                      localizer=_localizer(models))
-    return _extract_with_progress(data, _points(DataFolder(data), coords, split), split=split, cache=cache, jobs=jobs,
-                                  overlays=overlays)
+        from .pipeline import LocalisedPoints
+
+        points = LocalisedPoints(_localizer(models))
+    else:
+        points = _points(DataFolder(data), coords, split)
+    return _extract_with_progress(data, points, split=split, cache=cache, jobs=jobs, overlays=overlays,
+                                  scheduler=scheduler)
 
 
 def _print_cv(cv: dict) -> None:
@@ -241,6 +252,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Fold assignment and LightGBM seed.")] = 0,
     points: Annotated[Points, typer.Option(help="Fit the graders at the label points only, or also at the points the "
                                                 "localiser finds (as at test time; CV is then scored there).")] = "both",
+    scheduler: Scheduler = None,
 ) -> None:
     """Learn the localiser and fit the three graders with cross-validation (features cached under OUT)."""
     import pandas as pd
@@ -252,7 +264,7 @@ def train(
         with _progress() as prog:
             task = prog.add_task("training", total=None)
             result = train_all(data, out, folds=folds, jobs=jobs, seed=seed, points=points.value,
-                               label_features=label_features,
+                               label_features=label_features, scheduler=scheduler,
                                step=lambda name, n, t: prog.update(task, description=name, completed=n, total=t))
     except SpinefeatError as exc:
         _fail(exc)
@@ -270,13 +282,15 @@ def predict(
                                                         "(train_label_coordinates columns), or 'labels' (train split).")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="Studies in parallel.")] = 1,
     cache: Annotated[Optional[Path], typer.Option(help="Per-study feature cache; default OUT.cache/.")] = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Write a challenge submission: 25 rows per study, priors where a point or series is missing."""
     from .models import load
 
     try:
         graders = load(models_dir)
-        feats = _features(data, coords, split, models=models_dir, cache=cache or out.with_suffix(".cache"), jobs=jobs)
+        feats = _features(data, coords, split, models=models_dir, cache=cache or out.with_suffix(".cache"), jobs=jobs,
+                          scheduler=scheduler)
         sub, fallback = graders.predict(feats)
     except SpinefeatError as exc:
         _fail(exc)
@@ -290,49 +304,64 @@ def predict(
 
 @app.command()
 def bench(
-    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
+    data: Annotated[list[Path], typer.Argument(exists=True, file_okay=False, help="One or more Kaggle-layout folders.")],
     models_dir: Annotated[Optional[Path], typer.Option("--models", exists=True, file_okay=False,
-                                                       help="Trained models (grading is timed too).")] = None,
-    split: Annotated[str, typer.Option(help="Split whose studies are timed.")] = "train",
+                                                       help="Trained models: localisation and grading are timed too.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Split whose studies are timed (default: test if present, else train).")] = None,
     coords: Annotated[Optional[str], typer.Option(help="Points CSV or 'labels'; default: the models' localiser finds them.")] = None,
-    studies: Annotated[int, typer.Option(min=1, help="Studies timed on the predict path.")] = 10,
+    studies: Annotated[int, typer.Option(min=1, help="Studies timed per folder.")] = 10,
+    repeats: Annotated[int, typer.Option(min=1, help="Repeats per timing (medians are reported).")] = 3,
+    workers: Annotated[int, typer.Option(min=0, help="Extract throughput with 1..N workers (0: skip).")] = 2,
+    throughput_studies: Annotated[int, typer.Option(min=2, help="Studies in the throughput run (a smaller folder is "
+                                                                 "replicated by symlinks).")] = 8,
     train_features: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False,
                                                            help="Feature table to bootstrap for the training timing.")] = None,
+    train_labels: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False,
+                                                         help="train.csv for the training timing (default: the first "
+                                                              "folder's).")] = None,
     train_studies: Annotated[int, typer.Option(min=10, help="Studies' rows for the training timing.")] = 2000,
     jobs: Annotated[int, typer.Option(min=1, help="LightGBM threads for the training timing.")] = 2,
-    out: Annotated[Path, typer.Option(help="JSON to write.")] = Path("reports/bench.json"),
+    out_dir: Annotated[Path, typer.Option(help="Where NAME.md and NAME.json go.")] = Path("reports/benchmarks"),
+    name: Annotated[Optional[list[str]], typer.Option(help="Report name per folder (default: the folder's name).")] = None,
 ) -> None:
-    """Time decode-only vs the whole predict path per study (one core), training, and peak memory."""
-    import json
-
+    """Where the time goes: per-stage medians and p90s, the predict path against the decode floor, throughput
+    with 1 and 2 workers, start-up, training time and peak memory. Markdown + JSON per folder."""
     import pandas as pd
 
-    from .bench import environment, time_predict_path, time_training
-    from .dataset import DataFolder
+    from . import bench as b
+    from .dataset import DataFolder, read_train
 
+    names = list(name or [])
+    if names and len(names) != len(data):
+        console.print("[red]error:[/red] give one --name per folder")
+        raise typer.Exit(EXIT_USAGE)
     try:
-        folder = DataFolder(data)
-        graders = localizer = None
+        graders = found = None
         if models_dir is not None:
-            from .localize import Localizer
             from .models import load
+            from .pipeline import LocalisedPoints
 
             graders = load(models_dir)
-            if coords is None and (models_dir / "localizer.txt").is_file():
-                localizer = Localizer.load(models_dir)
-        points = None if localizer is not None else _points(folder, coords or "labels", split)
-        res = time_predict_path(data, points, graders, split=split, studies=studies, localizer=localizer)
-        if train_features is not None:
-            res.update(time_training(pd.read_parquet(train_features), folder.train(), studies=train_studies,
-                                     jobs=jobs))
+            if coords is None:
+                found = LocalisedPoints(_localizer(models_dir))
+        for i, root in enumerate(data):
+            folder = DataFolder(root)
+            sp = split or ("test" if "test" in folder.splits() else folder.splits()[0])
+            points = found if found is not None else _points(folder, coords or "labels", sp)
+            with _progress() as prog:
+                task = prog.add_task(f"bench {root.name}", total=None)
+                res = b.run(root, points, split=sp, graders=graders, studies=studies,
+                            repeats=repeats, workers=tuple(range(1, workers + 1)), throughput_studies=throughput_studies,
+                            startup=i == 0, progress=lambda text: prog.update(task, description=f"{root.name}: {text}"))
+            if train_features is not None and i == 0:
+                labels = read_train(train_labels) if train_labels is not None else folder.train()
+                res.update(b.time_training(pd.read_parquet(train_features), labels, studies=train_studies, jobs=jobs))
+                res["peak_rss_mb"] = b.peak_rss_mb()
+            md, js = b.write(res, out_dir, names[i] if names else root.name)
+            typer.echo(md.read_text())
+            console.print(f"-> {md}, {js}")
     except SpinefeatError as exc:
         _fail(exc)
-    res.update(environment())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
-    for k, v in res.items():
-        typer.echo(f"{k:>36s}  {v:.3f}" if isinstance(v, float) else f"{k:>36s}  {v}")
-    typer.echo(f"-> {out}")
 
 
 def _print_explanation(table) -> None:
@@ -367,7 +396,12 @@ def explain(
     try:
         graders = load(models_dir)
         folder = DataFolder(data)
-        points = _points(folder, coords, split, models=models_dir)
+        if coords in (None, "predicted"):      # localise this study only, on the decoding it is measured on
+            from .pipeline import LocalisedPoints
+
+            points = LocalisedPoints(_localizer(models_dir))
+        else:
+            points = _points(folder, coords, split)
         feats = add_relative_features(extract_study(data, split, study, folder.series(split), points,
                                                     overlays=out / "overlays"))
         table = explain_study(graders, feats, study, top=top)
@@ -499,6 +533,7 @@ def localize(
     split: Annotated[str, typer.Option(help="Split whose studies are localised.")] = "test",
     jobs: Annotated[int, typer.Option(min=1, help="Studies in parallel.")] = 1,
     overlays: Annotated[Optional[Path], typer.Option(help="Write a PNG of each study's points here.")] = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Find the 25 points of every study without labels."""
     import time as _t
@@ -507,7 +542,7 @@ def localize(
 
     t0 = _t.perf_counter()
     try:
-        pts = _points(DataFolder(data), "predicted", split, models=models_dir, jobs=jobs)
+        pts = _points(DataFolder(data), "predicted", split, models=models_dir, jobs=jobs, scheduler=scheduler)
     except SpinefeatError as exc:
         _fail(exc)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -169,7 +169,8 @@ class Stack:
     Attributes
     ----------
     pixels : ndarray (k, rows, cols) float32
-        Modality values (rescale applied, MONOCHROME1 inverted), in slice-normal order.
+        Modality values (rescale applied, MONOCHROME1 inverted with the series' range), in slice-normal
+        order; one array per stack.
     geometry : StackGeometry
     instance_numbers : ndarray (k,)
         InstanceNumber of each slice, in the same order.
@@ -187,11 +188,13 @@ class Stack:
         return int(hit[0]) if len(hit) else None
 
 
-def decode_pixels(ds, path: Path) -> np.ndarray:
-    """Pixel data as float32 modality values, MONOCHROME1 inverted.
+def decode_pixels(ds, path: Path, out: np.ndarray | None = None) -> np.ndarray:
+    """Pixel data of one frame as float32 modality values (RescaleSlope / RescaleIntercept applied).
 
-    A compressed transfer syntax without a decoder raises :class:`DicomError`
-    naming the syntax and the extra to install.
+    With ``out`` (a float32 array of the frame's shape, e.g. one slice of a stack) the values are written
+    there and no other array is made. MONOCHROME1 is not inverted here: an inversion needs the range of the
+    whole series (:func:`load_series` does it). A compressed transfer syntax without a decoder raises
+    :class:`DicomError` naming the syntax and the extra to install.
     """
     try:
         arr = ds.pixel_array
@@ -202,24 +205,40 @@ def decode_pixels(ds, path: Path) -> np.ndarray:
         raise DicomError(f"{path}: cannot decode pixels ({name}): {hint}") from exc
     if arr.ndim != 2:
         raise DicomError(f"{path}: expected one 2-D frame, got pixel array of shape {arr.shape}")
-    out = arr.astype(np.float32)
+    if out is None:
+        out = np.empty(arr.shape, np.float32)
+    elif out.shape != arr.shape:
+        raise DicomError(f"{path}: pixel array of shape {arr.shape}, but Rows/Columns say {out.shape}")
+    out[...] = arr
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    if slope != 1 or intercept != 0:
-        out = out * np.float32(slope) + np.float32(intercept)
-    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        out = out.max() + out.min() - out
+    if slope != 1:
+        out *= np.float32(slope)
+    if intercept != 0:
+        out += np.float32(intercept)
     return out
+
+
+def _invert_monochrome1(stacks: list["Stack"], inverted: list[np.ndarray]) -> None:
+    """MONOCHROME1 (low values bright) to MONOCHROME2, in place, with the series' range: one value maps to one
+    value on every slice (inverting each slice with its own max + min would give each slice its own scale)."""
+    if not any(m.any() for m in inverted):
+        return
+    lo = min(float(st.pixels[m].min()) for st, m in zip(stacks, inverted) if m.any())
+    hi = max(float(st.pixels[m].max()) for st, m in zip(stacks, inverted) if m.any())
+    for st, m in zip(stacks, inverted):
+        if m.any():
+            st.pixels[m] = np.float32(hi + lo) - st.pixels[m]
 
 
 def load_series(series_dir: Path, *, description: str = "", study_id: int | None = None,
                 series_id: int | None = None) -> list[Stack]:
     """Decode a series folder into stacks sorted along their normals.
 
-    Each file is decoded once. Instances are split by orientation, image size
-    and gaps (:func:`spinefeat.geometry.split_stacks`). Unreadable files are
-    skipped with a warning; a series with no usable file raises
-    :class:`DicomError`.
+    Each file is read and decoded once, straight into its slice of its stack's ``(k, rows, cols)`` float32
+    array (no per-slice copies). Instances are split by orientation, image size and gaps
+    (:func:`spinefeat.geometry.split_stacks`). MONOCHROME1 slices are inverted with the series' range.
+    Unreadable files are skipped with a warning; a series with no usable file raises :class:`DicomError`.
     """
     series_dir = Path(series_dir)
     study_id = int(series_dir.parent.name) if study_id is None else study_id
@@ -237,24 +256,31 @@ def load_series(series_dir: Path, *, description: str = "", study_id: int | None
         if not np.all(np.isfinite(ipp + iop + ps)):
             log.warning("study %s series %s: %s lacks geometry tags, skipped", study_id, series_id, f.name)
             continue
-        items.append((decode_pixels(ds, f), ipp, iop, ps, int(ds.get("InstanceNumber", -1) or -1),
-                      str(ds.get("FrameOfReferenceUID", ""))))
+        shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+        items.append((ds, f, ipp, iop, ps, int(ds.get("InstanceNumber", -1) or -1),
+                      str(ds.get("FrameOfReferenceUID", "")), shape))
     if not items:
         raise DicomError(f"study {study_id} series {series_id}: no decodable instance with geometry")
     # Images of different size never share a stack.
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, it in enumerate(items):
-        by_shape.setdefault(it[0].shape, []).append(i)
+        by_shape.setdefault(it[7], []).append(i)
     stacks: list[Stack] = []
+    inverted: list[np.ndarray] = []
     for shape, members in by_shape.items():
-        ipps = np.array([items[i][1] for i in members])
-        iops = np.array([items[i][2] for i in members])
+        ipps = np.array([items[i][2] for i in members])
+        iops = np.array([items[i][3] for i in members])
         for idx in split_stacks(ipps, iops):
             sel = [members[i] for i in idx]
-            geo = StackGeometry(ipps[idx], iops[idx[0]], items[sel[0]][3], shape, items[sel[0]][5])
-            stacks.append(Stack(study_id, series_id, description,
-                                np.stack([items[i][0] for i in sel]), geo,
-                                np.array([items[i][4] for i in sel])))
+            pixels = np.empty((len(sel), *shape), np.float32)
+            for j, i in enumerate(sel):
+                decode_pixels(items[i][0], items[i][1], out=pixels[j])
+            geo = StackGeometry(ipps[idx], iops[idx[0]], items[sel[0]][4], shape, items[sel[0]][6])
+            stacks.append(Stack(study_id, series_id, description, pixels, geo,
+                                np.array([items[i][5] for i in sel])))
+            inverted.append(np.array([str(items[i][0].get("PhotometricInterpretation", "")) == "MONOCHROME1"
+                                      for i in sel]))
+    _invert_monochrome1(stacks, inverted)
     return stacks
 
 

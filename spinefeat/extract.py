@@ -19,11 +19,12 @@ import pandas as pd
 
 from . import __version__
 from .dataset import CONDITION_SERIES, CONDITIONS, LEVELS, DataFolder
-from .dicom import Stack, load_series
+from .dicom import Stack
 from .errors import SpinefeatError
 from .features import RELATIVE, shape_name
 from .features.texture import ROI_MM, ROI_SPACING_MM, roi_features
 from .geometry import orientation_axes, project_to_stacks
+from .images import StudyImages
 from .segment import FAILED, FOUND, Segmentation, measure_recess, measure_sagittal_canal, segment_axial_sac, \
     segment_foramen
 from .segment.common import crop_mm
@@ -32,41 +33,6 @@ log = logging.getLogger(__name__)
 QUALITY_CODE = {FAILED: 0.0, "weak": 1.0, FOUND: 2.0}
 ID_COLUMNS = ["study_id", "condition", "level", "row_id", "split"]
 POINT_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
-
-
-class StudyImages:
-    """The decoded series of one study, loaded on first use and kept (decode each slice once)."""
-
-    def __init__(self, folder: DataFolder, split: str, study_id: int, series: pd.DataFrame):
-        self.folder, self.split, self.study_id = folder, split, int(study_id)
-        self.series = series[series["study_id"] == self.study_id]
-        self._stacks: dict[int, list[Stack]] = {}
-        self._high: dict[int, float] = {}
-
-    def stacks(self, series_id: int) -> list[Stack]:
-        series_id = int(series_id)
-        if series_id not in self._stacks:
-            desc = self.series.loc[self.series["series_id"] == series_id, "series_description"]
-            self._stacks[series_id] = load_series(
-                self.folder.images_dir(self.split) / str(self.study_id) / str(series_id),
-                description=desc.iloc[0] if len(desc) else "", study_id=self.study_id, series_id=series_id)
-            px = np.concatenate([s.pixels[:, ::4, ::4].ravel() for s in self._stacks[series_id]])
-            self._high[series_id] = float(np.percentile(px, 99.5))
-        return self._stacks[series_id]
-
-    def series_high(self, series_id: int) -> float:
-        self.stacks(series_id)
-        return self._high[int(series_id)]
-
-    def series_of(self, description: str) -> list[int]:
-        return self.series.loc[self.series["series_description"] == description, "series_id"].astype(int).tolist()
-
-    def locate(self, series_id: int, instance_number: int) -> tuple[Stack, int]:
-        for st in self.stacks(series_id):
-            k = st.slice_of_instance(instance_number)
-            if k is not None:
-                return st, k
-        raise SpinefeatError(f"study {self.study_id} series {series_id}: no instance {instance_number}")
 
 
 def _shape(region: str, seg: Segmentation) -> dict[str, float]:
@@ -122,22 +88,20 @@ def _context(condition: str, level: str) -> dict[str, float]:
     return {"context_level_index": float(LEVELS.index(level)), "context_side": side}
 
 
-def extract_study(root: Path, split: str, study_id: int, series: pd.DataFrame, points: pd.DataFrame | None, *,
-                  overlays: Path | None = None, localizer=None, images: StudyImages | None = None) -> pd.DataFrame:
+def extract_study(root: Path, split: str, study_id: int, series: pd.DataFrame, points, *,
+                  overlays: Path | None = None, images: StudyImages | None = None) -> pd.DataFrame:
     """25 feature rows for one study; NaN where a point or series is missing, errors recorded per row.
 
-    With ``localizer`` (a :class:`~spinefeat.localize.Localizer`) the points are found first on the same
-    decoded images (``points`` is not used), and the reason a point could not be placed goes into its
-    row's error. ``images`` reuses a study's decoded series.
+    ``points`` is a point table (coordinate-file columns) or a point source: a callable taking the study's
+    :class:`~spinefeat.images.StudyImages` and giving ``(points, reasons)``, such as the localiser run on the
+    same decoded images (:class:`spinefeat.pipeline.LocalisedPoints`); a reason a point could not be placed
+    goes into its row's error. ``images`` reuses a study's decoded series.
     """
     t0 = time.perf_counter()
     images = images or StudyImages(DataFolder(root), split, study_id, series)
     why: list[str] = []
-    if localizer is not None:
-        from .localize import COORD_COLUMNS, localize_study
-
-        found, why = localize_study(localizer, root, split, int(study_id), series, images=images)
-        points = pd.DataFrame(found, columns=COORD_COLUMNS)
+    if callable(points):
+        points, why = points(images)
     pts = points[points["study_id"] == int(study_id)]
     rows = []
     for cond in CONDITIONS:
@@ -227,14 +191,23 @@ def fingerprint(points: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-def extract(root: Path, points: pd.DataFrame | None, *, split: str = "train", cache: Path, jobs: int = 1,
+def _failed_rows(study_id: int, split: str, exc: BaseException) -> pd.DataFrame:
+    return pd.DataFrame([{"study_id": int(study_id), "condition": c, "level": lv,
+                          "row_id": f"{int(study_id)}_{c}_{lv}", "split": split, **_context(c, lv),
+                          "diagnostics_error": f"{type(exc).__name__}: {exc}"}
+                         for c in CONDITIONS for lv in LEVELS])
+
+
+def extract(root: Path, points, *, split: str = "train", cache: Path, jobs: int = 1,
             overlays: Path | None = None, studies: list[int] | None = None, progress=None,
-            localizer=None) -> pd.DataFrame:
+            scheduler=None) -> pd.DataFrame:
     """Feature table of every study of ``split`` (or ``studies``), using and filling ``cache``.
 
-    With ``localizer`` instead of ``points`` each study is localised and measured on one decoding of its
-    series (the predict path)."""
-    from joblib import Parallel, delayed
+    ``points``: a point table, or a point source (see :func:`extract_study`) with a ``fingerprint`` that keys
+    the cache. Studies run in ``jobs`` local processes or, with ``scheduler`` (a Dask scheduler address or
+    client), on a Dask cluster; either way a failing study is recorded in ``diagnostics_error`` and the run goes
+    on, and this process writes each finished study to the cache."""
+    from .parallel import map_studies
 
     folder = DataFolder(root)
     series = folder.series(split)
@@ -242,7 +215,7 @@ def extract(root: Path, points: pd.DataFrame | None, *, split: str = "train", ca
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     key = {"version": __version__, "split": split,
-           "points": fingerprint(points) if localizer is None else f"localizer {localizer.fingerprint}"}
+           "points": points.fingerprint if callable(points) else fingerprint(points)}
     meta = cache / "cache.json"
     if meta.is_file() and json.loads(meta.read_text()) != key:
         log.warning("cache %s was made for other points or another version; starting it afresh", cache)
@@ -255,19 +228,13 @@ def extract(root: Path, points: pd.DataFrame | None, *, split: str = "train", ca
         progress(done, len(ids))
 
     def run(study_id):
-        try:
-            df = extract_study(root, split, study_id, series, points, overlays=overlays, localizer=localizer)
-        except Exception as exc:      # one broken study is recorded, never the end of the run
-            df = pd.DataFrame([{"study_id": int(study_id), "condition": c, "level": lv,
-                                "row_id": f"{int(study_id)}_{c}_{lv}", "split": split, **_context(c, lv),
-                                "diagnostics_error": f"{type(exc).__name__}: {exc}"}
-                               for c in CONDITIONS for lv in LEVELS])
+        return extract_study(root, split, study_id, series, points, overlays=overlays)
+
+    for study_id, df in map_studies(run, todo, jobs=jobs, scheduler=scheduler,
+                                    on_error=lambda s, exc: _failed_rows(s, split, exc)):
         tmp = cache / f".{study_id}.parquet.tmp"
         df.to_parquet(tmp, index=False)
         tmp.replace(cache / f"{study_id}.parquet")
-        return study_id
-
-    for _ in Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(run)(s) for s in todo):
         done += 1
         if progress is not None:
             progress(done, len(ids))

@@ -44,6 +44,7 @@ from .dataset import CONDITION_SERIES, CONDITIONS, LEVELS, DataFolder
 from .dicom import Stack
 from .errors import SpinefeatError
 from .geometry import orientation_axes, project_to_stacks
+from .images import StudyImages
 
 log = logging.getLogger(__name__)
 RECESSES = ("left_subarticular_stenosis", "right_subarticular_stenosis")
@@ -330,8 +331,6 @@ def _label_xyz(images, point) -> np.ndarray:
 
 def train_localizer(root: Path, points: pd.DataFrame, *, jobs: int = 1, progress=None) -> Localizer:
     """Learn the detector, the level spacing and the offsets of the other points from labelled studies."""
-    from .extract import StudyImages
-
     folder = DataFolder(root)
     ser = folder.series("train")
     xs, ys, gaps = [], [], []
@@ -536,9 +535,7 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
                    images=None) -> tuple[list[dict], list[str]]:
     """The 25 points of one study (rows in the coordinate-file layout + confidence), and reasons for missing
     ones ("condition level: why", "condition: why" or, for the whole study, "why"). ``images`` reuses a
-    :class:`~spinefeat.extract.StudyImages` (its decoded series)."""
-    from .extract import StudyImages
-
+    :class:`~spinefeat.images.StudyImages` (its decoded series)."""
     images = images or StudyImages(DataFolder(root), split, study_id, series)
     rows, missing = [], []
     t2 = _series_desc(series, study_id, CONDITION_SERIES["spinal_canal_stenosis"])
@@ -595,22 +592,24 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
     return rows, missing
 
 
-def localize(loc: Localizer, root: Path, *, split: str = "test", jobs: int = 1, progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Points of every study of a split, and a table of what could not be placed and why."""
-    from joblib import Parallel, delayed
+def localize(loc: Localizer, root: Path, *, split: str = "test", jobs: int = 1, progress=None,
+             scheduler=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Points of every study of a split, and a table of what could not be placed and why.
+
+    Studies run in ``jobs`` local processes or on the Dask cluster at ``scheduler``
+    (:func:`spinefeat.parallel.map_studies`); a failing study is recorded and the run goes on."""
+    from .parallel import map_studies
 
     series = DataFolder(root).series(split)
     ids = sorted(series["study_id"].unique())
 
     def one(sid):
-        try:
-            return sid, *localize_study(loc, root, split, int(sid), series)
-        except Exception as exc:     # recorded per study; the run goes on
-            return sid, [], [f"{type(exc).__name__}: {exc}"]
+        return localize_study(loc, root, split, int(sid), series)
 
     rows, missing = [], []
     done = 0
-    for sid, r, m in Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(one)(s) for s in ids):
+    for sid, (r, m) in map_studies(one, ids, jobs=jobs, scheduler=scheduler,
+                                   on_error=lambda s, exc: ([], [f"{type(exc).__name__}: {exc}"])):
         rows.extend(r)
         missing.extend({"study_id": int(sid), "reason": x} for x in m)
         done += 1
@@ -623,8 +622,6 @@ def localize(loc: Localizer, root: Path, *, split: str = "test", jobs: int = 1, 
 def point_errors(root: Path, predicted: pd.DataFrame, truth: pd.DataFrame, *, split: str) -> pd.DataFrame:
     """Per true point: distance (mm, patient space) to the predicted point of the same target,
     whether it sits nearer another level's true point (wrong level), and the slice offset."""
-    from .extract import StudyImages
-
     folder = DataFolder(root)
     series = folder.series(split)
     out = []

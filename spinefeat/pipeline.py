@@ -1,4 +1,4 @@
-"""The training pipeline shared by `spinefeat train` and `spinefeat demo`."""
+"""The pipeline: where points come from (labels or the localiser), and training for `train` and `demo`."""
 
 from __future__ import annotations
 
@@ -8,19 +8,37 @@ import pandas as pd
 
 from .dataset import DataFolder
 from .extract import extract, points_from_labels
-from .localize import localize, train_localizer
+from .localize import COORD_COLUMNS, Localizer, localize, localize_study, train_localizer
 from .models import fit, save
 
 
+class LocalisedPoints:
+    """A point source for extraction: the localiser run on each study's own decoded images.
+
+    ``extract(root, LocalisedPoints(loc), ...)`` localises and measures every study on one decoding of its
+    series (the predict path); ``fingerprint`` keys the feature cache by the localiser.
+    """
+
+    def __init__(self, localizer: Localizer):
+        self.localizer = localizer
+        self.fingerprint = f"localizer {localizer.fingerprint}"
+
+    def __call__(self, images) -> tuple[pd.DataFrame, list[str]]:
+        rows, why = localize_study(self.localizer, images.folder.root, images.split, images.study_id, images.series,
+                                   images=images)
+        return pd.DataFrame(rows, columns=COORD_COLUMNS), why
+
+
 def train_all(data: Path, out: Path, *, folds: int = 5, jobs: int = 1, seed: int = 0, points: str = "both",
-              label_features: pd.DataFrame | None = None, step=None) -> dict:
+              label_features: pd.DataFrame | None = None, step=None, scheduler=None) -> dict:
     """Learn the localiser and the graders from a labelled folder; write them to ``out``.
 
     ``points``: ``labels`` fits the graders at the label points; ``both``
     (default) fits them at the points the localiser finds on the training
     studies, as at test time, with the label-point rows as augmentation, and
     reports CV at the localised points. ``step(name, done, total)`` reports
-    progress. Feature tables are cached under ``out``.
+    progress. Feature tables are cached under ``out``. With ``scheduler`` (a Dask scheduler address) the
+    extractions and the localisation of the training studies run on that cluster.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -29,18 +47,18 @@ def train_all(data: Path, out: Path, *, folds: int = 5, jobs: int = 1, seed: int
     labels = points_from_labels(folder)
     if label_features is None:
         label_features = extract(data, labels, split="train", cache=out / "features.cache", jobs=jobs,
-                                 progress=lambda n, t: report("extracting at the label points", n, t))
+                                 scheduler=scheduler, progress=lambda n, t: report("extracting at the label points", n, t))
     label_features.to_parquet(out / "train_features.parquet", index=False)
     loc = train_localizer(data, labels, jobs=jobs, progress=lambda n, t: report("learning the localiser", n, t))
     loc.save(out)
     augment = None
     features = label_features
     if points == "both":
-        found, _ = localize(loc, data, split="train", jobs=jobs,
+        found, _ = localize(loc, data, split="train", jobs=jobs, scheduler=scheduler,
                             progress=lambda n, t: report("localising the training studies", n, t))
         found.to_csv(out / "train_points_localised.csv", index=False)
         features = extract(data, found, split="train", cache=out / "features_localised.cache", jobs=jobs,
-                           progress=lambda n, t: report("extracting at the localised points", n, t))
+                           scheduler=scheduler, progress=lambda n, t: report("extracting at the localised points", n, t))
         features.to_parquet(out / "train_features_localised.parquet", index=False)
         augment = label_features
     result = fit(features, folder.train(), folds=folds, jobs=jobs, seed=seed, augment=augment,

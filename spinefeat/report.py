@@ -100,7 +100,7 @@ def point_sheet(images, predicted: pd.DataFrame, truth: pd.DataFrame | None = No
 def write_point_sheets(root: Path, predicted: pd.DataFrame, out: Path, *, split: str = "test",
                        truth: pd.DataFrame | None = None, studies: int | None = None) -> list[Path]:
     """:func:`point_sheet` of each study (the first ``studies``) as ``out/<study_id>_points.png``."""
-    from .extract import StudyImages
+    from .images import StudyImages
 
     folder = DataFolder(root)
     series = folder.series(split)

@@ -55,14 +55,29 @@ def test_load_sorts_by_geometry_not_instance_number(tmp_path):
     assert stack.study_id == 1 and stack.series_id == 2
 
 
-def test_rescale_and_monochrome1(tmp_path):
+def test_rescale_applied_into_given_slice(tmp_path):
     px = np.array([[0, 10], [20, 30]], np.uint16)
     write_instance(tmp_path / "a.dcm", px, [0, 0, 0], slope=2.0, intercept=-5.0)
-    write_instance(tmp_path / "b.dcm", px, [0, 0, 0], photometric="MONOCHROME1")
     a = dicom.decode_pixels(pydicom.dcmread(tmp_path / "a.dcm"), tmp_path / "a.dcm")
-    b = dicom.decode_pixels(pydicom.dcmread(tmp_path / "b.dcm"), tmp_path / "b.dcm")
-    assert np.allclose(a, [[-5, 15], [35, 55]])
-    assert np.allclose(b, [[30, 20], [10, 0]])
+    assert a.dtype == np.float32 and np.allclose(a, [[-5, 15], [35, 55]])
+    stack = np.zeros((2, 2, 2), np.float32)
+    dicom.decode_pixels(pydicom.dcmread(tmp_path / "a.dcm"), tmp_path / "a.dcm", out=stack[1])
+    assert np.allclose(stack[1], a) and not stack[0].any()
+
+
+def test_monochrome1_inverted_with_the_series_range(tmp_path):
+    # Two slices of one MONOCHROME1 series with different ranges: stored 10 must read the same on both
+    # (per-slice max + min - x would give 20 on the first and 15 on the second).
+    first = np.array([[0, 10], [20, 30]], np.uint16)
+    second = np.array([[10, 15], [15, 15]], np.uint16)
+    d = tmp_path / "1" / "2"
+    d.mkdir(parents=True)
+    write_instance(d / "1.dcm", first, [0, 0, 0], instance=1, photometric="MONOCHROME1")
+    write_instance(d / "2.dcm", second, [0, 0, 4], instance=2, photometric="MONOCHROME1")
+    (stack,) = dicom.load_series(d)
+    assert np.allclose(stack.pixels[0], 30 - first.astype(float))
+    assert np.allclose(stack.pixels[1], 30 - second.astype(float))
+    assert stack.pixels[0, 0, 1] == stack.pixels[1, 0, 0]
 
 
 def test_undecodable_compressed_pixels_name_syntax(tmp_path):

@@ -202,9 +202,10 @@ def test_sac_centre_finds_the_sac_and_can_keep_the_seeds_left_right():
 def test_predict_path_decodes_each_series_once_and_matches_localise_then_extract(trained, cohort, monkeypatch):
     import pandas as pd
 
-    from spinefeat import dicom, extract as ex
+    from spinefeat import dicom, extract as ex, images as im
     from spinefeat.dataset import DataFolder
     from spinefeat.localize import COORD_COLUMNS, Localizer, localize_study
+    from spinefeat.pipeline import LocalisedPoints
 
     loc = Localizer.load(trained)
     series = DataFolder(cohort).series("test")
@@ -213,8 +214,8 @@ def test_predict_path_decodes_each_series_once_and_matches_localise_then_extract
     apart = ex.extract_study(cohort, "test", sid, series, pd.DataFrame(rows, columns=COORD_COLUMNS))
     calls = []
     real = dicom.load_series
-    monkeypatch.setattr(ex, "load_series", lambda path, **kw: calls.append(str(path)) or real(path, **kw))
-    shared = ex.extract_study(cohort, "test", sid, series, None, localizer=loc)
+    monkeypatch.setattr(im, "load_series", lambda path, **kw: calls.append(str(path)) or real(path, **kw))
+    shared = ex.extract_study(cohort, "test", sid, series, LocalisedPoints(loc))
     assert sorted(calls) == sorted(set(calls)) and len(calls) == (series.study_id == sid).sum()
     cols = [c for c in apart.columns if not c.startswith("diagnostics_")]
     pd.testing.assert_frame_equal(shared[cols], apart[cols])

@@ -1,0 +1,55 @@
+"""A study's decoded images: its series loaded on first use and kept, and the slice look-ups.
+
+Both extraction (measuring at points) and localisation (finding them) read a
+study through one :class:`StudyImages`, so a series is decoded once per study
+whichever of them asks first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .dataset import DataFolder
+from .dicom import Stack, load_series
+from .errors import SpinefeatError
+
+
+class StudyImages:
+    """The decoded series of one study, loaded on first use and kept (decode each slice once)."""
+
+    def __init__(self, folder: DataFolder, split: str, study_id: int, series: pd.DataFrame):
+        self.folder, self.split, self.study_id = folder, split, int(study_id)
+        self.series = series[series["study_id"] == self.study_id]
+        self._stacks: dict[int, list[Stack]] = {}
+        self._high: dict[int, float] = {}
+
+    def stacks(self, series_id: int) -> list[Stack]:
+        """The stacks of one series of the study (decoded on the first call)."""
+        series_id = int(series_id)
+        if series_id not in self._stacks:
+            desc = self.series.loc[self.series["series_id"] == series_id, "series_description"]
+            self._stacks[series_id] = load_series(
+                self.folder.images_dir(self.split) / str(self.study_id) / str(series_id),
+                description=desc.iloc[0] if len(desc) else "", study_id=self.study_id, series_id=series_id)
+        return self._stacks[series_id]
+
+    def series_high(self, series_id: int) -> float:
+        """The series' 99.5th intensity percentile (every 4th pixel of every slice): its bright-tissue level."""
+        series_id = int(series_id)
+        if series_id not in self._high:
+            px = np.concatenate([s.pixels[:, ::4, ::4].ravel() for s in self.stacks(series_id)])
+            self._high[series_id] = float(np.percentile(px, 99.5))
+        return self._high[series_id]
+
+    def series_of(self, description: str) -> list[int]:
+        """Series ids of the study with this description (e.g. ``Axial T2``)."""
+        return self.series.loc[self.series["series_description"] == description, "series_id"].astype(int).tolist()
+
+    def locate(self, series_id: int, instance_number: int) -> tuple[Stack, int]:
+        """The stack and slice index holding an instance of a series."""
+        for st in self.stacks(series_id):
+            k = st.slice_of_instance(instance_number)
+            if k is not None:
+                return st, k
+        raise SpinefeatError(f"study {self.study_id} series {series_id}: no instance {instance_number}")
