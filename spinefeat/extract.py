@@ -30,6 +30,11 @@ from .segment.common import crop_mm
 
 log = logging.getLogger(__name__)
 QUALITY_CODE = {FAILED: 0.0, "weak": 1.0, FOUND: 2.0}
+#: ImageOrientationPatient of a standard sagittal slice (columns to the patient's back, rows to the feet)
+#: and of a standard axial slice (columns to the patient's left, rows to the back): for images without tags.
+SAGITTAL_IOP = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+AXIAL_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+STANDARD_IOP = {"foramen": SAGITTAL_IOP, "canal_sag": SAGITTAL_IOP, "recess": AXIAL_IOP, "canal_ax": AXIAL_IOP}
 ID_COLUMNS = ["study_id", "condition", "level", "row_id", "split"]
 POINT_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
 
@@ -75,6 +80,33 @@ def _shape(region: str, seg: Segmentation) -> dict[str, float]:
     return out
 
 
+def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float,
+                    iop=None) -> tuple[dict[str, float], Segmentation]:
+    """One region's shape features (segmenter at the seed) and the intensity/texture crop around the seed.
+
+    The one path from pixels to features: ``extract`` calls it on DICOM slices with their PixelSpacing and
+    ImageOrientationPatient, ``real-check`` on the real slices and crops with an estimated spacing and the
+    standard orientation of their plane. ``region`` is ``foramen``, ``recess``, ``canal_ax`` or ``canal_sag``.
+    """
+    iop = STANDARD_IOP[region] if iop is None else iop
+    if region == "foramen":
+        seg = segment_foramen(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, series_high=series_high, iop=iop)
+    elif region == "recess":
+        _, f_c, _ = orientation_axes(iop)
+        seg = measure_recess(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm,
+                             posterior_sign=float(np.sign(f_c[1]) or 1.0))
+    elif region == "canal_ax":
+        seg = segment_axial_sac(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm)
+    elif region == "canal_sag":
+        seg = measure_sagittal_canal(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm)
+    else:
+        raise ValueError(f"unknown region {region!r}")
+    feats = _shape(region, seg)
+    roi, _ = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=ROI_MM, spacing_mm=ROI_SPACING_MM)
+    feats.update(roi_features(roi, series_high=series_high))
+    return feats, seg
+
+
 def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tuple[str, Stack, int, Segmentation, tuple]]]:
     """Features of one labelled point, and what was segmented (for overlays)."""
     cond = point["condition"]
@@ -82,12 +114,11 @@ def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tu
     img = st.pixels[k]
     seed = (float(point["y"]), float(point["x"]))
     ps = st.geometry.pixel_spacing_mm
-    feats: dict[str, float] = {}
-    regions = []
+    high = images.series_high(point["series_id"])
+    region = "canal_sag" if cond == "spinal_canal_stenosis" else ("foramen" if "foraminal" in cond else "recess")
+    feats, seg = region_features(region, img, seed, pixel_spacing_mm=ps, series_high=high, iop=st.geometry.iop)
+    regions = [(region, st, k, seg, seed)]
     if cond == "spinal_canal_stenosis":
-        seg = measure_sagittal_canal(img, seed, pixel_spacing_mm=ps)
-        feats.update(_shape("canal_sag", seg))
-        regions.append(("canal_sag", st, k, seg, seed))
         xyz = st.geometry.to_patient(k, seed[0], seed[1])
         best = None
         for sid in images.series_of("Axial T2"):
@@ -103,17 +134,6 @@ def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tu
             feats.update(_shape("canal_ax", seg_ax))
             feats["canal_ax_offset_mm"] = float(abs(pr["distance_mm"]))
             regions.append(("canal_ax", ax, pr["slice"], seg_ax, (pr["row"], pr["col"])))
-    elif "foraminal" in cond:
-        seg = segment_foramen(img, seed, pixel_spacing_mm=ps, series_high=images.series_high(point["series_id"]))
-        feats.update(_shape("foramen", seg))
-        regions.append(("foramen", st, k, seg, seed))
-    else:
-        f_r, f_c, _ = orientation_axes(st.geometry.iop)
-        seg = measure_recess(img, seed, pixel_spacing_mm=ps, posterior_sign=float(np.sign(f_c[1]) or 1.0))
-        feats.update(_shape("recess", seg))
-        regions.append(("recess", st, k, seg, seed))
-    roi, _ = crop_mm(img, seed, pixel_spacing_mm=ps, size_mm=ROI_MM, spacing_mm=ROI_SPACING_MM)
-    feats.update(roi_features(roi, series_high=images.series_high(point["series_id"])))
     return feats, regions
 
 

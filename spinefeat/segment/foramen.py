@@ -17,7 +17,7 @@ FAT_LEVEL = 0.40
 FAT_LOST_MM = 1.0
 
 
-def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float | None = None,
+def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float | None = None, iop=None,
                     crop_size_mm: float = 32.0, spacing_mm: float = 0.25) -> Segmentation:
     """Segment the foraminal fat (root hole filled) around a seed on a sagittal T1 slice.
 
