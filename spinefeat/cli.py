@@ -559,7 +559,7 @@ def features() -> None:
     from rich.table import Table
 
     from .features import table
-    from .features import texture  # noqa: F401  (registers its family)
+    from .features import profile, texture  # noqa: F401  (register their families)
 
     t = Table("name", "unit", "definition")
     for row in table():
@@ -646,6 +646,8 @@ def real_check(
     out: Annotated[Path, typer.Option(help="Folder for real_check.json, real_check.md and the feature tables.")] =
         Path("reports/real_check"),
     jobs: Annotated[int, typer.Option(min=1, help="Series measured in parallel; LightGBM threads.")] = 1,
+    overlays: Annotated[int, typer.Option(min=0, help="Draw the N rows of each term with the largest "
+                                                      "out-of-fold loss to OUT/worst_<term>.png.")] = 0,
 ) -> None:
     """Measure real images at their labelled points with the project's segmenters and score its graders
     in study-grouped 5-fold CV against the best constant, a raw-patch yardstick and a peer."""
@@ -678,7 +680,8 @@ def real_check(
                 prog.update(tasks[label], completed=done, total=total)
 
             res = realcheck.real_check(sagittal_t1=sagittal_t1, axial_t2=axial_t2, spider=spider,
-                                       peer_files=peer, out=out, jobs=jobs, progress=progress)
+                                       peer_files=peer, out=out, jobs=jobs,
+                                       overlays=overlays, progress=progress)
     except SpinefeatError as exc:
         _fail(exc)
     typer.echo(realcheck.markdown_table(res))

@@ -22,6 +22,7 @@ from .dataset import CONDITION_SERIES, CONDITIONS, LEVELS, DataFolder
 from .dicom import Stack, load_series
 from .errors import SpinefeatError
 from .features import RELATIVE, shape_name
+from .features.profile import foramen_profile
 from .features.texture import ROI_MM, ROI_SPACING_MM, roi_features
 from .geometry import orientation_axes, project_to_stacks
 from .segment import FAILED, FOUND, Segmentation, measure_recess, measure_sagittal_canal, segment_axial_sac, \
@@ -102,6 +103,9 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
     else:
         raise ValueError(f"unknown region {region!r}")
     feats = _shape(region, seg)
+    if region == "foramen":
+        feats.update(foramen_profile(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, series_high=series_high,
+                                     iop=iop))
     roi, _ = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=ROI_MM, spacing_mm=ROI_SPACING_MM)
     feats.update(roi_features(roi, series_high=series_high))
     return feats, seg
@@ -190,22 +194,28 @@ def _write_overlays(outdir: Path, row_id: str, regions) -> None:
     """A PNG per measured region: the fixed-mm crop, the mask outline (red) and the point (green)."""
     import cv2
 
+    outdir.mkdir(parents=True, exist_ok=True)
+    tiles = [overlay_tile(st.pixels[k], seed, st.geometry.pixel_spacing_mm, seg, f"{name} {seg.quality}")
+             for name, st, k, seg, seed in regions]
+    cv2.imwrite(str(outdir / f"{row_id}.png"), np.hstack(tiles))
+
+
+def overlay_tile(image: np.ndarray, seed, pixel_spacing_mm, seg: Segmentation, label: str) -> np.ndarray:
+    """The segmentation's fixed-mm crop of ``image`` (BGR, 240 px) with its mask outline and the point."""
+    import cv2
+
     from .viz import window
 
-    outdir.mkdir(parents=True, exist_ok=True)
-    tiles = []
-    for name, st, k, seg, seed in regions:
-        crop, _ = crop_mm(st.pixels[k], seed, pixel_spacing_mm=st.geometry.pixel_spacing_mm,
-                          size_mm=seg.mask.shape[0] * seg.spacing_mm, spacing_mm=seg.spacing_mm)
-        im = cv2.cvtColor(window(crop), cv2.COLOR_GRAY2BGR)
-        contours, _ = cv2.findContours(seg.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(im, contours, -1, (0, 0, 255), 1)
-        c = im.shape[0] // 2
-        cv2.drawMarker(im, (c, c), (0, 255, 0), cv2.MARKER_CROSS, 9, 1)
-        im = cv2.resize(im, (240, 240), interpolation=cv2.INTER_NEAREST)
-        cv2.putText(im, f"{name} {seg.quality}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 255), 1)
-        tiles.append(im)
-    cv2.imwrite(str(outdir / f"{row_id}.png"), np.hstack(tiles))
+    crop, _ = crop_mm(image, seed, pixel_spacing_mm=pixel_spacing_mm, size_mm=seg.mask.shape[0] * seg.spacing_mm,
+                      spacing_mm=seg.spacing_mm)
+    im = cv2.cvtColor(window(crop), cv2.COLOR_GRAY2BGR)
+    contours, _ = cv2.findContours(seg.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(im, contours, -1, (0, 0, 255), 1)
+    c = im.shape[0] // 2
+    cv2.drawMarker(im, (c, c), (0, 255, 0), cv2.MARKER_CROSS, 9, 1)
+    im = cv2.resize(im, (240, 240), interpolation=cv2.INTER_NEAREST)
+    cv2.putText(im, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 255), 1)
+    return im
 
 
 def add_relative_features(df: pd.DataFrame) -> pd.DataFrame:

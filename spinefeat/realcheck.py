@@ -227,7 +227,8 @@ def sagittal_series_rows(folder: Path, points: pd.DataFrame) -> list[dict]:
         seed = (float(p.y_png), float(p.x_png))
         row = _row(p.study_id, p.condition, p.level, p.severity)
         row.update(series_id=int(p.series_id), image=p.image, seed_row=seed[0], seed_col=seed[1],
-                   diagnostics_pixel_spacing_mm=float(ps[0]), diagnostics_native_spacing_mm=native_mm)
+                   diagnostics_pixel_spacing_mm=float(ps[0]), diagnostics_pixel_spacing_col_mm=float(ps[1]),
+                   diagnostics_native_spacing_mm=native_mm, diagnostics_series_high=high)
         out.append(_guarded(row, lambda: {
             **region_features("foramen", img, seed, pixel_spacing_mm=ps, series_high=high)[0],
             **raw_patch(img, seed, half_px=SAGITTAL_PATCH_HALF_PX, series_high=high)}))
@@ -263,7 +264,7 @@ def axial_series_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame,
             seed = (float(p.y_crop), float(p.x_crop))
             row = _row(p.study_id, p.condition, p.level, p.severity)
             row.update(series_id=int(crop.series_id), image=crop.image, seed_row=seed[0], seed_col=seed[1],
-                       diagnostics_pixel_spacing_mm=float(ps[0]))
+                       diagnostics_pixel_spacing_mm=float(ps[0]), diagnostics_series_high=high)
             sub.append(_guarded(row, lambda: {
                 **region_features("recess", img, seed, pixel_spacing_mm=ps, series_high=high)[0],
                 **raw_patch(img, seed, half_px=AXIAL_PATCH_HALF_PX, series_high=high)}))
@@ -274,7 +275,7 @@ def axial_series_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame,
             continue
         row = _row(crop.study_id, "spinal_canal_stenosis", level, grade[(crop.study_id, level)])
         row.update(series_id=int(crop.series_id), image=crop.image, seed_row=seed[0], seed_col=seed[1],
-                   diagnostics_pixel_spacing_mm=float(ps[0]))
+                   diagnostics_pixel_spacing_mm=float(ps[0]), diagnostics_series_high=high)
         spi.append(_guarded(row, lambda: {
             **region_features("canal_ax", img, seed, pixel_spacing_mm=ps, series_high=high)[0],
             **whole_patch(img, series_high=high)}))
@@ -412,10 +413,43 @@ def evaluate_term(df: pd.DataFrame, term: str, *, peer: pd.DataFrame | None = No
     return res, out
 
 
+def write_overlays(folder: Path, scored: pd.DataFrame, term: str, out: Path, *, worst: int = 12) -> Path:
+    """One PNG of the ``worst`` rows (largest out-of-fold loss): each region's crop, mask and point, labelled
+    with the grade, the predicted probability of that grade and the main measurement."""
+    import cv2
+
+    from .extract import overlay_tile
+
+    rows = scored.sort_values("oof_loss", ascending=False).head(worst)
+    region = REGION_OF_TERM[term]
+    tiles = []
+    for r in rows.itertuples(index=False):
+        r = r._asdict()
+        img = read_image(Path(folder) / "images" / r["image"], channel=None if term == "foraminal" else 1)
+        high = float(r.get("diagnostics_series_high") or np.percentile(img, 99.5))
+        ps = (r["diagnostics_pixel_spacing_mm"], r.get("diagnostics_pixel_spacing_col_mm") or
+              r["diagnostics_pixel_spacing_mm"])
+        _, seg = region_features(region, img, (r["seed_row"], r["seed_col"]), pixel_spacing_mm=ps, series_high=high)
+        p_true = r[f"oof_{CLASS_COLUMNS[r['severity']]}"]
+        main = r.get(MAIN_MEASUREMENT[term], np.nan)
+        tile = overlay_tile(img, (r["seed_row"], r["seed_col"]), ps, seg, f"{SEVERITIES[r['severity']][:6]} p={p_true:.2f}")
+        cv2.putText(tile, f"{r['study_id']} {r['level']} {r['condition'][:1]}", (4, 230), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, (0, 255, 255), 1)
+        cv2.putText(tile, f"main {main:.1f} {seg.quality}", (4, 216), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 255, 255), 1)
+        tiles.append(tile)
+    while len(tiles) % 4:
+        tiles.append(np.zeros_like(tiles[0]))
+    sheet = np.vstack([np.hstack(tiles[i:i + 4]) for i in range(0, len(tiles), 4)])
+    path = Path(out) / f"worst_{term}.png"
+    cv2.imwrite(str(path), sheet)
+    return path
+
+
 def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None, spider: Path | None = None,
-               peer_files=(), out: Path, jobs: int = 1, progress=None) -> dict:
+               peer_files=(), out: Path, jobs: int = 1, overlays: int = 0, progress=None) -> dict:
     """Measure, grade in CV and score every term whose folder is given; write ``OUT/real_check.json`` and
-    ``OUT/real_check.md`` (and the feature tables with out-of-fold predictions as parquet)."""
+    ``OUT/real_check.md`` (and the feature tables with out-of-fold predictions as parquet). With
+    ``overlays`` > 0, ``OUT/worst_<term>.png`` draws that many rows with the largest out-of-fold loss."""
     t0 = time.perf_counter()
     out = Path(out)
     # Read (and so check) every folder before the long work starts.
@@ -445,6 +479,8 @@ def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None,
         result[term], scored = evaluate_term(df, term, peer=peer, jobs=jobs)
         seconds[f"{term}_cv"] = time.perf_counter() - t
         scored.to_parquet(out / f"features_{term}.parquet", index=False)
+        if overlays:
+            write_overlays(sagittal_t1 if term == "foraminal" else axial_t2, scored, term, out, worst=overlays)
         if progress is not None:
             progress("grading in CV", i + 1, len(tables))
     if spider is not None:
