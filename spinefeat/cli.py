@@ -594,7 +594,7 @@ def features() -> None:
     from rich.table import Table
 
     from .features import table
-    from .features import texture  # noqa: F401  (registers its family)
+    from .features import profile, texture  # noqa: F401  (register their families)
 
     t = Table("name", "unit", "definition")
     for row in table():
@@ -661,3 +661,64 @@ def evaluate(
         typer.echo(breakdown(train, sub, by.value).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if out is not None:
         out.write_text(json.dumps(res, indent=2))
+
+
+
+@app.command("real-check")
+def real_check(
+    sagittal_t1: Annotated[Optional[Path], typer.Option("--sagittal-t1", file_okay=False,
+                           help="A folder in the layout of real_rsna/sagittal_t1_slices (points.csv, images/).")] = None,
+    axial_t2: Annotated[Optional[Path], typer.Option("--axial-t2", file_okay=False,
+                        help="A folder in the layout of real_rsna/axial_t2_crops (crops.csv, points.csv, "
+                             "spinal_grades.csv, images/).")] = None,
+    spider: Annotated[Optional[Path], typer.Option(file_okay=False,
+                      help="A folder in the layout of real_spider/ (localisation check).")] = None,
+    peer: Annotated[Optional[list[Path]], typer.Option(exists=True, dir_okay=False,
+                    help="Submission CSVs of a peer, averaged per row_id and scored on the same rows; the CSVs "
+                         "after it are taken too, so `--peer DIR/*.csv` works.")] = None,
+    more_peer: Annotated[Optional[list[Path]], typer.Argument(exists=True, dir_okay=False, show_default=False,
+                         metavar="[CSV]...", help="More peer submission CSVs (follow --peer).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for real_check.json, real_check.md and the feature tables.")] =
+        Path("reports/real_check"),
+    jobs: Annotated[int, typer.Option(min=1, help="Series measured in parallel; LightGBM threads.")] = 1,
+    overlays: Annotated[int, typer.Option(min=0, help="Draw the N rows of each term with the largest "
+                                                      "out-of-fold loss to OUT/worst_<term>.png.")] = 0,
+) -> None:
+    """Measure real images at their labelled points with the project's segmenters and score its graders
+    in study-grouped 5-fold CV against the best constant, a raw-patch yardstick and a peer."""
+    from . import realcheck
+
+    if more_peer and not peer:
+        console.print(f"[red]error:[/red] unexpected argument {more_peer[0]} (peer CSVs follow --peer)")
+        raise typer.Exit(EXIT_USAGE)
+    peer = [*(peer or []), *(more_peer or [])]
+    if sagittal_t1 is None and axial_t2 is None and spider is None:
+        console.print("[red]error:[/red] give at least one of --sagittal-t1, --axial-t2, --spider")
+        raise typer.Exit(EXIT_USAGE)
+    if spider is not None and not realcheck.SPIDER_CHECKS:
+        console.print("[yellow]--spider: the SPIDER localisation check is not available in this version; "
+                      "skipping it[/yellow]")
+        spider = None
+        if sagittal_t1 is None and axial_t2 is None:
+            raise typer.Exit(EXIT_USAGE)
+    for opt, folder in (("--sagittal-t1", sagittal_t1), ("--axial-t2", axial_t2), ("--spider", spider)):
+        if folder is not None and not folder.is_dir():
+            console.print(f"[red]error:[/red] {opt} {folder}: no such folder")
+            raise typer.Exit(EXIT_DATA)
+    try:
+        with _progress() as prog:
+            tasks = {}
+
+            def progress(label, done, total):
+                if label not in tasks:
+                    tasks[label] = prog.add_task(label, total=total)
+                prog.update(tasks[label], completed=done, total=total)
+
+            res = realcheck.real_check(sagittal_t1=sagittal_t1, axial_t2=axial_t2, spider=spider,
+                                       peer_files=peer, out=out, jobs=jobs,
+                                       overlays=overlays, progress=progress)
+    except SpinefeatError as exc:
+        _fail(exc)
+    typer.echo(realcheck.markdown_table(res))
+    console.print(f"{res['run']['seconds']['total']:.0f} s; wrote {out / 'real_check.json'} and "
+                  f"{out / 'real_check.md'}")

@@ -22,6 +22,7 @@ from .dataset import CONDITION_SERIES, CONDITIONS, LEVELS, DataFolder
 from .dicom import Stack
 from .errors import SpinefeatError
 from .features import RELATIVE, shape_name
+from .features.profile import foramen_profile
 from .features.texture import ROI_MM, ROI_SPACING_MM, roi_features
 from .geometry import orientation_axes, project_to_stacks
 from .images import StudyImages
@@ -31,6 +32,11 @@ from .segment.common import crop_mm
 
 log = logging.getLogger(__name__)
 QUALITY_CODE = {FAILED: 0.0, "weak": 1.0, FOUND: 2.0}
+#: ImageOrientationPatient of a standard sagittal slice (columns to the patient's back, rows to the feet)
+#: and of a standard axial slice (columns to the patient's left, rows to the back): for images without tags.
+SAGITTAL_IOP = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+AXIAL_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+STANDARD_IOP = {"foramen": SAGITTAL_IOP, "canal_sag": SAGITTAL_IOP, "recess": AXIAL_IOP, "canal_ax": AXIAL_IOP}
 ID_COLUMNS = ["study_id", "condition", "level", "row_id", "split"]
 POINT_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
 
@@ -41,6 +47,36 @@ def _shape(region: str, seg: Segmentation) -> dict[str, float]:
     return out
 
 
+def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float,
+                    iop=None) -> tuple[dict[str, float], Segmentation]:
+    """One region's shape features (segmenter at the seed) and the intensity/texture crop around the seed.
+
+    The one path from pixels to features: ``extract`` calls it on DICOM slices with their PixelSpacing and
+    ImageOrientationPatient, ``real-check`` on the real slices and crops with an estimated spacing and the
+    standard orientation of their plane. ``region`` is ``foramen``, ``recess``, ``canal_ax`` or ``canal_sag``.
+    """
+    iop = STANDARD_IOP[region] if iop is None else iop
+    if region == "foramen":
+        seg = segment_foramen(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, series_high=series_high, iop=iop)
+    elif region == "recess":
+        _, f_c, _ = orientation_axes(iop)
+        seg = measure_recess(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm,
+                             posterior_sign=float(np.sign(f_c[1]) or 1.0))
+    elif region == "canal_ax":
+        seg = segment_axial_sac(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm)
+    elif region == "canal_sag":
+        seg = measure_sagittal_canal(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm)
+    else:
+        raise ValueError(f"unknown region {region!r}")
+    feats = _shape(region, seg)
+    if region == "foramen":
+        feats.update(foramen_profile(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, series_high=series_high,
+                                     iop=iop))
+    roi, _ = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=ROI_MM, spacing_mm=ROI_SPACING_MM)
+    feats.update(roi_features(roi, series_high=series_high))
+    return feats, seg
+
+
 def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tuple[str, Stack, int, Segmentation, tuple]]]:
     """Features of one labelled point, and what was segmented (for overlays)."""
     cond = point["condition"]
@@ -48,12 +84,11 @@ def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tu
     img = st.pixels[k]
     seed = (float(point["y"]), float(point["x"]))
     ps = st.geometry.pixel_spacing_mm
-    feats: dict[str, float] = {}
-    regions = []
+    high = images.series_high(point["series_id"])
+    region = "canal_sag" if cond == "spinal_canal_stenosis" else ("foramen" if "foraminal" in cond else "recess")
+    feats, seg = region_features(region, img, seed, pixel_spacing_mm=ps, series_high=high, iop=st.geometry.iop)
+    regions = [(region, st, k, seg, seed)]
     if cond == "spinal_canal_stenosis":
-        seg = measure_sagittal_canal(img, seed, pixel_spacing_mm=ps)
-        feats.update(_shape("canal_sag", seg))
-        regions.append(("canal_sag", st, k, seg, seed))
         xyz = st.geometry.to_patient(k, seed[0], seed[1])
         best = None
         for sid in images.series_of("Axial T2"):
@@ -69,17 +104,6 @@ def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tu
             feats.update(_shape("canal_ax", seg_ax))
             feats["canal_ax_offset_mm"] = float(abs(pr["distance_mm"]))
             regions.append(("canal_ax", ax, pr["slice"], seg_ax, (pr["row"], pr["col"])))
-    elif "foraminal" in cond:
-        seg = segment_foramen(img, seed, pixel_spacing_mm=ps, series_high=images.series_high(point["series_id"]))
-        feats.update(_shape("foramen", seg))
-        regions.append(("foramen", st, k, seg, seed))
-    else:
-        f_r, f_c, _ = orientation_axes(st.geometry.iop)
-        seg = measure_recess(img, seed, pixel_spacing_mm=ps, posterior_sign=float(np.sign(f_c[1]) or 1.0))
-        feats.update(_shape("recess", seg))
-        regions.append(("recess", st, k, seg, seed))
-    roi, _ = crop_mm(img, seed, pixel_spacing_mm=ps, size_mm=ROI_MM, spacing_mm=ROI_SPACING_MM)
-    feats.update(roi_features(roi, series_high=images.series_high(point["series_id"])))
     return feats, regions
 
 
@@ -134,22 +158,28 @@ def _write_overlays(outdir: Path, row_id: str, regions) -> None:
     """A PNG per measured region: the fixed-mm crop, the mask outline (red) and the point (green)."""
     import cv2
 
+    outdir.mkdir(parents=True, exist_ok=True)
+    tiles = [overlay_tile(st.pixels[k], seed, st.geometry.pixel_spacing_mm, seg, f"{name} {seg.quality}")
+             for name, st, k, seg, seed in regions]
+    cv2.imwrite(str(outdir / f"{row_id}.png"), np.hstack(tiles))
+
+
+def overlay_tile(image: np.ndarray, seed, pixel_spacing_mm, seg: Segmentation, label: str) -> np.ndarray:
+    """The segmentation's fixed-mm crop of ``image`` (BGR, 240 px) with its mask outline and the point."""
+    import cv2
+
     from .viz import window
 
-    outdir.mkdir(parents=True, exist_ok=True)
-    tiles = []
-    for name, st, k, seg, seed in regions:
-        crop, _ = crop_mm(st.pixels[k], seed, pixel_spacing_mm=st.geometry.pixel_spacing_mm,
-                          size_mm=seg.mask.shape[0] * seg.spacing_mm, spacing_mm=seg.spacing_mm)
-        im = cv2.cvtColor(window(crop), cv2.COLOR_GRAY2BGR)
-        contours, _ = cv2.findContours(seg.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(im, contours, -1, (0, 0, 255), 1)
-        c = im.shape[0] // 2
-        cv2.drawMarker(im, (c, c), (0, 255, 0), cv2.MARKER_CROSS, 9, 1)
-        im = cv2.resize(im, (240, 240), interpolation=cv2.INTER_NEAREST)
-        cv2.putText(im, f"{name} {seg.quality}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 255), 1)
-        tiles.append(im)
-    cv2.imwrite(str(outdir / f"{row_id}.png"), np.hstack(tiles))
+    crop, _ = crop_mm(image, seed, pixel_spacing_mm=pixel_spacing_mm, size_mm=seg.mask.shape[0] * seg.spacing_mm,
+                      spacing_mm=seg.spacing_mm)
+    im = cv2.cvtColor(window(crop), cv2.COLOR_GRAY2BGR)
+    contours, _ = cv2.findContours(seg.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(im, contours, -1, (0, 0, 255), 1)
+    c = im.shape[0] // 2
+    cv2.drawMarker(im, (c, c), (0, 255, 0), cv2.MARKER_CROSS, 9, 1)
+    im = cv2.resize(im, (240, 240), interpolation=cv2.INTER_NEAREST)
+    cv2.putText(im, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 255), 1)
+    return im
 
 
 def add_relative_features(df: pd.DataFrame) -> pd.DataFrame:

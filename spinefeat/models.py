@@ -120,6 +120,44 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def study_folds(studies, *, folds: int, seed: int) -> tuple[dict, dict]:
+    """Study -> scored fold, and study -> inner fold (for fold k, the training studies with inner == k
+    stop the boosting early: about 1/folds of them)."""
+    studies = np.asarray(studies)
+    rng = np.random.default_rng(seed)
+    fold_of = dict(zip(rng.permutation(studies), np.arange(len(studies)) % folds))
+    inner_of = dict(zip(rng.permutation(studies), np.arange(len(studies)) % folds))
+    return fold_of, inner_of
+
+
+def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner: np.ndarray, *, cols: list[str], params: dict,
+               folds: int, scored: np.ndarray | None = None, on_fold=None) -> tuple[np.ndarray, list[int]]:
+    """Out-of-fold raw scores of the grader (LightGBM, weights 1/2/4) in study-grouped folds.
+
+    ``fold`` and ``inner`` give each row's scored and inner fold (:func:`study_folds`); rows with
+    ``scored`` False only ever train. Early stopping uses an inner split of the training studies: the
+    held-out fold is never used to choose anything, so its predictions are honest. Returns the raw
+    scores (zero on rows never scored) and the best iteration of each fold.
+    """
+    scored = np.ones(len(y), bool) if scored is None else scored
+    w = np.asarray(SEVERITY_WEIGHTS)[y]
+    raw = np.zeros((len(y), 3))
+    best = []
+    for k in range(folds):
+        va = (fold == k) & scored
+        es = (fold != k) & (inner == k) & scored
+        tr = (fold != k) & (inner != k)
+        dtr = lgb.Dataset(x[tr], y[tr], weight=w[tr], feature_name=cols, free_raw_data=False)
+        des = lgb.Dataset(x[es], y[es], weight=w[es], reference=dtr)
+        b = lgb.train(params, dtr, MAX_ROUNDS, valid_sets=[des],
+                      callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
+        best.append(b.best_iteration)
+        raw[va] = b.predict(x[va], num_iteration=b.best_iteration, raw_score=True)
+        if on_fold is not None:
+            on_fold(k)
+    return raw, best
+
+
 def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: int = 1, seed: int = 0,
         augment: pd.DataFrame | None = None, progress=None) -> dict:
     """Cross-validate and fit the three graders.
@@ -141,10 +179,7 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
     studies = np.array(sorted(rows["study_id"].unique()))
     if len(studies) < folds:
         raise SpinefeatError(f"{len(studies)} labelled studies: need at least {folds} for {folds}-fold CV")
-    rng = np.random.default_rng(seed)
-    fold_of = dict(zip(rng.permutation(studies), np.arange(len(studies)) % folds))
-    # For fold k, the training studies with inner == k stop the boosting early (about 1/folds of them).
-    inner_of = dict(zip(rng.permutation(studies), np.arange(len(studies)) % folds))
+    fold_of, inner_of = study_folds(studies, folds=folds, seed=seed)
     params = dict(PARAMS, num_threads=jobs, seed=seed)
     out = {"boosters": {}, "columns": {}, "temperature": {}, "rounds": {}, "params": params}
     raw_oof_parts = []
@@ -160,23 +195,11 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         w = np.asarray(SEVERITY_WEIGHTS)[y]
         fold = both["study_id"].map(fold_of).to_numpy()
         main = np.arange(len(both)) < n_main
-        raw = np.zeros((len(both), 3))
-        best = []
-        # Early stopping on an inner split of the training studies: the held-out fold
-        # is never used to choose anything, so its predictions are honest.
         inner = both["study_id"].map(inner_of).to_numpy()
-        for k in range(folds):
-            va = (fold == k) & main
-            es = (fold != k) & (inner == k) & main
-            tr = (fold != k) & (inner != k)
-            dtr = lgb.Dataset(x[tr], y[tr], weight=w[tr], feature_name=cols, free_raw_data=False)
-            des = lgb.Dataset(x[es], y[es], weight=w[es], reference=dtr)
-            b = lgb.train(params, dtr, MAX_ROUNDS, valid_sets=[des],
-                          callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
-            best.append(b.best_iteration)
-            raw[va] = b.predict(x[va], num_iteration=b.best_iteration, raw_score=True)
-            if progress is not None:
-                progress(gi * folds + k + 1, len(MODEL_GROUPS) * folds + len(MODEL_GROUPS))
+        on_fold = None if progress is None else \
+            (lambda k, gi=gi: progress(gi * folds + k + 1, len(MODEL_GROUPS) * folds + len(MODEL_GROUPS)))
+        raw, best = grouped_cv(x, y, fold, inner, cols=cols, params=params, folds=folds, scored=main,
+                               on_fold=on_fold)
         rounds = max(int(np.mean(best) * 1.1), 10)
         t_fit = time.perf_counter()
         out["boosters"][group] = lgb.train(params, lgb.Dataset(x, y, weight=w, feature_name=cols), rounds)
@@ -223,11 +246,15 @@ def _priors(train: pd.DataFrame) -> dict[str, list[float]]:
     long = long[long["severity"] >= 0]
     out = {}
     for t in TARGETS:
-        s = long.loc[long["target"] == t, "severity"]
-        p = (np.bincount(s, minlength=3) + 1.0) / (len(s) + 3.0)
-        q = p * np.asarray(SEVERITY_WEIGHTS)
-        out[t] = (q / q.sum()).tolist()
+        out[t] = prior_proba(long.loc[long["target"] == t, "severity"]).tolist()
     return out
+
+
+def prior_proba(severity) -> np.ndarray:
+    """Class frequencies (add-one) times the weights 1/2/4, normalised: the best constant for these grades."""
+    s = np.asarray(severity, dtype=int)
+    q = (np.bincount(s, minlength=3) + 1.0) / (len(s) + 3.0) * np.asarray(SEVERITY_WEIGHTS)
+    return q / q.sum()
 
 
 @dataclass

@@ -190,3 +190,55 @@ def run_through(mask: np.ndarray, r: int, c: int, axis: int) -> int:
     while hi < len(line) - 1 and line[hi + 1]:
         hi += 1
     return hi - lo + 1
+
+
+#: Patient (LPS) directions the sagittal regions are read in: rows towards the feet, columns towards the back.
+DOWN_LPS = (0.0, 0.0, -1.0)
+BACK_LPS = (0.0, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class View:
+    """How to turn a crop so its rows run along one patient direction and its columns along another.
+
+    Read from ImageOrientationPatient (never assumed from the image axes): ``transpose`` first, then
+    ``flip_rows`` / ``flip_cols``. :meth:`apply` turns a crop into the view, :meth:`undo` turns a mask back.
+    """
+
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_cols: bool = False
+
+    @classmethod
+    def from_iop(cls, iop, *, rows_along=DOWN_LPS, cols_along=BACK_LPS) -> "View":
+        from ..geometry import orientation_axes
+
+        f_r, f_c, _ = orientation_axes(iop)        # directions of increasing column and of increasing row
+        rows_along, cols_along = np.asarray(rows_along, float), np.asarray(cols_along, float)
+        transpose = abs(f_r @ rows_along) > abs(f_c @ rows_along)
+        row_dir, col_dir = (f_r, f_c) if transpose else (f_c, f_r)
+        return cls(bool(transpose), bool(row_dir @ rows_along < 0), bool(col_dir @ cols_along < 0))
+
+    def apply(self, a: np.ndarray) -> np.ndarray:
+        a = a.T if self.transpose else a
+        a = a[::-1] if self.flip_rows else a
+        return np.ascontiguousarray(a[:, ::-1] if self.flip_cols else a)
+
+    def undo(self, a: np.ndarray) -> np.ndarray:
+        a = a[:, ::-1] if self.flip_cols else a
+        a = a[::-1] if self.flip_rows else a
+        return np.ascontiguousarray(a.T if self.transpose else a)
+
+
+def axis_lengths_mm(mask: np.ndarray, spacing_mm: float) -> tuple[float, float, float]:
+    """Orientation-invariant diameters of a mask: (largest Feret, major axis, minor axis) in mm.
+
+    Major and minor axis are those of the ellipse with the same second moments (scikit-image regionprops).
+    """
+    from skimage.measure import regionprops
+
+    if not mask.any():
+        return float("nan"), float("nan"), float("nan")
+    p = regionprops(mask.astype(np.uint8))[0]
+    return (float(p.feret_diameter_max) * spacing_mm, float(p.axis_major_length) * spacing_mm,
+            float(p.axis_minor_length) * spacing_mm)

@@ -6,27 +6,35 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image
 
-from .common import FOUND, Segmentation, bright_region, extent_mm, finish, normalise, open_crop
+from .common import FOUND, Segmentation, View, axis_lengths_mm, bright_region, extent_mm, finish, normalise, \
+    open_crop
 
 NAN = float("nan")
 KEYS = ("area_mm2", "height_mm", "width_mm", "narrowest_width_mm", "fat_fraction", "root_area_mm2",
-        "fat_up_mm", "fat_down_mm", "fat_front_mm", "fat_back_mm", "min_fat_mm", "n_directions_lost", "fat_level")
+        "fat_up_mm", "fat_down_mm", "fat_front_mm", "fat_back_mm", "min_fat_mm", "n_directions_lost", "fat_level",
+        "feret_max_mm", "major_axis_mm", "minor_axis_mm")
 #: Brightest tissue near the point under this share of the series' fat level: no foraminal fat left.
 FAT_LEVEL = 0.40
 #: Fat thinner than this around the root counts as lost in that direction (mm).
 FAT_LOST_MM = 1.0
 
 
-def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float | None = None,
+def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float | None = None, iop=None,
                     crop_size_mm: float = 32.0, spacing_mm: float = 0.25) -> Segmentation:
     """Segment the foraminal fat (root hole filled) around a seed on a sagittal T1 slice.
 
-    Measurements: ``area_mm2`` of the keyhole, ``height_mm`` (along rows,
-    cranio-caudal), ``width_mm`` (along columns, antero-posterior),
-    ``narrowest_width_mm`` over its middle rows, ``fat_fraction``,
-    ``root_area_mm2``, the fat thickness from the root to the keyhole's edge
-    up, down, front and back, and ``n_directions_lost`` (thinner than
-    :data:`FAT_LOST_MM`; Lee's grading counts these).
+    Measurements: ``area_mm2`` of the keyhole, ``height_mm`` (cranio-caudal
+    extent), ``width_mm`` (antero-posterior extent), ``narrowest_width_mm``
+    over its middle (cranio-caudally), ``fat_fraction``, ``root_area_mm2``,
+    the fat thickness from the root to the keyhole's edge up, down, front and
+    back, ``n_directions_lost`` (thinner than :data:`FAT_LOST_MM`; Lee's
+    grading counts these), and the orientation-invariant diameters
+    ``feret_max_mm``, ``major_axis_mm`` and ``minor_axis_mm``.
+
+    The anatomical directions come from ``iop`` (ImageOrientationPatient;
+    default the standard sagittal orientation, columns to the back, rows to
+    the feet), never from the image axes: a transposed or flipped slice with
+    its own orientation measures the same.
 
     With ``series_high`` (the series' 99.5th percentile, its fat level on
     T1), ``fat_level`` is the brightest tissue within 4 mm of the point over
@@ -36,6 +44,8 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
                                    spacing_mm=spacing_mm, keys=KEYS)
     if fail is not None:
         return fail
+    view = View.from_iop((0.0, 1.0, 0.0, 0.0, 0.0, -1.0) if iop is None else iop)
+    crop = view.apply(crop)        # rows now run to the feet, columns to the back
     n = crop.shape[0]
     yy, xx = np.indices(crop.shape)
     near = np.hypot(yy - (n - 1) / 2, xx - (n - 1) / 2) * spacing_mm <= 4.0
@@ -85,9 +95,10 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
 
     up, down, front, back = fat_along(-1, 0), fat_along(1, 0), fat_along(0, -1), fat_along(0, 1)
     dirs = np.array([up, down, front, back])
+    feret, major, minor = axis_lengths_mm(mask, spacing_mm)
     meas = {"area_mm2": float(mask.sum()) * spacing_mm ** 2, "height_mm": h, "width_mm": w,
             "narrowest_width_mm": narrow, "fat_fraction": float(fat.sum() / mask.sum()),
             "root_area_mm2": root_area, "fat_up_mm": up, "fat_down_mm": down, "fat_front_mm": front,
             "fat_back_mm": back, "min_fat_mm": float(dirs.min()), "n_directions_lost": float((dirs < FAT_LOST_MM).sum()),
-            "fat_level": fat_level}
-    return finish(mask, meas, spacing_mm, origin, min_area_mm2=3.0)
+            "fat_level": fat_level, "feret_max_mm": feret, "major_axis_mm": major, "minor_axis_mm": minor}
+    return finish(view.undo(mask), meas, spacing_mm, origin, min_area_mm2=3.0)

@@ -1,0 +1,514 @@
+"""real-check: the project's own measurements and graders on real challenge images with real grades.
+
+Folders in the layout of the share's ``real_rsna/sagittal_t1_slices`` (foramina on real Sagittal T1
+slices) and ``real_rsna/axial_t2_crops`` (lateral recesses and the dural sac on real Axial T2 crops).
+At every labelled point the same functions as ``extract`` (:func:`spinefeat.extract.region_features`)
+measure the region; the grader code of :mod:`spinefeat.models` is scored in study-grouped 5-fold CV with
+the metric's weighted log loss (1/2/4). Grades are used only to train and score inside the folds: no
+threshold, scale or setting here is chosen on them.
+
+Pixel spacing is not known on these images. Sagittal: the native pixel size is estimated per series from
+anatomy, the spacing of the labelled levels on that series (:data:`LEVEL_SPACING_MM` per level, the
+localiser gives the same points at test time). Axial crops: a typical field of view across the native
+columns (:data:`AXIAL_FOV_MM`). Native pixels are taken as square; the PNG's own resizing is undone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .dataset import CLASS_COLUMNS, LEVELS, SEVERITIES, SEVERITY_WEIGHTS
+from .errors import DataError
+from .extract import QUALITY_CODE, add_relative_features, region_features
+
+log = logging.getLogger(__name__)
+
+#: Distance between neighbouring lumbar levels in the sagittal plane (vertebral body plus disc, adults), mm.
+LEVEL_SPACING_MM = 35.0
+#: Field of view assumed across the native columns of an axial crop's slice when nothing else is known, mm.
+AXIAL_FOV_MM = 190.0
+#: Field of view assumed across a sagittal series' larger native dimension when its levels cannot be used, mm.
+SAGITTAL_FOV_MM = 320.0
+#: The raw-patch yardstick: a ``PATCH_SIZE`` x ``PATCH_SIZE`` down-sampling of +-half pixels around the point.
+PATCH_SIZE = 8
+SAGITTAL_PATCH_HALF_PX = 12
+AXIAL_PATCH_HALF_PX = 10
+#: The spinal yardstick: the whole axial crop down-sampled to (columns, rows).
+SPINAL_PATCH_SHAPE = (12, 8)
+FOLDS = 5
+
+TERMS = ("foraminal", "subarticular", "spinal")
+REGION_OF_TERM = {"foraminal": "foramen", "subarticular": "recess", "spinal": "canal_ax"}
+#: The measurement each term's Spearman target is held to (the one a reader's grade should follow).
+MAIN_MEASUREMENT = {"foraminal": "foramen_shape_area_mm2", "subarticular": "recess_shape_depth_mm",
+                    "spinal": "canal_ax_shape_area_mm2"}
+SEVERITY_CODE = {s: i for i, s in enumerate(SEVERITIES)}
+
+#: Checks on a ``real_spider/``-layout folder: name -> callable(folder, jobs) -> dict (JSON-ready).
+#: Filled by the module that implements them; ``--spider`` says "not available" while this is empty.
+SPIDER_CHECKS: dict[str, Callable[[Path, int], dict]] = {}
+
+SAGITTAL_POINT_COLUMNS = ("study_id", "series_id", "instance_number", "image", "condition", "level", "x", "y",
+                          "grade", "rows", "columns", "x_png", "y_png")
+AXIAL_CROP_COLUMNS = ("study_id", "series_id", "instance_number", "image", "level_of_slice", "crop_row0",
+                      "crop_col0", "rows", "columns")
+AXIAL_POINT_COLUMNS = ("study_id", "series_id", "instance_number", "image", "condition", "level", "x_crop",
+                       "y_crop", "grade")
+SPINAL_GRADE_COLUMNS = ("study_id", "level", "grade")
+
+
+class LayoutError(DataError):
+    """A folder given to real-check is not in the layout it expects."""
+
+
+# ---------------------------------------------------------------- reading the folders
+
+def _read(folder: Path, name: str, columns: tuple[str, ...], layout: str) -> pd.DataFrame:
+    path = Path(folder) / name
+    hint = f"{folder} is not in the layout of the share's {layout}/"
+    if not path.is_file():
+        raise LayoutError(f"{hint}: {name} is missing (expected {name} with columns {', '.join(columns)}, "
+                          f"and images/<image>.png)")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise LayoutError(f"{hint}: {path} cannot be read as CSV ({exc})") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise LayoutError(f"{hint}: {path} lacks the column(s) {', '.join(missing)}")
+    bad = df["grade"].notna() & ~df["grade"].isin(SEVERITIES) if "grade" in df else pd.Series(False, df.index)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise LayoutError(f"{path} line {i + 2}, column grade: {df['grade'].iloc[i]!r} is not one of "
+                          f"{', '.join(SEVERITIES)} or empty")
+    if "level" in df and not df["level"].isin(LEVELS).all():
+        i = int(np.flatnonzero(~df["level"].isin(LEVELS).to_numpy())[0])
+        raise LayoutError(f"{path} line {i + 2}, column level: {df['level'].iloc[i]!r} is not one of {', '.join(LEVELS)}")
+    return df
+
+
+def _check_images(folder: Path, images, layout: str) -> None:
+    d = Path(folder) / "images"
+    if not d.is_dir():
+        raise LayoutError(f"{folder} is not in the layout of the share's {layout}/: no images/ folder")
+    for name in pd.unique(pd.Series(images)):
+        if not (d / str(name)).is_file():
+            raise LayoutError(f"{folder}: images/{name} is listed but missing")
+
+
+def read_sagittal(folder: Path) -> pd.DataFrame:
+    """The labelled foramina of a ``sagittal_t1_slices/`` folder, checked, with ``severity`` (-1 = not graded)."""
+    df = _read(folder, "points.csv", SAGITTAL_POINT_COLUMNS, "sagittal_t1_slices")
+    if not df["condition"].str.contains("neural_foraminal_narrowing").all():
+        raise LayoutError(f"{folder}/points.csv: every condition must be a neural_foraminal_narrowing")
+    _check_images(folder, df["image"], "sagittal_t1_slices")
+    df["severity"] = df["grade"].map(SEVERITY_CODE).fillna(-1).astype(int)
+    return df
+
+
+def read_axial(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """Crops, labelled recess points and (when present) spinal grades of an ``axial_t2_crops/`` folder."""
+    crops = _read(folder, "crops.csv", AXIAL_CROP_COLUMNS, "axial_t2_crops")
+    points = _read(folder, "points.csv", AXIAL_POINT_COLUMNS, "axial_t2_crops")
+    if not points["condition"].str.contains("subarticular_stenosis").all():
+        raise LayoutError(f"{folder}/points.csv: every condition must be a subarticular_stenosis")
+    unknown = ~points["image"].isin(crops["image"])
+    if unknown.any():
+        raise LayoutError(f"{folder}/points.csv line {int(np.flatnonzero(unknown.to_numpy())[0]) + 2}: "
+                          f"image {points['image'][unknown].iloc[0]} is not in crops.csv")
+    _check_images(folder, crops["image"], "axial_t2_crops")
+    points["severity"] = points["grade"].map(SEVERITY_CODE).fillna(-1).astype(int)
+    spinal = None
+    if (Path(folder) / "spinal_grades.csv").is_file():
+        spinal = _read(folder, "spinal_grades.csv", SPINAL_GRADE_COLUMNS, "axial_t2_crops")
+        spinal["severity"] = spinal["grade"].map(SEVERITY_CODE).fillna(-1).astype(int)
+    return crops, points, spinal
+
+
+def read_image(path: Path, *, channel: int | None = None) -> np.ndarray:
+    """A PNG as float32; ``channel`` picks one of a colour image's channels (RGB order)."""
+    import cv2
+
+    im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if im is None:
+        raise LayoutError(f"{path}: not a readable image")
+    if im.ndim == 3:
+        im = im[:, :, ::-1] if im.shape[2] == 3 else im[:, :, 2::-1]     # BGR -> RGB
+        im = im[:, :, channel if channel is not None else 0]
+    return np.ascontiguousarray(im, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- scale
+
+def sagittal_native_spacing_mm(points: pd.DataFrame) -> float:
+    """Native pixel size (mm) of one sagittal series from the spacing of its labelled levels.
+
+    For each side, the in-plane distance between consecutive labelled levels per level step (native
+    pixels); the median over both sides maps to :data:`LEVEL_SPACING_MM`. Without two levels on a side,
+    :data:`SAGITTAL_FOV_MM` over the larger native dimension.
+    """
+    steps = []
+    for _, g in points.groupby("condition"):
+        g = g.assign(li=g["level"].map(LEVELS.index)).drop_duplicates("li").sort_values("li")
+        if len(g) >= 2:
+            d = np.hypot(np.diff(g["x"].to_numpy(float)), np.diff(g["y"].to_numpy(float)))
+            steps.extend(d / np.diff(g["li"].to_numpy()))
+    steps = [s for s in steps if s > 0]
+    if steps:
+        return LEVEL_SPACING_MM / float(np.median(steps))
+    return SAGITTAL_FOV_MM / float(max(points["rows"].iloc[0], points["columns"].iloc[0]))
+
+
+def axial_native_spacing_mm(crop: pd.Series) -> float:
+    """Native pixel size (mm) of an axial crop's slice: :data:`AXIAL_FOV_MM` across its native columns."""
+    return AXIAL_FOV_MM / float(crop["columns"])
+
+
+def png_spacing_mm(native_mm: float, native_rows: int, native_columns: int, shape) -> tuple[float, float]:
+    """(row, column) pixel size of a PNG resized from the native matrix (square native pixels)."""
+    return native_mm * native_rows / shape[0], native_mm * native_columns / shape[1]
+
+
+# ---------------------------------------------------------------- features at the points
+
+def raw_patch(image: np.ndarray, seed_rc, *, half_px: int, series_high: float, size: int = PATCH_SIZE) -> dict:
+    """The yardstick's features: raw intensities of +-``half_px`` around the seed at ``size`` x ``size``."""
+    import cv2
+
+    win = cv2.getRectSubPix(image, (2 * half_px, 2 * half_px), (float(seed_rc[1]), float(seed_rc[0])))
+    small = cv2.resize(win, (size, size), interpolation=cv2.INTER_AREA) / max(series_high, 1e-6)
+    return {f"patch_{i:03d}": float(v) for i, v in enumerate(small.ravel())}
+
+
+def whole_patch(image: np.ndarray, *, series_high: float, shape=SPINAL_PATCH_SHAPE) -> dict:
+    import cv2
+
+    small = cv2.resize(image, shape, interpolation=cv2.INTER_AREA) / max(series_high, 1e-6)
+    return {f"patch_{i:03d}": float(v) for i, v in enumerate(small.ravel())}
+
+
+def _series_high(images) -> float:
+    return float(np.percentile(np.concatenate([im.ravel() for im in images]), 99.5))
+
+
+def _row(study, condition, level, severity) -> dict:
+    side = 1.0 if condition.startswith("left") else (-1.0 if condition.startswith("right") else 0.0)
+    return {"study_id": int(study), "condition": condition, "level": level,
+            "row_id": f"{int(study)}_{condition}_{level}", "severity": int(severity),
+            "context_level_index": float(LEVELS.index(level)), "context_side": side}
+
+
+def _guarded(row: dict, fn) -> dict:
+    try:
+        row.update(fn())
+        row["diagnostics_error"] = ""
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        row["diagnostics_error"] = f"{type(exc).__name__}: {exc}"
+    return row
+
+
+def sagittal_series_rows(folder: Path, points: pd.DataFrame) -> list[dict]:
+    """Feature rows of the labelled foramina of one sagittal series (its PNGs read once)."""
+    images = {name: read_image(Path(folder) / "images" / name) for name in pd.unique(points["image"])}
+    high = _series_high(images.values())
+    native_mm = sagittal_native_spacing_mm(points)
+    out = []
+    for p in points.itertuples(index=False):
+        img = images[p.image]
+        ps = png_spacing_mm(native_mm, p.rows, p.columns, img.shape)
+        seed = (float(p.y_png), float(p.x_png))
+        row = _row(p.study_id, p.condition, p.level, p.severity)
+        row.update(series_id=int(p.series_id), image=p.image, seed_row=seed[0], seed_col=seed[1],
+                   diagnostics_pixel_spacing_mm=float(ps[0]), diagnostics_pixel_spacing_col_mm=float(ps[1]),
+                   diagnostics_native_spacing_mm=native_mm, diagnostics_series_high=high)
+        out.append(_guarded(row, lambda: {
+            **region_features("foramen", img, seed, pixel_spacing_mm=ps, series_high=high)[0],
+            **raw_patch(img, seed, half_px=SAGITTAL_PATCH_HALF_PX, series_high=high)}))
+    return out
+
+
+def sac_seed(points_on_crop: pd.DataFrame) -> tuple[float, float] | None:
+    """Where the dural sac is seeded on an axial crop: midway between its left and right recess points.
+
+    None when the crop does not hold both (the sac lies between the recesses; one point alone does not
+    say where the midline is).
+    """
+    sides = points_on_crop.drop_duplicates("condition")
+    if len(sides) < 2:
+        return None
+    return float(sides["y_crop"].mean()), float(sides["x_crop"].mean())
+
+
+def axial_series_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame,
+                      spinal: pd.DataFrame | None) -> tuple[list[dict], list[dict]]:
+    """Subarticular rows (recess at each labelled point) and spinal rows (sac between the two recess points)
+    of one axial series' crops. Channel 1 of a crop is its instance (0 and 2 are the neighbours)."""
+    images = {name: read_image(Path(folder) / "images" / name, channel=1) for name in crops["image"]}
+    high = _series_high(images.values())
+    grade = {} if spinal is None else dict(zip(zip(spinal["study_id"], spinal["level"]), spinal["severity"]))
+    sub, spi = [], []
+    for crop in crops.itertuples(index=False):
+        img = images[crop.image]
+        mm = axial_native_spacing_mm(crop._asdict())     # crops keep the native resolution
+        ps = (mm, mm)
+        pts = points[points["image"] == crop.image]
+        for p in pts.itertuples(index=False):
+            seed = (float(p.y_crop), float(p.x_crop))
+            row = _row(p.study_id, p.condition, p.level, p.severity)
+            row.update(series_id=int(crop.series_id), image=crop.image, seed_row=seed[0], seed_col=seed[1],
+                       diagnostics_pixel_spacing_mm=float(ps[0]), diagnostics_series_high=high)
+            sub.append(_guarded(row, lambda: {
+                **region_features("recess", img, seed, pixel_spacing_mm=ps, series_high=high)[0],
+                **raw_patch(img, seed, half_px=AXIAL_PATCH_HALF_PX, series_high=high)}))
+        seed = sac_seed(pts)
+        levels = pts["level"].unique()
+        level = levels[0] if len(levels) == 1 else crop.level_of_slice
+        if seed is None or (crop.study_id, level) not in grade:
+            continue
+        row = _row(crop.study_id, "spinal_canal_stenosis", level, grade[(crop.study_id, level)])
+        row.update(series_id=int(crop.series_id), image=crop.image, seed_row=seed[0], seed_col=seed[1],
+                   diagnostics_pixel_spacing_mm=float(ps[0]), diagnostics_series_high=high)
+        spi.append(_guarded(row, lambda: {
+            **region_features("canal_ax", img, seed, pixel_spacing_mm=ps, series_high=high)[0],
+            **whole_patch(img, series_high=high)}))
+    return sub, spi
+
+
+def _run_parallel(tasks, *, jobs: int, progress, label: str) -> list:
+    from joblib import Parallel, delayed
+
+    done, results = 0, []
+    if progress is not None:
+        progress(label, 0, len(tasks))
+    for res in Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(f)(*a) for f, a in tasks):
+        results.append(res)
+        done += 1
+        if progress is not None:
+            progress(label, done, len(tasks))
+    return results
+
+
+def _finish_table(rows: list[dict]) -> pd.DataFrame:
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows).sort_values(["study_id", "condition", "level", "image"])
+    # One row per target (a study with two series of a kind keeps its first).
+    df = df.drop_duplicates("row_id").reset_index(drop=True)
+    return add_relative_features(df)
+
+
+def sagittal_table(folder: Path, *, jobs: int = 1, progress=None) -> pd.DataFrame:
+    """Feature rows of every labelled foramen of a ``sagittal_t1_slices/`` folder."""
+    points = read_sagittal(folder)
+    tasks = [(sagittal_series_rows, (folder, g)) for _, g in points.groupby("series_id", sort=True)]
+    rows = [r for part in _run_parallel(tasks, jobs=jobs, progress=progress, label="foramina (sagittal T1)")
+            for r in part]
+    return _finish_table(rows)
+
+
+def axial_tables(folder: Path, *, jobs: int = 1, progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Subarticular and spinal feature rows of an ``axial_t2_crops/`` folder."""
+    crops, points, spinal = read_axial(folder)
+    tasks = [(axial_series_rows, (folder, g, points[points["series_id"] == sid], spinal))
+             for sid, g in crops.groupby("series_id", sort=True)]
+    parts = _run_parallel(tasks, jobs=jobs, progress=progress, label="recesses and sacs (axial T2)")
+    return _finish_table([r for s, _ in parts for r in s]), _finish_table([r for _, s in parts for r in s])
+
+
+# ---------------------------------------------------------------- scoring
+
+def feature_sets(df: pd.DataFrame, term: str) -> dict[str, list[str]]:
+    """Columns of the full set, the mm measurements alone and the raw-patch yardstick (each with level and side)."""
+    region = REGION_OF_TERM[term]
+    context = [c for c in ("context_level_index", "context_side") if c in df and df[c].nunique() > 1]
+    usable = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and df[c].notna().any()
+              and c not in ("study_id", "series_id", "severity", "seed_row", "seed_col")
+              and not c.startswith(("diagnostics_", "patch_"))]
+    shape = [c for c in usable if c.startswith(f"{region}_shape_") and not c.endswith(("_rel_study", "_rel_side"))]
+    patch = [c for c in df.columns if c.startswith("patch_")]
+    return {"full": usable, "measurements_only": shape + context, "patch_baseline": patch + context}
+
+
+def cv_proba(df: pd.DataFrame, cols: list[str], *, folds: int = FOLDS, seed: int = 0, jobs: int = 1) -> np.ndarray:
+    """Out-of-fold class probabilities of the project's grader on ``cols`` (graded rows, study-grouped folds)."""
+    from .models import PARAMS, _softmax, grouped_cv, study_folds
+
+    fold_of, inner_of = study_folds(np.sort(df["study_id"].unique()), folds=folds, seed=seed)
+    x = df[cols].to_numpy(np.float32)
+    y = df["severity"].to_numpy(int)
+    raw, _ = grouped_cv(x, y, df["study_id"].map(fold_of).to_numpy(), df["study_id"].map(inner_of).to_numpy(),
+                        cols=list(cols), params=dict(PARAMS, num_threads=jobs, seed=seed), folds=folds)
+    return _softmax(raw)
+
+
+def constant_proba(df: pd.DataFrame, *, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
+    """The best constant, fitted on each fold's training rows (same folds as :func:`cv_proba`)."""
+    from .models import prior_proba, study_folds
+
+    fold_of, _ = study_folds(np.sort(df["study_id"].unique()), folds=folds, seed=seed)
+    fold = df["study_id"].map(fold_of).to_numpy()
+    y = df["severity"].to_numpy(int)
+    p = np.zeros((len(df), 3))
+    for k in range(folds):
+        p[fold == k] = prior_proba(y[fold != k])
+    return p
+
+
+def read_peer(paths) -> pd.DataFrame:
+    """Submission-format CSVs averaged per row_id."""
+    from .dataset import read_submission
+
+    frames = [read_submission(Path(p)) for p in paths]
+    return pd.concat(frames, ignore_index=True).groupby("row_id", as_index=False)[list(CLASS_COLUMNS)].mean()
+
+
+def evaluate_term(df: pd.DataFrame, term: str, *, peer: pd.DataFrame | None = None, folds: int = FOLDS,
+                  jobs: int = 1) -> tuple[dict, pd.DataFrame]:
+    """The term's scores (see the module doc) and its graded rows with out-of-fold probabilities."""
+    from .metric import weighted_log_loss
+
+    region = REGION_OF_TERM[term]
+    g = df[df["severity"] >= 0].reset_index(drop=True)
+    if g["study_id"].nunique() < folds:
+        raise DataError(f"{term}: {g['study_id'].nunique()} graded studies, need at least {folds} for {folds}-fold CV")
+    y = g["severity"].to_numpy(int)
+    sets = feature_sets(g, term)
+    scores, oof = {}, None
+    for name, cols in sets.items():
+        p = cv_proba(g, cols, folds=folds, jobs=jobs)
+        scores[name] = weighted_log_loss(y, p)
+        if name == "full":
+            oof = p
+    flags = g.get(f"{region}_quality_flag", pd.Series(np.nan, index=g.index))
+    quality = {q: float((flags == code).mean()) for q, code in QUALITY_CODE.items()}
+    quality["error"] = float((g["diagnostics_error"] != "").mean())
+    rho = {}
+    for c in [c for c in sets["measurements_only"] if c.startswith(f"{region}_shape_")]:
+        ok = g[c].notna()
+        rho[c] = float(g.loc[ok, c].corr(g.loc[ok, "severity"], method="spearman")) if ok.sum() > 2 else None
+    res = {"rows": int(len(g)), "studies": int(g["study_id"].nunique()), "cv": scores["full"],
+           "constant": weighted_log_loss(y, constant_proba(g, folds=folds)), "peer": None, "peer_rows": 0,
+           "quality": quality, "main_measurement": MAIN_MEASUREMENT[term],
+           "main_rho": rho.get(MAIN_MEASUREMENT[term]), "spearman": rho,
+           "measurements_only": scores["measurements_only"], "patch_baseline": scores["patch_baseline"],
+           "features": {k: len(v) for k, v in sets.items()},
+           "grades": {s: int((y == i).sum()) for i, s in enumerate(SEVERITIES)}}
+    if peer is not None:
+        m = g[["row_id", "severity"]].merge(peer, on="row_id", how="inner")
+        res["peer_rows"] = int(len(m))
+        if len(m):
+            res["peer"] = weighted_log_loss(m["severity"].to_numpy(int), m[list(CLASS_COLUMNS)].to_numpy())
+    out = g.copy()
+    out[[f"oof_{c}" for c in CLASS_COLUMNS]] = oof
+    w = np.asarray(SEVERITY_WEIGHTS)[y]
+    out["oof_loss"] = w * -np.log(np.clip(oof[np.arange(len(y)), y], 1e-15, 1))
+    return res, out
+
+
+def write_overlays(folder: Path, scored: pd.DataFrame, term: str, out: Path, *, worst: int = 12) -> Path:
+    """One PNG of the ``worst`` rows (largest out-of-fold loss): each region's crop, mask and point, labelled
+    with the grade, the predicted probability of that grade and the main measurement."""
+    import cv2
+
+    from .extract import overlay_tile
+
+    rows = scored.sort_values("oof_loss", ascending=False).head(worst)
+    region = REGION_OF_TERM[term]
+    tiles = []
+    for r in rows.itertuples(index=False):
+        r = r._asdict()
+        img = read_image(Path(folder) / "images" / r["image"], channel=None if term == "foraminal" else 1)
+        high = float(r.get("diagnostics_series_high") or np.percentile(img, 99.5))
+        ps = (r["diagnostics_pixel_spacing_mm"], r.get("diagnostics_pixel_spacing_col_mm") or
+              r["diagnostics_pixel_spacing_mm"])
+        _, seg = region_features(region, img, (r["seed_row"], r["seed_col"]), pixel_spacing_mm=ps, series_high=high)
+        p_true = r[f"oof_{CLASS_COLUMNS[r['severity']]}"]
+        main = r.get(MAIN_MEASUREMENT[term], np.nan)
+        tile = overlay_tile(img, (r["seed_row"], r["seed_col"]), ps, seg, f"{SEVERITIES[r['severity']][:6]} p={p_true:.2f}")
+        cv2.putText(tile, f"{r['study_id']} {r['level']} {r['condition'][:1]}", (4, 230), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, (0, 255, 255), 1)
+        cv2.putText(tile, f"main {main:.1f} {seg.quality}", (4, 216), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 255, 255), 1)
+        tiles.append(tile)
+    while len(tiles) % 4:
+        tiles.append(np.zeros_like(tiles[0]))
+    sheet = np.vstack([np.hstack(tiles[i:i + 4]) for i in range(0, len(tiles), 4)])
+    path = Path(out) / f"worst_{term}.png"
+    cv2.imwrite(str(path), sheet)
+    return path
+
+
+def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None, spider: Path | None = None,
+               peer_files=(), out: Path, jobs: int = 1, overlays: int = 0, progress=None) -> dict:
+    """Measure, grade in CV and score every term whose folder is given; write ``OUT/real_check.json`` and
+    ``OUT/real_check.md`` (and the feature tables with out-of-fold predictions as parquet). With
+    ``overlays`` > 0, ``OUT/worst_<term>.png`` draws that many rows with the largest out-of-fold loss."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    # Read (and so check) every folder before the long work starts.
+    if sagittal_t1 is not None:
+        read_sagittal(sagittal_t1)
+    if axial_t2 is not None:
+        read_axial(axial_t2)
+    peer = read_peer(peer_files) if peer_files else None
+    tables: dict[str, pd.DataFrame] = {}
+    seconds = {}
+    if sagittal_t1 is not None:
+        t = time.perf_counter()
+        tables["foraminal"] = sagittal_table(sagittal_t1, jobs=jobs, progress=progress)
+        seconds["foraminal_measure"] = time.perf_counter() - t
+    if axial_t2 is not None:
+        t = time.perf_counter()
+        tables["subarticular"], tables["spinal"] = axial_tables(axial_t2, jobs=jobs, progress=progress)
+        seconds["axial_measure"] = time.perf_counter() - t
+    result: dict = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (term, df) in enumerate(tables.items()):
+        if df.empty:
+            continue
+        if progress is not None:
+            progress("grading in CV", i, len(tables))
+        t = time.perf_counter()
+        result[term], scored = evaluate_term(df, term, peer=peer, jobs=jobs)
+        seconds[f"{term}_cv"] = time.perf_counter() - t
+        scored.to_parquet(out / f"features_{term}.parquet", index=False)
+        if overlays:
+            write_overlays(sagittal_t1 if term == "foraminal" else axial_t2, scored, term, out, worst=overlays)
+        if progress is not None:
+            progress("grading in CV", i + 1, len(tables))
+    if spider is not None:
+        result["spider"] = {name: fn(Path(spider), jobs) for name, fn in SPIDER_CHECKS.items()} or None
+    seconds["total"] = time.perf_counter() - t0
+    result["run"] = {"spinefeat_version": __version__, "folds": FOLDS, "seconds": seconds, "jobs": jobs,
+                     "folders": {k: str(v) for k, v in (("sagittal_t1", sagittal_t1), ("axial_t2", axial_t2),
+                                                        ("spider", spider)) if v is not None},
+                     "peer_files": [Path(p).name for p in peer_files],
+                     "scale": {"level_spacing_mm": LEVEL_SPACING_MM, "axial_fov_mm": AXIAL_FOV_MM}}
+    (out / "real_check.json").write_text(json.dumps(result, indent=2))
+    (out / "real_check.md").write_text(markdown_table(result))
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    """The scores as a markdown table (weighted log loss; lower is better)."""
+    head = ("| term | rows | best constant | raw-patch yardstick | measurements only | all features | peer "
+            "| main measurement: rho | found / weak / failed |\n|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for term in TERMS:
+        r = result.get(term)
+        if not r:
+            continue
+        peer = f"{r['peer']:.3f} ({r['peer_rows']})" if r.get("peer") is not None else "-"
+        rho = f"{r['main_measurement']}: {r['main_rho']:.2f}" if r.get("main_rho") is not None else "-"
+        q = r["quality"]
+        lines.append(f"| {term} | {r['rows']} | {r['constant']:.3f} | {r['patch_baseline']:.3f} | "
+                     f"{r['measurements_only']:.3f} | {r['cv']:.3f} | {peer} | {rho} | "
+                     f"{q['found']:.2f} / {q['weak']:.2f} / {q['failed']:.2f} |")
+    return head + "\n".join(lines) + "\n"
