@@ -1,8 +1,9 @@
 """Study -> one feature row per (study, condition, level): caching, parallel, overlays.
 
 Each study's series are decoded once; each finished study is written to its
-own cache file (atomically), so an interrupted run, rerun, skips finished
-studies and gives the same table. A study that fails is recorded in
+own cache file (atomically) named by a hash of its inputs, points and settings,
+so an interrupted run, rerun, skips finished studies and gives the same table,
+and a changed input is measured afresh. A study that fails is recorded in
 ``diagnostics_error`` and the run goes on.
 """
 
@@ -22,6 +23,7 @@ from .dataset import CONDITION_SERIES, CONDITIONS, LEVELS, DataFolder
 from .dicom import Stack, load_series
 from .errors import SpinefeatError
 from .features import RELATIVE, shape_name
+from .io import write_parquet
 from .features.texture import ROI_MM, ROI_SPACING_MM, roi_features
 from .geometry import orientation_axes, project_to_stacks
 from .segment import FAILED, FOUND, Segmentation, measure_recess, measure_sagittal_canal, segment_axial_sac, \
@@ -61,12 +63,28 @@ class StudyImages:
     def series_of(self, description: str) -> list[int]:
         return self.series.loc[self.series["series_description"] == description, "series_id"].astype(int).tolist()
 
-    def locate(self, series_id: int, instance_number: int) -> tuple[Stack, int]:
+    def locate(self, series_id: int, instance_number: int, sop_uid: str = "") -> tuple[Stack, int]:
         for st in self.stacks(series_id):
-            k = st.slice_of_instance(instance_number)
+            k = st.slice_of(instance_number, sop_uid)
             if k is not None:
                 return st, k
         raise SpinefeatError(f"study {self.study_id} series {series_id}: no instance {instance_number}")
+
+
+def _sop_uid(point: pd.Series) -> str:
+    """The point's SOPInstanceUID when it has one (points handed on from the localiser), else ""."""
+    uid = point.get("sop_instance_uid", "")
+    return uid if isinstance(uid, str) else ""
+
+
+def _skipped(images: StudyImages) -> str:
+    """Files left out of the study's decoded series ("series S file: why"), for the diagnostics column."""
+    seen = {}
+    for sid, stacks in getattr(images, "_stacks", {}).items():
+        for st in stacks[:1]:
+            for item in st.skipped:
+                seen[f"series {sid} {item}"] = None
+    return "; ".join(seen)
 
 
 def _shape(region: str, seg: Segmentation) -> dict[str, float]:
@@ -78,7 +96,7 @@ def _shape(region: str, seg: Segmentation) -> dict[str, float]:
 def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tuple[str, Stack, int, Segmentation, tuple]]]:
     """Features of one labelled point, and what was segmented (for overlays)."""
     cond = point["condition"]
-    st, k = images.locate(point["series_id"], point["instance_number"])
+    st, k = images.locate(point["series_id"], point["instance_number"], _sop_uid(point))
     img = st.pixels[k]
     seed = (float(point["y"]), float(point["x"]))
     ps = st.geometry.pixel_spacing_mm
@@ -161,6 +179,7 @@ def extract_study(root: Path, split: str, study_id: int, series: pd.DataFrame, p
             row["diagnostics_error"] = err
             rows.append(row)
     df = pd.DataFrame(rows)
+    df["diagnostics_skipped"] = _skipped(images)
     df["diagnostics_seconds"] = time.perf_counter() - t0
     df["diagnostics_version"] = __version__
     return df
@@ -213,7 +232,7 @@ def add_relative_features(df: pd.DataFrame) -> pd.DataFrame:
 def points_from_labels(folder: DataFolder) -> pd.DataFrame:
     """The label coordinates restricted to the series each condition is read on."""
     coords = folder.coordinates()
-    ser = folder.series("train")
+    ser = folder.series("train", check_planes=True)
     desc = dict(zip(zip(ser["study_id"], ser["series_id"]), ser["series_description"]))
     ok = [desc.get((s, r)) == CONDITION_SERIES[c] for s, r, c in zip(coords["study_id"], coords["series_id"],
                                                                       coords["condition"])]
@@ -227,6 +246,41 @@ def fingerprint(points: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
+def run_cache_key(*, split: str, localizer=None) -> dict:
+    """What every cache entry of one run depends on besides its study: code version, split, localiser."""
+    return {"version": __version__, "split": split,
+            "localizer": None if localizer is None else localizer.fingerprint}
+
+
+def study_inputs(root: Path, split: str, study_id: int, series: pd.DataFrame) -> list[tuple]:
+    """Identity of a study's input files: (series, file name, size, mtime) of every DICOM file it reads."""
+    base = DataFolder(root).images_dir(split) / str(int(study_id))
+    out = []
+    for sid in sorted(series.loc[series["study_id"] == int(study_id), "series_id"].astype(int)):
+        for f in sorted((base / str(sid)).glob("*.dcm")):
+            st = f.stat()
+            out.append((sid, f.name, st.st_size, st.st_mtime_ns))
+    return out
+
+
+def cache_entry(cache: Path, root: Path, split: str, study_id: int, series: pd.DataFrame,
+                points: pd.DataFrame | None, run_key: dict) -> Path:
+    """The cache file of one study, named by a hash of everything its rows depend on.
+
+    The key holds the run's key (:func:`run_cache_key`: code version, split, localiser hash), the
+    study's points and the identity (size, mtime) of its input files, so a changed point, file or
+    setting is measured afresh, and two runs with different points sharing a cache never read each
+    other's rows (concurrent runs with the same key write the same rows, each atomically).
+    """
+    pts = None
+    if points is not None:
+        p = points[points["study_id"] == int(study_id)]
+        pts = fingerprint(p) if len(p) else "none"
+    key = json.dumps({**run_key, "points": pts, "inputs": study_inputs(root, split, study_id, series)},
+                     sort_keys=True, default=str)
+    return Path(cache) / f"{int(study_id)}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.parquet"
+
+
 def extract(root: Path, points: pd.DataFrame | None, *, split: str = "train", cache: Path, jobs: int = 1,
             overlays: Path | None = None, studies: list[int] | None = None, progress=None,
             localizer=None) -> pd.DataFrame:
@@ -237,19 +291,13 @@ def extract(root: Path, points: pd.DataFrame | None, *, split: str = "train", ca
     from joblib import Parallel, delayed
 
     folder = DataFolder(root)
-    series = folder.series(split)
+    series = folder.series(split, check_planes=True)
     ids = sorted(series["study_id"].unique()) if studies is None else [int(s) for s in studies]
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    key = {"version": __version__, "split": split,
-           "points": fingerprint(points) if localizer is None else f"localizer {localizer.fingerprint}"}
-    meta = cache / "cache.json"
-    if meta.is_file() and json.loads(meta.read_text()) != key:
-        log.warning("cache %s was made for other points or another version; starting it afresh", cache)
-        for f in cache.glob("*.parquet"):
-            f.unlink()
-    meta.write_text(json.dumps(key))
-    todo = [s for s in ids if not (cache / f"{s}.parquet").is_file()]
+    run_key = run_cache_key(split=split, localizer=localizer)
+    entry = {s: cache_entry(cache, root, split, s, series, points, run_key) for s in ids}
+    todo = [s for s in ids if not entry[s].is_file()]
     done = len(ids) - len(todo)
     if progress is not None:
         progress(done, len(ids))
@@ -262,15 +310,13 @@ def extract(root: Path, points: pd.DataFrame | None, *, split: str = "train", ca
                                 "row_id": f"{int(study_id)}_{c}_{lv}", "split": split, **_context(c, lv),
                                 "diagnostics_error": f"{type(exc).__name__}: {exc}"}
                                for c in CONDITIONS for lv in LEVELS])
-        tmp = cache / f".{study_id}.parquet.tmp"
-        df.to_parquet(tmp, index=False)
-        tmp.replace(cache / f"{study_id}.parquet")
+        write_parquet(entry[study_id], df)
         return study_id
 
     for _ in Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(run)(s) for s in todo):
         done += 1
         if progress is not None:
             progress(done, len(ids))
-    frames = [pd.read_parquet(cache / f"{s}.parquet") for s in ids]
+    frames = [pd.read_parquet(entry[s]) for s in ids]
     df = pd.concat(frames, ignore_index=True).sort_values(["study_id", "condition", "level"]).reset_index(drop=True)
     return add_relative_features(df)
