@@ -20,8 +20,15 @@ app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False, no_
                   help="Grade lumbar spine MRI (RSNA 2024 layout) with classical features and LightGBM.")
 console = Console(stderr=True)
 
-EXIT_USAGE = 2
-EXIT_DATA = 3
+#: Exit codes (README "Exit codes").
+EXIT_OK = 0
+EXIT_FAILED_STUDIES = 1     # a batch finished but some studies failed, and --strict was given
+EXIT_USAGE = 2              # bad option value, missing option, output path that cannot be written
+EXIT_DATA = 3               # bad input data or models, or an output that could not be written
+EXIT_INTERNAL = 4           # a bug: an error spinefeat does not expect
+EXIT_INTERRUPTED = 130      # Ctrl-C
+SPLITS = ("train", "test")
+_state = {"verbose": False}
 
 
 def _progress() -> Progress:
@@ -29,9 +36,90 @@ def _progress() -> Progress:
                     console=console, transient=False)
 
 
+def _exit_code(exc: Exception) -> int:
+    from .errors import UsageError
+
+    return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_DATA
+
+
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(EXIT_DATA)
+    console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+    raise typer.Exit(_exit_code(exc))
+
+
+def _stop_workers() -> None:
+    """Kill the joblib/loky worker processes (Ctrl-C would otherwise leave them running their tasks)."""
+    try:
+        from joblib.externals.loky import reusable_executor
+    except ImportError:
+        return
+    executor = reusable_executor._executor
+    if executor is not None:
+        executor.shutdown(wait=False, kill_workers=True)
+
+
+def _guarded(fn):
+    """Run a command with every failure turned into a one-line message and its exit code (no traceback:
+    locals could hold patient data)."""
+    import functools
+
+    from typer.exceptions import TyperException
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
+        except SpinefeatError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            _stop_workers()
+            console.print("[yellow]interrupted[/yellow]: finished studies are kept in the cache; rerun to resume")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as exc:
+            from .io import describe_os_error
+
+            where = f" {exc.filename}" if exc.filename else ""
+            _fail(SpinefeatError(f"cannot read or write{where}: {describe_os_error(exc)}"))
+        except MemoryError:
+            _fail(SpinefeatError("out of memory; use fewer --jobs or a smaller input"))
+        except Exception as exc:  # noqa: BLE001  (a bug: say so, briefly)
+            if _state["verbose"]:
+                console.print_exception(show_locals=False)
+            console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (a bug in spinefeat; rerun with "
+                          "--verbose for where it happened)", highlight=False)
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return run
+
+
+def command(*args, **kwargs):
+    """``app.command`` for a command whose failures end in a clear message and exit code."""
+    def deco(fn):
+        return app.command(*args, **kwargs)(_guarded(fn))
+    return deco
+
+
+def _split(value: str) -> str:
+    if value not in SPLITS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(SPLITS)}")
+    return value
+
+
+def _failed_studies(df) -> list[int]:
+    """Studies with a row whose error is more than a missing label point."""
+    err = df["diagnostics_error"].fillna("")
+    bad = (err != "") & (err != "no point")
+    return sorted(int(s) for s in df.loc[bad, "study_id"].unique())
+
+
+def _batch_exit(failed: int, total: int, strict: bool, what: str = "studies") -> None:
+    if failed:
+        console.print(f"[yellow]{failed} of {total} {what} failed[/yellow] (see diagnostics_error)"
+                      + ("" if strict else "; --strict makes this exit 1"))
+        if strict:
+            raise typer.Exit(EXIT_FAILED_STUDIES)
 
 
 class Points(str, Enum):
@@ -63,10 +151,11 @@ def main(
                                                     help="Print the version and exit.")] = None,
 ) -> None:
     """spinefeat: CPU-only grading of degenerative lumbar spine conditions."""
+    _state["verbose"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-@app.command()
+@command()
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the cohort into (Kaggle layout).")],
     studies: Annotated[int, typer.Option(min=1, help="Labelled (train) studies.")] = 20,
@@ -78,6 +167,9 @@ def synth(
     """Write a synthetic cohort of phantom studies as real DICOM files, with labels and a truth sidecar."""
     from .synth import synth_cohort
 
+    from .io import check_output_dir
+
+    check_output_dir(out)
     if out.exists() and any(out.iterdir()):
         console.print(f"[red]error:[/red] {out} exists and is not empty; choose a new folder")
         raise typer.Exit(EXIT_USAGE)
@@ -96,26 +188,24 @@ def synth(
                   f"({summary['seconds_per_study_mean']:.2f} s per study on one core, jobs={jobs})")
 
 
-@app.command()
+@command()
 def index(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
     out: Annotated[Optional[Path], typer.Option(help="Instance table (parquet); default DATA/index.parquet.")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="Series scanned in parallel.")] = 1,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when any file could not be read.")] = False,
 ) -> None:
     """Scan every DICOM header (no pixels) into an instance table and a per-series summary."""
     from .dicom import index_folder
+    from .io import check_output_file, write_csv, write_parquet
 
-    out = out or data / "index.parquet"
-    try:
-        with _progress() as prog:
-            task = prog.add_task("scanning headers", total=None)
-            inst, series = index_folder(data, jobs=jobs, progress=lambda n: prog.update(task, completed=n))
-    except SpinefeatError as exc:
-        _fail(exc)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    inst.to_parquet(out, index=False)
-    series_out = out.with_name(out.stem + "_series.csv")
-    series.to_csv(series_out, index=False)
+    out = check_output_file(out or data / "index.parquet")
+    series_out = check_output_file(out.with_name(out.stem + "_series.csv"))
+    with _progress() as prog:
+        task = prog.add_task("scanning headers", total=None)
+        inst, series = index_folder(data, jobs=jobs, progress=lambda n: prog.update(task, completed=n))
+    write_parquet(out, inst)
+    write_csv(series_out, series)
     n_err = int((inst["error"] != "").sum())
     console.print(f"{len(inst)} instances in {len(series)} series of {series['study_id'].nunique()} studies "
                   f"-> {out}, {series_out}" + (f"; [yellow]{n_err} unreadable files[/yellow]" if n_err else ""))
@@ -124,24 +214,27 @@ def index(
     irregular = series[~series["spacing_regular"].astype(bool)] if "spacing_regular" in series else series.iloc[:0]
     if len(irregular):
         console.print(f"[yellow]{len(irregular)} series with irregular spacing, missing or duplicate slices[/yellow]")
+    _batch_exit(n_err, len(inst), strict, "files")
 
 
-@app.command()
+@command()
 def preview(
     data: Annotated[list[Path], typer.Argument(exists=True, file_okay=False, help="One or more Kaggle-layout folders.")],
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("reports/preview.png"),
     studies: Annotated[int, typer.Option(min=1, help="Studies per folder.")] = 1,
 ) -> None:
     """Write slices of each series type of the first studies of each folder into one PNG (rows by series type)."""
+    from .io import check_output_file
     from .report import write_preview
 
+    check_output_file(out)
     try:
         console.print(f"wrote {write_preview(data, out, studies=studies)}")
     except SpinefeatError as exc:
         _fail(exc)
 
 
-@app.command()
+@command()
 def extract(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
     out: Annotated[Path, typer.Option(help="Feature table (parquet).")] = Path("features.parquet"),
@@ -149,32 +242,38 @@ def extract(
                                               "with --models) or a CSV of the same columns.")] = "labels",
     models_dir: Annotated[Optional[Path], typer.Option("--models", exists=True, file_okay=False,
                                                        help="Models folder holding the localiser.")] = None,
-    split: Annotated[str, typer.Option(help="Which split's studies: train or test.")] = "train",
+    split: Annotated[str, typer.Option(callback=_split, help="Which split's studies: train or test.")] = "train",
     jobs: Annotated[int, typer.Option(min=1, help="Studies in parallel.")] = 1,
     cache: Annotated[Optional[Path], typer.Option(help="Per-study cache folder; default OUT.cache/.")] = None,
     overlays: Annotated[Optional[Path], typer.Option(help="Write a PNG per point with the measured regions here.")] = None,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when any study failed (errors other than a missing label).")] = False,
     scheduler: Scheduler = None,
 ) -> None:
     """Segment the regions around every point and write one feature row per (study, condition, level)."""
-    try:
-        df = _features(data, coords, split, models=models_dir, cache=cache or out.with_suffix(".cache"), jobs=jobs,
-                       overlays=overlays, scheduler=scheduler)
-    except SpinefeatError as exc:
-        _fail(exc)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(out, index=False)
+    from .io import check_output_dir, check_output_file, write_parquet
+
+    check_output_file(out)
+    cache = check_output_dir(cache or out.with_suffix(".cache"))
+    if overlays is not None:
+        check_output_dir(overlays)
+    df = _features(data, coords, split, models=models_dir, cache=cache, jobs=jobs, overlays=overlays,
+                   scheduler=scheduler)
+    write_parquet(out, df)
     errors = df["diagnostics_error"].fillna("")
     no_point = errors.str.startswith("no point")
     console.print(f"{len(df)} rows of {df['study_id'].nunique()} studies -> {out}; "
                   f"{int(no_point.sum())} without a point, "
                   f"{int(((errors != '') & ~no_point).sum())} with errors; "
                   f"{df.groupby('study_id')['diagnostics_seconds'].first().mean():.2f} s per study")
+    _batch_exit(len(_failed_studies(df)), df["study_id"].nunique(), strict)
 
 
 def _localizer(models: Optional[Path]):
     """The localiser saved with the models; a usage error when no models folder was given."""
     if models is None:
-        raise SpinefeatError("finding the points needs the localiser: give --models (or --coords FILE)")
+        from .errors import UsageError
+
+        raise UsageError("finding the points needs the localiser: give --models (or --coords FILE)")
     from .localize import Localizer
 
     return Localizer.load(models)
@@ -188,7 +287,9 @@ def _points(folder, coords: Optional[str], split: str, *, models: Optional[Path]
 
     if coords == "labels":
         if split != "train":
-            raise SpinefeatError("only the train split has label coordinates: give --coords FILE or use the "
+            from .errors import UsageError
+
+            raise UsageError("only the train split has label coordinates: give --coords FILE or use the "
                                  "localiser (--coords predicted with --models)")
         return points_from_labels(folder)
     if coords in (None, "predicted"):
@@ -230,6 +331,32 @@ def _features(data: Path, coords: Optional[str], split: str, *, models: Optional
                                   scheduler=scheduler)
 
 
+def _read_table(path: Path):
+    """A parquet table, or a :class:`DataError` naming the file."""
+    import pandas as pd
+
+    from .errors import DataError
+
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable parquet table ({type(exc).__name__})") from None
+
+
+def _read_csv_table(path: Path, what: str):
+    """A CSV the code wrote itself (oof.csv ...), or a :class:`DataError` naming it and what to do."""
+    import pandas as pd
+
+    from .errors import DataError
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no {what} (train with `spinefeat train`)")
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable {what} ({type(exc).__name__})") from None
+
+
 def _print_cv(cv: dict) -> None:
     from rich.table import Table
 
@@ -241,7 +368,7 @@ def _print_cv(cv: dict) -> None:
     console.print(t)
 
 
-@app.command()
+@command()
 def train(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Labelled folder in the Kaggle layout.")],
     out: Annotated[Path, typer.Option(help="Models folder to write.")] = Path("models"),
@@ -254,55 +381,56 @@ def train(
                                                 "localiser finds (as at test time; CV is then scored there).")] = "both",
     scheduler: Scheduler = None,
 ) -> None:
-    """Learn the localiser and fit the three graders with cross-validation (features cached under OUT)."""
-    import pandas as pd
+    """Learn the localiser and fit the three graders with cross-validation (features cached under OUT).
 
+    The models folder is built under a temporary name and swapped in when complete: an interrupted
+    run leaves the previous folder as it was, and a rerun resumes from the cached features.
+    """
+    from .io import check_output_dir
     from .pipeline import train_all
 
-    try:
-        label_features = pd.read_parquet(features_path) if features_path is not None else None
-        with _progress() as prog:
-            task = prog.add_task("training", total=None)
-            result = train_all(data, out, folds=folds, jobs=jobs, seed=seed, points=points.value,
-                               label_features=label_features, scheduler=scheduler,
-                               step=lambda name, n, t: prog.update(task, description=name, completed=n, total=t))
-    except SpinefeatError as exc:
-        _fail(exc)
+    check_output_dir(out)
+    label_features = _read_table(features_path) if features_path is not None else None
+    with _progress() as prog:
+        task = prog.add_task("training", total=None)
+        result = train_all(data, out, folds=folds, jobs=jobs, seed=seed, points=points.value,
+                           label_features=label_features, scheduler=scheduler,
+                           step=lambda name, n, t: prog.update(task, description=name, completed=n, total=t))
     _print_cv(result["cv"])
     console.print(f"models -> {out} (graders fit in {result['cv']['seconds']:.1f} s)")
 
 
-@app.command()
+@command()
 def predict(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
     models_dir: Annotated[Path, typer.Option("--models", exists=True, file_okay=False, help="Trained models folder.")],
     out: Annotated[Path, typer.Option(help="Submission CSV to write.")] = Path("submission.csv"),
-    split: Annotated[str, typer.Option(help="test (unlabelled studies) or train.")] = "test",
+    split: Annotated[str, typer.Option(callback=_split, help="test (unlabelled studies) or train.")] = "test",
     coords: Annotated[Optional[str], typer.Option(help="Default: the localiser finds the points. Or a points CSV "
                                                         "(train_label_coordinates columns), or 'labels' (train split).")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="Studies in parallel.")] = 1,
     cache: Annotated[Optional[Path], typer.Option(help="Per-study feature cache; default OUT.cache/.")] = None,
     scheduler: Scheduler = None,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when any study failed (rows fell back to the priors).")] = False,
 ) -> None:
     """Write a challenge submission: 25 rows per study, priors where a point or series is missing."""
+    from .io import check_output_dir, check_output_file, write_csv
     from .models import load
 
-    try:
-        graders = load(models_dir)
-        feats = _features(data, coords, split, models=models_dir, cache=cache or out.with_suffix(".cache"), jobs=jobs,
-                          scheduler=scheduler)
-        sub, fallback = graders.predict(feats)
-    except SpinefeatError as exc:
-        _fail(exc)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sub.to_csv(out, index=False)
-    fb_path = out.with_name(out.stem + ".fallback.csv")
-    fallback.to_csv(fb_path, index=False)
+    check_output_file(out)
+    fb_path = check_output_file(out.with_name(out.stem + ".fallback.csv"))
+    cache = check_output_dir(cache or out.with_suffix(".cache"))
+    graders = load(models_dir)
+    feats = _features(data, coords, split, models=models_dir, cache=cache, jobs=jobs, scheduler=scheduler)
+    sub, fallback = graders.predict(feats)
+    write_csv(out, sub)
+    write_csv(fb_path, fallback)
     console.print(f"{len(sub)} rows for {len(sub) // 25} studies -> {out}; {len(fallback)} rows fell back to the "
                   f"trained priors (listed in {fb_path})")
+    _batch_exit(len(_failed_studies(feats)), feats["study_id"].nunique(), strict)
 
 
-@app.command()
+@command()
 def bench(
     data: Annotated[list[Path], typer.Argument(exists=True, file_okay=False, help="One or more Kaggle-layout folders.")],
     models_dir: Annotated[Optional[Path], typer.Option("--models", exists=True, file_okay=False,
@@ -329,8 +457,10 @@ def bench(
     import pandas as pd
 
     from . import bench as b
+    from .io import check_output_dir
     from .dataset import DataFolder, read_train
 
+    check_output_dir(out_dir)
     names = list(name or [])
     if names and len(names) != len(data):
         console.print("[red]error:[/red] give one --name per folder")
@@ -377,12 +507,12 @@ def _print_explanation(table) -> None:
     Console().print(t)
 
 
-@app.command()
+@command()
 def explain(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
     models_dir: Annotated[Path, typer.Option("--models", exists=True, file_okay=False, help="Trained models folder.")],
     study: Annotated[int, typer.Option(help="Study id to explain.")],
-    split: Annotated[str, typer.Option(help="Split holding the study.")] = "test",
+    split: Annotated[str, typer.Option(callback=_split, help="Split holding the study.")] = "test",
     coords: Annotated[Optional[str], typer.Option(help="Points CSV; 'labels' for the train split.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the overlays of the measured regions.")] = Path("explain"),
     top: Annotated[int, typer.Option(min=1, help="Drivers shown per target.")] = 3,
@@ -391,8 +521,10 @@ def explain(
     from .dataset import DataFolder
     from .explain import explain_study
     from .extract import add_relative_features, extract_study
+    from .io import check_output_dir
     from .models import load
 
+    check_output_dir(out)
     try:
         graders = load(models_dir)
         folder = DataFolder(data)
@@ -413,7 +545,7 @@ def explain(
     console.print(f"overlays -> {out / 'overlays'}")
 
 
-@app.command()
+@command()
 def report(
     models_dir: Annotated[Path, typer.Option("--models", exists=True, file_okay=False, help="Trained models folder.")],
     data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="The labelled folder the models learned from.")],
@@ -423,22 +555,23 @@ def report(
     overlays: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Overlays from extract.")] = None,
 ) -> None:
     """Write a static HTML report: cohort page (metric, confusion, calibration, importance) and study pages."""
-    import pandas as pd
-
     from .dataset import DataFolder
     from .explain import explain_study, global_importance
+    from .io import check_output_dir, inside
     from .models import load
     from .report import write_report
 
+    check_output_dir(inside(root, name))
     try:
         graders = load(models_dir)
+        oof = _read_csv_table(models_dir / "oof.csv", "out-of-fold predictions (oof.csv)")
         feats_path = models_dir / "train_features.parquet"
-        feats = pd.read_parquet(feats_path) if feats_path.is_file() else None
+        feats = _read_table(feats_path) if feats_path.is_file() else None
         pages = {}
         if feats is not None:
             for sid in list(dict.fromkeys(feats["study_id"]))[:studies]:
                 pages[int(sid)] = explain_study(graders, feats, sid)
-        index = write_report(root / name, manifest=graders.manifest, oof=pd.read_csv(models_dir / "oof.csv"),
+        index = write_report(root / name, manifest=graders.manifest, oof=oof,
                              train=DataFolder(data).train(), importance=global_importance(graders), studies=pages,
                              overlays=overlays)
     except SpinefeatError as exc:
@@ -446,7 +579,7 @@ def report(
     console.print(f"report -> {index}")
 
 
-@app.command()
+@command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working folder (cohort, models, submission).")] = Path("demo"),
     studies: Annotated[int, typer.Option(min=10, help="Training studies to synthesise.")] = 50,
@@ -460,10 +593,6 @@ def demo(
     The held-out studies are graded at the points the localiser finds; the score
     at their true points is shown beside it.
     """
-    import json
-
-    import pandas as pd
-
     from .dataset import DataFolder, read_train
     from .explain import explain_study, global_importance
     from .metric import score
@@ -472,6 +601,10 @@ def demo(
     from .report import write_report
     from .synth import synth_cohort
 
+    from .io import check_output_dir, write_csv, write_json
+
+    check_output_dir(out)
+    check_output_dir(report_dir)
     t0 = time.perf_counter()
     cohort, models_dir = out / "cohort", out / "models"
     if cohort.exists() and any(cohort.iterdir()):
@@ -494,11 +627,11 @@ def demo(
         test_labels = read_train(cohort / "truth" / "test_labels.csv")
         overlays = out / "overlays"
         pts = _points(folder, "predicted", "test", models=models_dir, jobs=jobs)
-        pts.to_csv(out / "test_points.csv", index=False)
+        write_csv(out / "test_points.csv", pts)
         test_feats = _extract_with_progress(cohort, pts, split="test", cache=out / "test_features.cache",
                                             jobs=jobs, overlays=overlays)
         sub, _ = graders.predict(test_feats)
-        sub.to_csv(out / "submission.csv", index=False)
+        write_csv(out / "submission.csv", sub)
         test_scores = score(test_labels, sub)
         true_pts = _points(folder, str(cohort / "truth" / "test_label_coordinates.csv"), "test")
         true_feats = _extract_with_progress(cohort, true_pts, split="test", cache=out / "test_true_points.cache",
@@ -506,7 +639,7 @@ def demo(
         test_scores_true = score(test_labels, graders.predict(true_feats)[0])
         console.print("5/5 explaining and writing the report")
         pages = {int(s): explain_study(graders, test_feats, s) for s in list(dict.fromkeys(test_feats["study_id"]))[:3]}
-        index = write_report(report_dir, manifest=graders.manifest, oof=pd.read_csv(models_dir / "oof.csv"),
+        index = write_report(report_dir, manifest=graders.manifest, oof=_read_csv_table(models_dir / "oof.csv", "oof.csv"),
                              train=folder.train(), importance=global_importance(graders), studies=pages,
                              overlays=overlays,
                              test_scores={"points": "predicted", **{k: float(v) for k, v in test_scores.items()}},
@@ -519,18 +652,18 @@ def demo(
     summary = {"cv_score": cv["score"], "cv_constant_in_sample": result["cv"]["constant_in_sample"]["score"],
                "test_score_predicted_points": test_scores["score"], "test_score_true_points": test_scores_true["score"],
                "test_studies": len(sub) // 25, "wall_seconds": wall, "report": str(index)}
-    (out / "demo.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "demo.json", summary)
     console.print(f"[bold]CV score {cv['score']:.3f}[/bold] (best constant {summary['cv_constant_in_sample']:.3f}); "
                   f"held-out score {test_scores['score']:.3f} at localised points, {test_scores_true['score']:.3f} at true "
                   f"points ({len(sub) // 25} studies: a small, noisy sample); {wall:.0f} s in all\nreport -> {index}")
 
 
-@app.command()
+@command()
 def localize(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
     models_dir: Annotated[Path, typer.Option("--models", exists=True, file_okay=False, help="Models with the localiser.")],
     out: Annotated[Path, typer.Option(help="Points CSV (train_label_coordinates columns + confidence).")] = Path("coords.csv"),
-    split: Annotated[str, typer.Option(help="Split whose studies are localised.")] = "test",
+    split: Annotated[str, typer.Option(callback=_split, help="Split whose studies are localised.")] = "test",
     jobs: Annotated[int, typer.Option(min=1, help="Studies in parallel.")] = 1,
     overlays: Annotated[Optional[Path], typer.Option(help="Write a PNG of each study's points here.")] = None,
     scheduler: Scheduler = None,
@@ -539,14 +672,14 @@ def localize(
     import time as _t
 
     from .dataset import DataFolder
+    from .io import check_output_dir, check_output_file, write_csv
 
+    check_output_file(out)
+    if overlays is not None:
+        check_output_dir(overlays)
     t0 = _t.perf_counter()
-    try:
-        pts = _points(DataFolder(data), "predicted", split, models=models_dir, jobs=jobs, scheduler=scheduler)
-    except SpinefeatError as exc:
-        _fail(exc)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pts.to_csv(out, index=False)
+    pts = _points(DataFolder(data), "predicted", split, models=models_dir, jobs=jobs, scheduler=scheduler)
+    write_csv(out, pts)
     n = pts["study_id"].nunique()
     console.print(f"{len(pts)} points for {n} studies -> {out} ({(_t.perf_counter() - t0) / max(n, 1):.2f} s per study, "
                   f"jobs={jobs})")
@@ -557,24 +690,33 @@ def localize(
         console.print(f"point overlays of {len(written)} studies -> {overlays}")
 
 
-@app.command("check-localize")
+@command("check-localize")
 def check_localize(
     predicted: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Points from `spinefeat localize`.")],
     truth: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="True points (coordinate-file layout).")],
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The folder both refer to.")],
-    split: Annotated[str, typer.Option(help="Split of the studies.")] = "test",
+    split: Annotated[str, typer.Option(callback=_split, help="Split of the studies.")] = "test",
     out: Annotated[Optional[Path], typer.Option(help="Write the per-point errors here (CSV).")] = None,
     overlays: Annotated[Optional[Path], typer.Option(help="Write PNGs of predicted (red) and true (green) points here.")] = None,
     studies: Annotated[int, typer.Option(min=1, help="Studies drawn with --overlays (worst first).")] = 6,
 ) -> None:
     """Localisation error against true points: mm, wrong level, wrong slice."""
     from .dataset import read_coordinates
+    from .errors import DataError
+    from .io import check_output_dir, check_output_file, write_csv
     from .localize import point_errors, summarize_errors
 
+    if out is not None:
+        check_output_file(out)
+    if overlays is not None:
+        check_output_dir(overlays)
     pred, true = read_coordinates(predicted), read_coordinates(truth)
     err = point_errors(data, pred, true, split=split)
+    if err.empty:
+        raise DataError(f"{predicted} and {truth}: no true point has a predicted point of the same study and target "
+                        f"in the {split} split (check the files and --split)")
     if out is not None:
-        err.to_csv(out, index=False)
+        write_csv(out, err)
     summary = summarize_errors(err)
     typer.echo(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     shifted = err.groupby("study_id")["wrong_level"].any()
@@ -588,7 +730,7 @@ def check_localize(
         console.print(f"point overlays of {len(written)} studies (largest errors) -> {overlays}")
 
 
-@app.command()
+@command()
 def features() -> None:
     """Print the feature registry: name, unit, definition."""
     from rich.table import Table
@@ -602,24 +744,23 @@ def features() -> None:
     Console().print(t)
 
 
-@app.command("check-synth")
+@command("check-synth")
 def check_synth(
     features_path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Feature table of a synthetic cohort.")],
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The cohort folder (with truth/).")],
 ) -> None:
     """Measurement accuracy and grade separation against a synthetic cohort's truth sidecar."""
-    import pandas as pd
-
     from .report import synth_accuracy
 
-    errs, seps = synth_accuracy(pd.read_parquet(features_path), pd.read_csv(data / "truth" / "targets.csv"))
+    errs, seps = synth_accuracy(_read_table(features_path),
+                                _read_csv_table(data / "truth" / "targets.csv", "truth sidecar (truth/targets.csv)"))
     fmt = {"float_format": lambda v: f"{v:.3f}"}
     typer.echo(errs.to_string(index=False, **fmt))
     typer.echo("")
     typer.echo(seps.to_string(index=False, **fmt))
 
 
-@app.command()
+@command()
 def validate(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder in the Kaggle layout.")],
     images: Annotated[bool, typer.Option(help="Also check that every described series has DICOM files.")] = True,
@@ -634,7 +775,7 @@ def validate(
     console.print(", ".join(f"{k}={v}" for k, v in counts.items()))
 
 
-@app.command()
+@command()
 def evaluate(
     submission: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Submission CSV (row_id + 3 classes).")],
     labels: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="train.csv with the true grades.")],
@@ -643,11 +784,12 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option(help="Write the terms as JSON here.")] = None,
 ) -> None:
     """Score a submission with the challenge metric (three weighted log losses + any_severe_spinal)."""
-    import json
-
     from .dataset import read_submission, read_train
+    from .io import check_output_file, write_json
     from .metric import TERMS, breakdown, score
 
+    if out is not None:
+        check_output_file(out)
     try:
         train, sub = read_train(labels), read_submission(submission)
         res = score(train, sub, allow_missing=allow_missing)
@@ -660,11 +802,11 @@ def evaluate(
     if by is not None:
         typer.echo(breakdown(train, sub, by.value).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if out is not None:
-        out.write_text(json.dumps(res, indent=2))
+        write_json(out, res)       # a term without scored rows is NaN: written as null (JSON has no NaN)
 
 
 
-@app.command("real-check")
+@command("real-check")
 def real_check(
     sagittal_t1: Annotated[Optional[Path], typer.Option("--sagittal-t1", file_okay=False,
                            help="A folder in the layout of real_rsna/sagittal_t1_slices (points.csv, images/).")] = None,

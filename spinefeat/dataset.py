@@ -97,20 +97,26 @@ def _read_csv(path: Path, required: tuple[str, ...], what: str) -> pd.DataFrame:
         raise DataError(f"{path}: {what} file not found")
     try:
         df = pd.read_csv(path)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: cannot parse as CSV ({exc})") from exc
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: {what} file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: cannot parse as CSV ({type(exc).__name__}: {str(exc)[:200]})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what} file ({exc.strerror or type(exc).__name__})") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing required column(s) {missing}; found {list(df.columns)}")
+    if df.empty:
+        raise DataError(f"{path}: {what} file has a header but no rows")
     return df
 
 
 def _check_ids(df: pd.DataFrame, cols: tuple[str, ...], path: Path) -> None:
     for col in cols:
         numeric = pd.to_numeric(df[col], errors="coerce")
-        bad = numeric.isna() | (numeric != numeric.round())
+        bad = ~np.isfinite(numeric.to_numpy(dtype=float)) | (numeric != numeric.round()).to_numpy()
         if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
+            i = int(np.flatnonzero(bad)[0])
             raise DataError(
                 f"{path}: line {_line(i)}, column '{col}': {df[col].iloc[i]!r} is not an integer id"
             )
@@ -185,8 +191,22 @@ def read_coordinates(path: Path) -> pd.DataFrame:
             i = int(np.flatnonzero(bad)[0])
             raise DataError(f"{path}: line {_line(i)}, column '{col}': {df[col].iloc[i]!r} is not a pixel position")
         df[col] = num.astype(float)
-    cols = list(req) + (["fix"] if "fix" in df.columns else [])
-    return df[cols]
+    _check_ambiguous(df, path)
+    opt = [c for c in ("fix", "confidence", "sop_instance_uid") if c in df.columns]
+    if "sop_instance_uid" in opt:
+        df["sop_instance_uid"] = df["sop_instance_uid"].fillna("").astype(str)
+    return df[list(req) + opt]
+
+
+def _check_ambiguous(df: pd.DataFrame, path: Path) -> None:
+    """Refuse two rows for one (study, condition, level): which point is meant would be a guess."""
+    dup = df.duplicated(["study_id", "condition", "level"])
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        first = int(np.flatnonzero((df[["study_id", "condition", "level"]] == df[["study_id", "condition", "level"]]
+                                    .iloc[i]).all(axis=1).to_numpy())[0])
+        raise DataError(f"{path}: line {_line(i)}: study {df['study_id'].iloc[i]} {df['condition'].iloc[i]} "
+                        f"{df['level'].iloc[i]} already has a point on line {_line(first)}; keep one")
 
 
 def read_series_descriptions(path: Path) -> pd.DataFrame:
@@ -250,8 +270,15 @@ class DataFolder:
         """Splits present: those with a series description file."""
         return [s for s in ("train", "test") if self.series_path(s).is_file()]
 
-    def series(self, split: str) -> pd.DataFrame:
-        return read_series_descriptions(self.series_path(split))
+    def series(self, split: str, *, check_planes: bool = False) -> pd.DataFrame:
+        """The split's series descriptions; with ``check_planes`` corrected by each series' orientation
+        (:func:`spinefeat.dicom.check_series_planes`: one header read per series, a warning per fix)."""
+        ser = read_series_descriptions(self.series_path(split))
+        if check_planes:
+            from .dicom import check_series_planes
+
+            ser, _ = check_series_planes(self.images_dir(split), ser)
+        return ser
 
     def train(self) -> pd.DataFrame:
         return read_train(Path(self.root) / "train.csv")
@@ -301,4 +328,30 @@ class DataFolder:
                                 f"{coord_path}: line {_line(i)}: study {p[0]} series {p[1]} is not in "
                                 "train_series_descriptions.csv"
                             )
+                    if check_images:
+                        self._check_points_in_images(coords, coord_path)
         return counts
+
+    def _check_points_in_images(self, coords: pd.DataFrame, coord_path: Path) -> None:
+        """Each coordinate must name an instance file of its series and lie inside that image."""
+        from .dicom import read_header
+        from .errors import DicomError
+
+        sizes: dict[tuple[int, int, int], tuple[int, int]] = {}
+        for i, rec in enumerate(coords.itertuples()):
+            key = (rec.study_id, rec.series_id, rec.instance_number)
+            if key not in sizes:
+                f = self.images_dir("train") / str(key[0]) / str(key[1]) / f"{key[2]}.dcm"
+                if not f.is_file():
+                    raise DataError(f"{coord_path}: line {_line(i)}: study {key[0]} series {key[1]} has no instance "
+                                    f"file {f.name}")
+                try:
+                    h = read_header(f)
+                except DicomError as exc:
+                    raise DataError(f"{coord_path}: line {_line(i)}: {exc}") from None
+                sizes[key] = (h["rows"], h["cols"])
+            rows, cols = sizes[key]
+            for col, val, size in (("x", rec.x, cols), ("y", rec.y, rows)):
+                if not 0 <= val <= size:
+                    raise DataError(f"{coord_path}: line {_line(i)}, column '{col}': {val:g} is outside the "
+                                    f"{cols} x {rows} image of study {key[0]} series {key[1]} instance {key[2]}")

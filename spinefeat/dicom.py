@@ -8,13 +8,13 @@ patient-identifying values are stored, logged or put into error messages
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from .errors import DicomError
 from .geometry import StackGeometry, orientation_axes, split_stacks
@@ -26,7 +26,7 @@ INSTANCE_COLUMNS = (
     "split", "study_id", "series_id", "instance_number", "file", "series_description",
     "frame_of_reference", "ipp_x", "ipp_y", "ipp_z", "iop_0", "iop_1", "iop_2", "iop_3", "iop_4", "iop_5",
     "row_spacing_mm", "col_spacing_mm", "slice_thickness_mm", "spacing_between_slices_mm",
-    "rows", "cols", "bits_stored", "photometric", "transfer_syntax", "error",
+    "rows", "cols", "bits_stored", "photometric", "transfer_syntax", "plane", "error",
 )
 
 _COMPRESSED_HINT = (
@@ -35,44 +35,107 @@ _COMPRESSED_HINT = (
 
 
 def _floats(ds, keyword: str, n: int) -> list[float]:
-    val = ds.get(keyword)
-    if val is None:
+    """``n`` floats of a tag; NaNs when it is absent, malformed ("abc") or of another length."""
+    try:
+        val = ds.get(keyword)
+        if val is None:
+            return [float("nan")] * n
+        vals = [float(v) for v in (val if n > 1 else [val])]
+    except (TypeError, ValueError, OverflowError):
         return [float("nan")] * n
-    vals = [float(v) for v in (val if n > 1 else [val])]
     if len(vals) != n:
         return [float("nan")] * n
     return vals
 
 
+def _int(ds, keyword: str, default: int) -> int:
+    try:
+        val = ds.get(keyword)
+        return int(val) if val not in (None, "") else default
+    except (TypeError, ValueError, OverflowError):
+        return default
+
+
+def _guard(fn):
+    """Run ``fn(path)`` with pydicom's warnings silenced and any failure on a damaged file as DicomError."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(path, *args, **kwargs):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")          # pydicom warns about every oddity of a damaged file
+                return fn(path, *args, **kwargs)
+        except DicomError:
+            raise
+        except (*_READ_ERRORS, MemoryError) as exc:
+            # Elements are parsed lazily, so a damaged one can fail at any access, not only in dcmread.
+            raise DicomError(f"{path}: damaged DICOM file ({type(exc).__name__})") from None
+    return run
+
+
+@_guard
 def read_header(path: Path) -> dict:
     """Geometry and format tags of one DICOM file, without its pixels.
 
-    Raises :class:`DicomError` for a file that is not DICOM.
+    Raises :class:`DicomError` (only) for a file that is not DICOM or is damaged.
     """
     path = Path(path)
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        raise DicomError(f"{path}: not a readable DICOM file ({type(exc).__name__})") from exc
+    ds = _read(path, stop_before_pixels=True)
     ipp = _floats(ds, "ImagePositionPatient", 3)
     iop = _floats(ds, "ImageOrientationPatient", 6)
     ps = _floats(ds, "PixelSpacing", 2)
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    # Free-text tags (SeriesDescription ...) are never copied: the plane comes from the orientation.
     return {
-        "instance_number": int(ds.get("InstanceNumber", -1) or -1),
-        "dicom_series_description": str(ds.get("SeriesDescription", "")),
-        "frame_of_reference": str(ds.get("FrameOfReferenceUID", "")),
+        "instance_number": _int(ds, "InstanceNumber", -1),
+        "plane": plane_of(iop) if np.all(np.isfinite(iop)) and np.linalg.norm(iop[:3]) > 0 else "",
+        "frame_of_reference": _str(ds, "FrameOfReferenceUID"),
         "ipp_x": ipp[0], "ipp_y": ipp[1], "ipp_z": ipp[2],
         **{f"iop_{i}": v for i, v in enumerate(iop)},
         "row_spacing_mm": ps[0], "col_spacing_mm": ps[1],
         "slice_thickness_mm": _floats(ds, "SliceThickness", 1)[0],
         "spacing_between_slices_mm": _floats(ds, "SpacingBetweenSlices", 1)[0],
-        "rows": int(ds.get("Rows", 0) or 0),
-        "cols": int(ds.get("Columns", 0) or 0),
-        "bits_stored": int(ds.get("BitsStored", 0) or 0),
-        "photometric": str(ds.get("PhotometricInterpretation", "")),
-        "transfer_syntax": str(ts.name) if ts is not None else "",
+        "rows": _int(ds, "Rows", 0),
+        "cols": _int(ds, "Columns", 0),
+        "bits_stored": _int(ds, "BitsStored", 0),
+        "photometric": _str(ds, "PhotometricInterpretation"),
+        "transfer_syntax": _ts_name(ds),
     }
+
+
+def _str(ds, keyword: str) -> str:
+    try:
+        return str(ds.get(keyword, ""))
+    except Exception:       # a malformed value pydicom cannot convert
+        return ""
+
+
+def _ts_name(ds) -> str:
+    try:
+        ts = ds.file_meta.TransferSyntaxUID
+        return str(ts.name)
+    except Exception:
+        return ""
+
+
+#: pydicom raises almost anything on a damaged file (BytesLengthException, struct.error, KeyError ...,
+#: found by tests/badinput/fuzz.py): while parsing one file, every Exception becomes a DicomError.
+_READ_ERRORS = (Exception,)
+
+
+def _read(path: Path, *, stop_before_pixels: bool):
+    """``dcmread`` with every failure of a damaged file turned into :class:`DicomError` naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+            # Elements are parsed lazily: touch the ones read later so their errors surface here.
+            for kw in ("InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
+                       "Columns", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation"):
+                ds.get(kw)
+    except _READ_ERRORS as exc:
+        raise DicomError(f"{path}: not a readable DICOM file ({type(exc).__name__})") from None
+    return ds
 
 
 def series_files(series_dir: Path) -> list[Path]:
@@ -182,10 +245,36 @@ class Stack:
     pixels: np.ndarray
     geometry: StackGeometry
     instance_numbers: np.ndarray
+    #: SOPInstanceUID of each slice ("" when absent): names a slice even where instance numbers repeat.
+    sop_uids: np.ndarray = field(default_factory=lambda: np.array([], dtype=object))
+    #: Files of the series left out ("<file>: why"): unreadable, truncated, without geometry.
+    skipped: tuple[str, ...] = ()
+    #: Instance numbers carried by more than one slice of the series (ambiguous labels).
+    duplicate_instances: tuple[int, ...] = ()
 
     def slice_of_instance(self, instance_number: int) -> int | None:
+        """The slice carrying ``instance_number``, None when none does.
+
+        Raises :class:`DicomError` when the number is on more than one slice of the
+        series: a point given by that number cannot be placed unambiguously.
+        """
+        if int(instance_number) in self.duplicate_instances:
+            raise DicomError(f"study {self.study_id} series {self.series_id}: instance number {int(instance_number)} "
+                             "is on more than one slice; a point given by it is ambiguous (fix the InstanceNumber "
+                             "tags or the label file)")
         hit = np.flatnonzero(self.instance_numbers == int(instance_number))
         return int(hit[0]) if len(hit) else None
+
+    def sop_uid(self, k: int) -> str:
+        """SOPInstanceUID of slice ``k`` ("" when the files have none)."""
+        return str(self.sop_uids[k]) if len(self.sop_uids) > k else ""
+
+    def slice_of(self, instance_number: int, sop_uid: str = "") -> int | None:
+        """The slice a point names: by its SOPInstanceUID when given (unambiguous), else by instance number."""
+        if sop_uid:
+            hit = np.flatnonzero(self.sop_uids == sop_uid)
+            return int(hit[0]) if len(hit) else None
+        return self.slice_of_instance(instance_number)
 
 
 def decode_pixels(ds, path: Path, out: np.ndarray | None = None) -> np.ndarray:
@@ -235,53 +324,109 @@ def load_series(series_dir: Path, *, description: str = "", study_id: int | None
                 series_id: int | None = None) -> list[Stack]:
     """Decode a series folder into stacks sorted along their normals.
 
-    Each file is read and decoded once, straight into its slice of its stack's ``(k, rows, cols)`` float32
-    array (no per-slice copies). Instances are split by orientation, image size and gaps
-    (:func:`spinefeat.geometry.split_stacks`). MONOCHROME1 slices are inverted with the series' range.
-    Unreadable files are skipped with a warning; a series with no usable file raises :class:`DicomError`.
+    Each file is read and decoded once. Instances are split by orientation, image size and gaps
+    (:func:`spinefeat.geometry.split_stacks`). MONOCHROME1 slices are inverted with the series' range. A
+    file that cannot be used (unreadable, truncated, no geometry, Rows x Columns disagreeing with its
+    pixel data) is skipped with a warning and listed in each stack's ``skipped``; a series with no usable
+    file raises :class:`DicomError`. Instance numbers on more than one slice are listed in
+    ``duplicate_instances`` (looking one up raises).
     """
     series_dir = Path(series_dir)
     study_id = int(series_dir.parent.name) if study_id is None else study_id
     series_id = int(series_dir.name) if series_id is None else series_id
-    items = []
+    items, skipped = [], []
     for f in series_files(series_dir):
         try:
-            ds = pydicom.dcmread(f)
-        except (InvalidDicomError, OSError, EOFError, ValueError):
-            log.warning("study %s series %s: skipping unreadable file %s", study_id, series_id, f.name)
+            item = _slice(f)
+        except DicomError as exc:
+            # One bad slice does not cost the series: it is left out and recorded.
+            why = str(exc).split(": ", 1)[-1]
+            log.warning("study %s series %s: skipping %s: %s", study_id, series_id, f.name, why)
+            skipped.append(f"{f.name}: {why}")
             continue
-        ipp = _floats(ds, "ImagePositionPatient", 3)
-        iop = _floats(ds, "ImageOrientationPatient", 6)
-        ps = _floats(ds, "PixelSpacing", 2)
-        if not np.all(np.isfinite(ipp + iop + ps)):
-            log.warning("study %s series %s: %s lacks geometry tags, skipped", study_id, series_id, f.name)
-            continue
-        shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
-        items.append((ds, f, ipp, iop, ps, int(ds.get("InstanceNumber", -1) or -1),
-                      str(ds.get("FrameOfReferenceUID", "")), shape))
+        items.append(item)
     if not items:
-        raise DicomError(f"study {study_id} series {series_id}: no decodable instance with geometry")
+        first = f" (first: {skipped[0]})" if skipped else ""
+        raise DicomError(f"study {study_id} series {series_id}: no decodable instance with geometry{first}")
+    numbers = [it[4] for it in items]
+    dups = tuple(sorted({n for n in numbers if numbers.count(n) > 1}))
+    if dups:
+        log.warning("study %s series %s: instance numbers %s are on more than one slice", study_id, series_id,
+                    list(dups))
     # Images of different size never share a stack.
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, it in enumerate(items):
-        by_shape.setdefault(it[7], []).append(i)
+        by_shape.setdefault(it[0].shape, []).append(i)
     stacks: list[Stack] = []
     inverted: list[np.ndarray] = []
     for shape, members in by_shape.items():
-        ipps = np.array([items[i][2] for i in members])
-        iops = np.array([items[i][3] for i in members])
+        ipps = np.array([items[i][1] for i in members])
+        iops = np.array([items[i][2] for i in members])
         for idx in split_stacks(ipps, iops):
             sel = [members[i] for i in idx]
-            pixels = np.empty((len(sel), *shape), np.float32)
-            for j, i in enumerate(sel):
-                decode_pixels(items[i][0], items[i][1], out=pixels[j])
-            geo = StackGeometry(ipps[idx], iops[idx[0]], items[sel[0]][4], shape, items[sel[0]][6])
-            stacks.append(Stack(study_id, series_id, description, pixels, geo,
-                                np.array([items[i][5] for i in sel])))
-            inverted.append(np.array([str(items[i][0].get("PhotometricInterpretation", "")) == "MONOCHROME1"
-                                      for i in sel]))
+            geo = StackGeometry(ipps[idx], iops[idx[0]], items[sel[0]][3], shape, items[sel[0]][5])
+            stacks.append(Stack(study_id, series_id, description,
+                                np.stack([items[i][0] for i in sel]), geo,
+                                np.array([items[i][4] for i in sel]),
+                                np.array([items[i][6] for i in sel], dtype=object), tuple(skipped), dups))
+            inverted.append(np.array([items[i][7] for i in sel]))
     _invert_monochrome1(stacks, inverted)
     return stacks
+
+
+def _expected_pixel_bytes(ds) -> int | None:
+    """Bytes of native (uncompressed) pixel data the header promises; None for compressed data."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and ts.is_compressed:
+        return None
+    rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+    bits, spp, frames = _int(ds, "BitsAllocated", 0), _int(ds, "SamplesPerPixel", 1), _int(ds, "NumberOfFrames", 1)
+    return rows * cols * spp * max(frames, 1) * bits // 8
+
+
+#: Largest image side accepted (real MRI is at most a few thousand pixels).
+MAX_SIDE = 8192
+
+
+@_guard
+def _slice(f: Path) -> tuple:
+    """(pixels, ipp, iop, pixel spacing, instance number, frame of reference, SOPInstanceUID, MONOCHROME1)
+    of one file.
+
+    Raises :class:`DicomError` saying what is wrong with it: unreadable, geometry tags missing,
+    Rows x Columns absurd or disagreeing with the pixel data, no pixel data, undecodable.
+    """
+    ds = _read(f, stop_before_pixels=False)
+    ipp = _floats(ds, "ImagePositionPatient", 3)
+    iop = _floats(ds, "ImageOrientationPatient", 6)
+    ps = _floats(ds, "PixelSpacing", 2)
+    if not np.all(np.isfinite(ipp + iop + ps)):
+        missing = [k for k, v in (("ImagePositionPatient", ipp), ("ImageOrientationPatient", iop),
+                                  ("PixelSpacing", ps)) if not np.all(np.isfinite(v))]
+        raise DicomError(f"{f}: no usable {', '.join(missing)}")
+    if min(ps) <= 0 or np.linalg.norm(iop[:3]) < 1e-6 or np.linalg.norm(iop[3:]) < 1e-6:
+        raise DicomError(f"{f}: degenerate PixelSpacing or ImageOrientationPatient")
+    rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+    if not (0 < rows <= MAX_SIDE and 0 < cols <= MAX_SIDE):
+        raise DicomError(f"{f}: Rows x Columns {rows} x {cols} is not an image size")
+    if "PixelData" not in ds:
+        raise DicomError(f"{f}: no PixelData")
+    want = _expected_pixel_bytes(ds)
+    if want is not None:
+        have = len(ds.PixelData)
+        if have < want or have > want + 1:     # one pad byte keeps the length even
+            raise DicomError(f"{f}: pixel data holds {have} bytes but Rows x Columns x BitsAllocated needs {want} "
+                             "(a truncated file or wrong Rows/Columns)")
+    try:
+        pixels = decode_pixels(ds, f)
+    except DicomError:
+        raise
+    except (*_READ_ERRORS, MemoryError) as exc:
+        raise DicomError(f"{f}: cannot decode pixels ({type(exc).__name__})") from None
+    if pixels.shape != (rows, cols):
+        raise DicomError(f"{f}: decoded image is {pixels.shape[0]} x {pixels.shape[1]}, header says {rows} x {cols}")
+    return (pixels, ipp, iop, ps, _int(ds, "InstanceNumber", -1), _str(ds, "FrameOfReferenceUID"),
+            _str(ds, "SOPInstanceUID"), _str(ds, "PhotometricInterpretation") == "MONOCHROME1")
 
 
 def index_folder(root: Path, *, jobs: int = 1, progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -325,7 +470,57 @@ def index_folder(root: Path, *, jobs: int = 1, progress=None) -> tuple[pd.DataFr
         if progress is not None:
             progress(done)
     inst = pd.DataFrame(rows)
-    cols = [c for c in INSTANCE_COLUMNS if c in inst.columns] + ["dicom_series_description"]
-    inst = inst.reindex(columns=cols)
+    inst = inst.reindex(columns=list(INSTANCE_COLUMNS))
     inst["error"] = inst["error"].fillna("")
     return inst, summarize_series(inst)
+
+
+#: The plane each series type is acquired in.
+PLANE_OF_TYPE = {"Sagittal T1": "sagittal", "Sagittal T2/STIR": "sagittal", "Axial T2": "axial"}
+
+
+def series_plane(series_dir: Path) -> str:
+    """Plane of a series from the ImageOrientationPatient of its first readable header ("" if none)."""
+    for f in sorted(Path(series_dir).glob("*.dcm")):
+        try:
+            plane = read_header(f)["plane"]
+        except DicomError:
+            continue
+        if plane:
+            return plane
+    return ""
+
+
+def check_series_planes(images_dir: Path, series: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Series descriptions checked against the plane of each series' orientation.
+
+    A series whose orientation contradicts its description is given the type its plane says (an
+    axial series described as Sagittal T1 becomes Axial T2; a sagittal one described as Axial T2
+    becomes the study's missing sagittal type, or is dropped when that is not clear), with a
+    warning. Returns the corrected table and the warnings (study and series ids only).
+    """
+    series = series.copy()
+    warnings_out: list[str] = []
+    for study_id, g in series.groupby("study_id", sort=False):
+        planes = {int(r.series_id): series_plane(Path(images_dir) / str(int(study_id)) / str(int(r.series_id)))
+                  for r in g.itertuples()}
+        desc = dict(zip(g["series_id"].astype(int), g["series_description"]))
+        wrong = [sid for sid, p in planes.items() if p and PLANE_OF_TYPE.get(desc[sid]) != p]
+        for sid in wrong:
+            old, plane = desc[sid], planes[sid]
+            if plane == "axial":
+                new = "Axial T2"
+            elif plane == "sagittal":
+                kept = {d for s, d in desc.items() if s not in wrong}
+                missing = [t for t in ("Sagittal T1", "Sagittal T2/STIR") if t not in kept]
+                new = missing[0] if len(missing) == 1 else ""
+            else:
+                new = ""
+            desc[sid] = new
+            msg = (f"study {int(study_id)} series {sid}: described as {old} but its orientation is {plane}; "
+                   + (f"used as {new}" if new else "not used"))
+            log.warning(msg)
+            warnings_out.append(msg)
+        idx = g.index
+        series.loc[idx, "series_description"] = [desc[int(s)] for s in g["series_id"]]
+    return series[series["series_description"] != ""].reset_index(drop=True), warnings_out

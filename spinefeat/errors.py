@@ -19,3 +19,15 @@ class DicomError(SpinefeatError):
 
 class GeometryError(SpinefeatError):
     """A geometric operation is impossible (different frames, degenerate axes)."""
+
+
+class ModelError(SpinefeatError):
+    """A models folder is missing a file, was changed after training, or is damaged."""
+
+
+class OutputError(SpinefeatError):
+    """An output cannot be written (disk full, permissions, a file in the way)."""
+
+
+class UsageError(SpinefeatError):
+    """The command line asks for something impossible (bad option value, unusable output path)."""

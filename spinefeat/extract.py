@@ -1,8 +1,9 @@
 """Study -> one feature row per (study, condition, level): caching, parallel, overlays.
 
 Each study's series are decoded once; each finished study is written to its
-own cache file (atomically), so an interrupted run, rerun, skips finished
-studies and gives the same table. A study that fails is recorded in
+own cache file (atomically) named by a hash of its inputs, points and settings,
+so an interrupted run, rerun, skips finished studies and gives the same table,
+and a changed input is measured afresh. A study that fails is recorded in
 ``diagnostics_error`` and the run goes on.
 """
 
@@ -23,6 +24,7 @@ from .dicom import Stack
 from .errors import SpinefeatError
 from .features import RELATIVE, shape_name
 from .features.profile import foramen_profile
+from .io import write_parquet
 from .features.texture import ROI_MM, ROI_SPACING_MM, roi_features
 from .geometry import orientation_axes, project_to_stacks
 from .images import StudyImages
@@ -39,6 +41,22 @@ AXIAL_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 STANDARD_IOP = {"foramen": SAGITTAL_IOP, "canal_sag": SAGITTAL_IOP, "recess": AXIAL_IOP, "canal_ax": AXIAL_IOP}
 ID_COLUMNS = ["study_id", "condition", "level", "row_id", "split"]
 POINT_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
+
+
+def _sop_uid(point: pd.Series) -> str:
+    """The point's SOPInstanceUID when it has one (points handed on from the localiser), else ""."""
+    uid = point.get("sop_instance_uid", "")
+    return uid if isinstance(uid, str) else ""
+
+
+def _skipped(images: StudyImages) -> str:
+    """Files left out of the study's decoded series ("series S file: why"), for the diagnostics column."""
+    seen = {}
+    for sid, stacks in getattr(images, "_stacks", {}).items():
+        for st in stacks[:1]:
+            for item in st.skipped:
+                seen[f"series {sid} {item}"] = None
+    return "; ".join(seen)
 
 
 def _shape(region: str, seg: Segmentation) -> dict[str, float]:
@@ -80,7 +98,7 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
 def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tuple[str, Stack, int, Segmentation, tuple]]]:
     """Features of one labelled point, and what was segmented (for overlays)."""
     cond = point["condition"]
-    st, k = images.locate(point["series_id"], point["instance_number"])
+    st, k = images.locate(point["series_id"], point["instance_number"], _sop_uid(point))
     img = st.pixels[k]
     seed = (float(point["y"]), float(point["x"]))
     ps = st.geometry.pixel_spacing_mm
@@ -149,6 +167,7 @@ def extract_study(root: Path, split: str, study_id: int, series: pd.DataFrame, p
             row["diagnostics_error"] = err
             rows.append(row)
     df = pd.DataFrame(rows)
+    df["diagnostics_skipped"] = _skipped(images)
     df["diagnostics_seconds"] = time.perf_counter() - t0
     df["diagnostics_version"] = __version__
     return df
@@ -207,7 +226,7 @@ def add_relative_features(df: pd.DataFrame) -> pd.DataFrame:
 def points_from_labels(folder: DataFolder) -> pd.DataFrame:
     """The label coordinates restricted to the series each condition is read on."""
     coords = folder.coordinates()
-    ser = folder.series("train")
+    ser = folder.series("train", check_planes=True)
     desc = dict(zip(zip(ser["study_id"], ser["series_id"]), ser["series_description"]))
     ok = [desc.get((s, r)) == CONDITION_SERIES[c] for s, r, c in zip(coords["study_id"], coords["series_id"],
                                                                       coords["condition"])]
@@ -228,6 +247,42 @@ def _failed_rows(study_id: int, split: str, exc: BaseException) -> pd.DataFrame:
                          for c in CONDITIONS for lv in LEVELS])
 
 
+def run_cache_key(*, split: str, points=None) -> dict:
+    """What every cache entry of one run depends on besides its study: code version, split, and the point
+    source's fingerprint (the localiser's hash) when the points are found per study."""
+    return {"version": __version__, "split": split,
+            "point_source": points.fingerprint if callable(points) else None}
+
+
+def study_inputs(root: Path, split: str, study_id: int, series: pd.DataFrame) -> list[tuple]:
+    """Identity of a study's input files: (series, file name, size, mtime) of every DICOM file it reads."""
+    base = DataFolder(root).images_dir(split) / str(int(study_id))
+    out = []
+    for sid in sorted(series.loc[series["study_id"] == int(study_id), "series_id"].astype(int)):
+        for f in sorted((base / str(sid)).glob("*.dcm")):
+            st = f.stat()
+            out.append((sid, f.name, st.st_size, st.st_mtime_ns))
+    return out
+
+
+def cache_entry(cache: Path, root: Path, split: str, study_id: int, series: pd.DataFrame,
+                points: pd.DataFrame | None, run_key: dict) -> Path:
+    """The cache file of one study, named by a hash of everything its rows depend on.
+
+    The key holds the run's key (:func:`run_cache_key`: code version, split, localiser hash), the
+    study's points and the identity (size, mtime) of its input files, so a changed point, file or
+    setting is measured afresh, and two runs with different points sharing a cache never read each
+    other's rows (concurrent runs with the same key write the same rows, each atomically).
+    """
+    pts = None
+    if isinstance(points, pd.DataFrame):
+        p = points[points["study_id"] == int(study_id)]
+        pts = fingerprint(p) if len(p) else "none"
+    key = json.dumps({**run_key, "points": pts, "inputs": study_inputs(root, split, study_id, series)},
+                     sort_keys=True, default=str)
+    return Path(cache) / f"{int(study_id)}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.parquet"
+
+
 def extract(root: Path, points, *, split: str = "train", cache: Path, jobs: int = 1,
             overlays: Path | None = None, studies: list[int] | None = None, progress=None,
             scheduler=None) -> pd.DataFrame:
@@ -240,19 +295,13 @@ def extract(root: Path, points, *, split: str = "train", cache: Path, jobs: int 
     from .parallel import map_studies
 
     folder = DataFolder(root)
-    series = folder.series(split)
+    series = folder.series(split, check_planes=True)
     ids = sorted(series["study_id"].unique()) if studies is None else [int(s) for s in studies]
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    key = {"version": __version__, "split": split,
-           "points": points.fingerprint if callable(points) else fingerprint(points)}
-    meta = cache / "cache.json"
-    if meta.is_file() and json.loads(meta.read_text()) != key:
-        log.warning("cache %s was made for other points or another version; starting it afresh", cache)
-        for f in cache.glob("*.parquet"):
-            f.unlink()
-    meta.write_text(json.dumps(key))
-    todo = [s for s in ids if not (cache / f"{s}.parquet").is_file()]
+    run_key = run_cache_key(split=split, points=points)
+    entry = {s: cache_entry(cache, root, split, s, series, points, run_key) for s in ids}
+    todo = [s for s in ids if not entry[s].is_file()]
     done = len(ids) - len(todo)
     if progress is not None:
         progress(done, len(ids))
@@ -262,12 +311,10 @@ def extract(root: Path, points, *, split: str = "train", cache: Path, jobs: int 
 
     for study_id, df in map_studies(run, todo, jobs=jobs, scheduler=scheduler,
                                     on_error=lambda s, exc: _failed_rows(s, split, exc)):
-        tmp = cache / f".{study_id}.parquet.tmp"
-        df.to_parquet(tmp, index=False)
-        tmp.replace(cache / f"{study_id}.parquet")
+        write_parquet(entry[study_id], df)
         done += 1
         if progress is not None:
             progress(done, len(ids))
-    frames = [pd.read_parquet(cache / f"{s}.parquet") for s in ids]
+    frames = [pd.read_parquet(entry[s]) for s in ids]
     df = pd.concat(frames, ignore_index=True).sort_values(["study_id", "condition", "level"]).reset_index(drop=True)
     return add_relative_features(df)

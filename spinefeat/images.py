@@ -46,10 +46,10 @@ class StudyImages:
         """Series ids of the study with this description (e.g. ``Axial T2``)."""
         return self.series.loc[self.series["series_description"] == description, "series_id"].astype(int).tolist()
 
-    def locate(self, series_id: int, instance_number: int) -> tuple[Stack, int]:
-        """The stack and slice index holding an instance of a series."""
+    def locate(self, series_id: int, instance_number: int, sop_uid: str = "") -> tuple[Stack, int]:
+        """The stack and slice index holding an instance of a series (by SOPInstanceUID when given)."""
         for st in self.stacks(series_id):
-            k = st.slice_of_instance(instance_number)
+            k = st.slice_of(instance_number, sop_uid)
             if k is not None:
                 return st, k
         raise SpinefeatError(f"study {self.study_id} series {series_id}: no instance {instance_number}")

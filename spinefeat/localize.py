@@ -48,7 +48,9 @@ from .images import StudyImages
 
 log = logging.getLogger(__name__)
 RECESSES = ("left_subarticular_stenosis", "right_subarticular_stenosis")
-COORD_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y", "confidence"]
+# sop_instance_uid names the slice where instance numbers repeat in a series.
+COORD_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y", "confidence",
+                 "sop_instance_uid"]
 STEP_MM = 1.0
 DISC_RADIUS_MM = 2.5
 ANTERIOR_MM = (8.0, 13.0, 18.0, 23.0)
@@ -271,10 +273,11 @@ class Localizer:
     def save(self, out: Path) -> None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        self.detector.save_model(str(out / "localizer.txt"))
-        (out / "localizer.json").write_text(json.dumps({"gaps_mm": self.gaps.tolist(), "offsets_mm": self.offsets,
-                                                        "sac_offsets_mm": self.sac_offsets, "step_mm": STEP_MM},
-                                                       indent=2))
+        from .io import write_json, write_text
+
+        write_text(out / "localizer.txt", self.detector.model_to_string())
+        write_json(out / "localizer.json", {"gaps_mm": self.gaps.tolist(), "offsets_mm": self.offsets,
+                                            "sac_offsets_mm": self.sac_offsets, "step_mm": STEP_MM})
 
     @property
     def fingerprint(self) -> str:
@@ -286,12 +289,10 @@ class Localizer:
 
     @classmethod
     def load(cls, models: Path) -> "Localizer":
-        models = Path(models)
-        if not (models / "localizer.txt").is_file():
-            raise SpinefeatError(f"{models}: no localizer (train with `spinefeat train`)")
-        meta = json.loads((models / "localizer.json").read_text())
-        return cls(lgb.Booster(model_file=str(models / "localizer.txt")), np.array(meta["gaps_mm"]), meta["offsets_mm"],
-                   meta.get("sac_offsets_mm", {}))
+        from .models import load_localizer_files
+
+        detector, meta = load_localizer_files(models)   # hashes checked against manifest.json
+        return cls(detector, np.array(meta["gaps_mm"]), meta["offsets_mm"], meta.get("sac_offsets_mm", {}))
 
     def find_discs(self, stack: Stack) -> tuple[int, float, np.ndarray, np.ndarray]:
         """Mid-sagittal slice, the midline's offset from it (mm), the five disc (row, col) on it, a confidence per level."""
@@ -553,7 +554,7 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
         pr = project_to_stacks(midline[lv], [stack.geometry])
         rows.append({"study_id": study_id, "series_id": t2[0], "instance_number": int(stack.instance_numbers[pr["slice"]]),
                      "condition": "spinal_canal_stenosis", "level": lv, "x": float(pr["col"]), "y": float(pr["row"]),
-                     "confidence": float(conf[li])})
+                     "confidence": float(conf[li]), "sop_instance_uid": stack.sop_uid(pr["slice"])})
     for cond in CONDITIONS[1:]:
         desc = CONDITION_SERIES[cond]
         sids = _series_desc(series, study_id, desc)
@@ -588,7 +589,8 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
                     q = st.geometry.project(centre + np.asarray(loc.sac_offsets[cond][lv]))
                     r, c = float(q["row"][0]), float(q["col"][0])
             rows.append({"study_id": study_id, "series_id": sid, "instance_number": int(st.instance_numbers[j]),
-                         "condition": cond, "level": lv, "x": c, "y": r, "confidence": float(conf[LEVELS.index(lv)])})
+                         "condition": cond, "level": lv, "x": c, "y": r, "confidence": float(conf[LEVELS.index(lv)]),
+                         "sop_instance_uid": st.sop_uid(j)})
     return rows, missing
 
 
@@ -600,7 +602,7 @@ def localize(loc: Localizer, root: Path, *, split: str = "test", jobs: int = 1, 
     (:func:`spinefeat.parallel.map_studies`); a failing study is recorded and the run goes on."""
     from .parallel import map_studies
 
-    series = DataFolder(root).series(split)
+    series = DataFolder(root).series(split, check_planes=True)
     ids = sorted(series["study_id"].unique())
 
     def one(sid):

@@ -12,6 +12,7 @@ training-table fingerprint. No pickle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -113,6 +114,8 @@ def to_submission(rows: pd.DataFrame, proba: np.ndarray) -> pd.DataFrame:
 
 
 def fingerprint_frame(df: pd.DataFrame) -> str:
+    """Hash of a table's values, timing columns (``*_seconds``) left out so a rerun gives the same one."""
+    df = df.drop(columns=[c for c in df.columns if str(c).endswith("_seconds")])
     return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()[:16]
 
 
@@ -296,45 +299,222 @@ class Graders:
         return sub, pd.DataFrame(fallback, columns=["row_id", "reason"])
 
 
+#: Files a models folder needs besides the graders, hashed in the manifest when present.
+LOCALIZER_FILES = ("localizer.txt", "localizer.json")
+#: Fields of the CV summary that are timings: kept out of the manifest (and its fingerprint) in timings.json.
+TIMING_FIELDS = ("seconds", "seconds_final_fit")
+
+
+def _file_entry(path: Path) -> dict:
+    return {"file": path.name, "sha256": _sha(path), "bytes": path.stat().st_size}
+
+
 def save(result: dict, out: Path) -> Path:
-    """Write text models, ``manifest.json``, ``oof.csv`` and ``cv.json``."""
+    """Write text models, ``manifest.json``, ``oof.csv``, ``cv.json`` and ``timings.json`` into ``out``.
+
+    Each file is written atomically. The manifest hashes every file loading needs: the three
+    graders and, when they are in ``out``, the localiser's ``localizer.txt`` and ``localizer.json``.
+    Timings go to ``timings.json`` only, so two runs on the same data write identical models files.
+    """
+    from .io import write_csv, write_json, write_text
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for group, b in result["boosters"].items():
-        path = out / f"{group}.txt"
-        b.save_model(str(path))
-        files[group] = {"file": path.name, "sha256": _sha(path)}
+        path = write_text(out / f"{group}.txt", b.model_to_string())
+        files[group] = _file_entry(path)
+    extra = {name: _file_entry(out / name) for name in LOCALIZER_FILES if (out / name).is_file()}
+    cv = {k: v for k, v in result["cv"].items() if k not in TIMING_FIELDS}
     manifest = {
         "spinefeat_version": __version__, "lightgbm_version": lgb.__version__, "classes": list(CLASS_COLUMNS),
         "groups": {g: list(c) for g, c in MODEL_GROUPS.items()}, "columns": result["columns"],
-        "models": files, "params": result["params"], "rounds": result["rounds"],
+        "models": files, "files": extra, "params": result["params"], "rounds": result["rounds"],
         "temperature": result["temperature"], "beta": result["beta"], "priors": result["priors"],
-        "training_fingerprint": result["fingerprint"], "cv": result["cv"],
+        "training_fingerprint": result["fingerprint"], "cv": cv,
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    result["oof"].to_csv(out / "oof.csv", index=False)
-    (out / "cv.json").write_text(json.dumps(result["cv"], indent=2))
+    write_csv(out / "oof.csv", result["oof"])
+    write_json(out / "cv.json", cv)
+    write_json(out / "timings.json", {k: result["cv"][k] for k in TIMING_FIELDS if k in result["cv"]})
+    # The manifest last: a folder without it is never loaded.
+    write_json(out / "manifest.json", manifest)
     return out / "manifest.json"
 
 
-def load(models: Path) -> Graders:
-    """Load models, refusing any whose file hash or feature list disagrees with the manifest."""
+#: Cache folders kept under a models folder across training runs (their entries are content-keyed).
+CACHE_DIRS = ("features.cache", "features_localised.cache")
+
+
+@contextlib.contextmanager
+def staged_models_dir(out: Path):
+    """Yield a fresh staging folder for a training run; on success swap it in at ``out`` whole.
+
+    A run that fails (or is killed) leaves the old ``out`` as it was; its staging folder is removed
+    (a killed run's, by the next run). The per-study caches under ``out`` carry over.
+    """
+    import os
+    import shutil
+
+    from .io import check_output_dir, recover_dir, replace_dir, staging_dir
+
+    out = Path(out)
+    check_output_dir(out)
+    recover_dir(out)
+    for old in out.parent.glob(f".{out.name}.partial-*"):
+        try:
+            os.kill(int(old.name.split("-")[-2]), 0)     # a run still going: leave its folder alone
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(old, ignore_errors=True)
+        except PermissionError:
+            pass
+    work = staging_dir(out)
+    try:
+        yield work
+        for name in CACHE_DIRS:
+            if (out / name).is_dir() and not (work / name).exists():
+                os.replace(out / name, work / name)
+        replace_dir(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+MANIFEST_KEYS = ("models", "columns", "temperature", "beta", "priors", "classes")
+
+
+def read_manifest(models: Path) -> dict:
+    """The parsed ``manifest.json`` of a models folder, with its required keys checked.
+
+    Raises :class:`~spinefeat.errors.ModelError` (never a raw traceback) when it is
+    missing, truncated or incomplete.
+    """
+    from .errors import ModelError
+
     models = Path(models)
     mpath = models / "manifest.json"
     if not mpath.is_file():
-        raise SpinefeatError(f"{models}: no manifest.json (train with `spinefeat train`)")
-    man = json.loads(mpath.read_text())
+        raise ModelError(f"{models}: no manifest.json (train with `spinefeat train`)")
+    try:
+        man = json.loads(mpath.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{mpath}: not valid JSON ({type(exc).__name__}: the file is damaged or truncated); "
+                         "retrain with `spinefeat train`") from None
+    missing = [k for k in MANIFEST_KEYS if not isinstance(man, dict) or k not in man]
+    if missing:
+        raise ModelError(f"{mpath}: missing {', '.join(missing)}; the folder is from another version or damaged; "
+                         "retrain with `spinefeat train`")
+    return man
+
+
+def verified_file(models: Path, info: dict) -> Path:
+    """The path of a manifest entry ``{file, sha256[, bytes]}`` after checking it exists and matches."""
+    from .errors import ModelError
+
+    models = Path(models)
+    name = str(info.get("file", "")) if isinstance(info, dict) else ""
+    if not name or Path(name).name != name:
+        raise ModelError(f"{models}/manifest.json: bad file entry {name!r}")
+    path = models / name
+    if not path.is_file():
+        raise ModelError(f"{path}: model file missing; retrain with `spinefeat train`")
+    if "bytes" in info and path.stat().st_size != info["bytes"]:
+        raise ModelError(f"{path}: {path.stat().st_size} bytes, manifest.json says {info['bytes']}: truncated or "
+                         "changed after training (file hash does not match); refusing to load")
+    if _sha(path) != info.get("sha256"):
+        raise ModelError(f"{path}: file hash does not match manifest.json; refusing to load")
+    return path
+
+
+def check_lightgbm_text(path: Path) -> str:
+    """The text of a LightGBM model file after checking its structure (header, every tree, the end marker).
+
+    LightGBM trusts ``tree_sizes`` when parsing and can crash the process on a truncated file, so the
+    layout is checked here first. Raises :class:`~spinefeat.errors.ModelError`.
+    """
+    import re
+
+    from .errors import ModelError
+
+    path = Path(path)
+
+    def bad(why: str) -> ModelError:
+        return ModelError(f"{path}: not a complete LightGBM text model ({why}); retrain with `spinefeat train`")
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad("not UTF-8 text") from None
+    if not text.startswith("tree\n"):
+        raise bad("no 'tree' header")
+    m = re.search(r"^tree_sizes=([0-9 ]*)$", text, flags=re.M)
+    if m is None:
+        raise bad("no tree_sizes line")
+    sizes = [int(v) for v in m.group(1).split()]
+    pos = text.find("Tree=0\n") if sizes else text.find("end of trees")
+    if pos < 0:
+        raise bad("no trees")
+    raw = text.encode("utf-8")
+    pos = len(text[:pos].encode("utf-8"))
+    for i, n in enumerate(sizes):
+        if not raw.startswith(f"Tree={i}\n".encode(), pos):
+            raise bad(f"tree {i} is not where tree_sizes says")
+        pos += n
+    if raw.find(b"end of trees", pos) < 0 or b"end of parameters" not in raw[pos:]:
+        raise bad("it ends early")
+    return text
+
+
+def load_booster(path: Path) -> lgb.Booster:
+    """A LightGBM booster from a checked text model file (see :func:`check_lightgbm_text`)."""
+    return lgb.Booster(model_str=check_lightgbm_text(path))
+
+
+def load_localizer_files(models: Path) -> tuple[lgb.Booster, dict]:
+    """The localiser's detector and its JSON, both checked against the hashes in ``manifest.json``.
+
+    A localiser is only loaded beside the graders it was trained with: a folder whose
+    manifest does not hash ``localizer.txt`` and ``localizer.json`` is refused.
+    """
+    from .errors import ModelError
+
+    models = Path(models)
+    if not (models / "localizer.txt").is_file():
+        raise ModelError(f"{models}: no localizer (train with `spinefeat train`)")
+    files = read_manifest(models).get("files", {})
+    missing = [n for n in LOCALIZER_FILES if n not in files]
+    if missing:
+        raise ModelError(f"{models}/manifest.json does not hash {', '.join(missing)} (an older or unfinished "
+                         "training run); retrain with `spinefeat train`")
+    detector = load_booster(verified_file(models, files["localizer.txt"]))
+    jpath = verified_file(models, files["localizer.json"])
+    try:
+        meta = json.loads(jpath.read_text(encoding="utf-8"))
+        np.asarray(meta["gaps_mm"], float).reshape(-1, 2)
+        dict(meta["offsets_mm"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{jpath}: not a localiser description ({type(exc).__name__}); retrain with "
+                         "`spinefeat train`") from None
+    return detector, meta
+
+
+def load(models: Path) -> Graders:
+    """Load models, refusing any whose file size, hash, structure or feature list disagrees with the manifest.
+
+    Only the manifest's LightGBM text files and JSON are read; nothing else in the folder (a
+    pickle, say) is ever opened.
+    """
+    from .errors import ModelError
+
+    models = Path(models)
+    man = read_manifest(models)
     boosters = {}
     for group, info in man["models"].items():
-        path = models / info["file"]
-        if not path.is_file():
-            raise SpinefeatError(f"{path}: model file missing")
-        if _sha(path) != info["sha256"]:
-            raise SpinefeatError(f"{path}: file hash does not match manifest.json; refusing to load")
-        b = lgb.Booster(model_file=str(path))
-        if b.feature_name() != man["columns"][group]:
-            raise SpinefeatError(f"{path}: feature list differs from manifest.json; refusing to load")
+        path = verified_file(models, info)
+        b = load_booster(path)
+        if b.feature_name() != man["columns"].get(group):
+            raise ModelError(f"{path}: feature list differs from manifest.json; refusing to load")
         boosters[group] = b
+    missing = sorted(set(MODEL_GROUPS) - set(boosters))
+    if missing:
+        raise ModelError(f"{models}/manifest.json: no {', '.join(missing)} model; retrain with `spinefeat train`")
     return Graders(boosters, man)
-

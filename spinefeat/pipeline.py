@@ -8,8 +8,9 @@ import pandas as pd
 
 from .dataset import DataFolder
 from .extract import extract, points_from_labels
+from .io import write_csv, write_parquet
 from .localize import COORD_COLUMNS, Localizer, localize, localize_study, train_localizer
-from .models import fit, save
+from .models import fit, save, staged_models_dir
 
 
 class LocalisedPoints:
@@ -41,28 +42,30 @@ def train_all(data: Path, out: Path, *, folds: int = 5, jobs: int = 1, seed: int
     extractions and the localisation of the training studies run on that cluster.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    folder = DataFolder(data)
-    report = step or (lambda *a: None)
-    labels = points_from_labels(folder)
-    if label_features is None:
-        label_features = extract(data, labels, split="train", cache=out / "features.cache", jobs=jobs,
-                                 scheduler=scheduler, progress=lambda n, t: report("extracting at the label points", n, t))
-    label_features.to_parquet(out / "train_features.parquet", index=False)
-    loc = train_localizer(data, labels, jobs=jobs, progress=lambda n, t: report("learning the localiser", n, t))
-    loc.save(out)
-    augment = None
-    features = label_features
-    if points == "both":
-        found, _ = localize(loc, data, split="train", jobs=jobs, scheduler=scheduler,
-                            progress=lambda n, t: report("localising the training studies", n, t))
-        found.to_csv(out / "train_points_localised.csv", index=False)
-        features = extract(data, found, split="train", cache=out / "features_localised.cache", jobs=jobs,
-                           scheduler=scheduler, progress=lambda n, t: report("extracting at the localised points", n, t))
-        features.to_parquet(out / "train_features_localised.parquet", index=False)
-        augment = label_features
-    result = fit(features, folder.train(), folds=folds, jobs=jobs, seed=seed, augment=augment,
-                 progress=lambda n, t: report("fitting graders", n, t))
-    result["cv"]["points"] = points
-    save(result, out)
+    # Everything is built in a staging folder and swapped in at the end: a killed run leaves the old
+    # models folder intact; the per-study caches (content-keyed) stay under OUT so a rerun resumes.
+    with staged_models_dir(out) as work:
+        folder = DataFolder(data)
+        report = step or (lambda *a: None)
+        labels = points_from_labels(folder)
+        if label_features is None:
+            label_features = extract(data, labels, split="train", cache=out / "features.cache", jobs=jobs,
+                                     scheduler=scheduler, progress=lambda n, t: report("extracting at the label points", n, t))
+        write_parquet(work / "train_features.parquet", label_features)
+        loc = train_localizer(data, labels, jobs=jobs, progress=lambda n, t: report("learning the localiser", n, t))
+        loc.save(work)
+        augment = None
+        features = label_features
+        if points == "both":
+            found, _ = localize(loc, data, split="train", jobs=jobs, scheduler=scheduler,
+                                progress=lambda n, t: report("localising the training studies", n, t))
+            write_csv(work / "train_points_localised.csv", found)
+            features = extract(data, found, split="train", cache=out / "features_localised.cache", jobs=jobs,
+                               scheduler=scheduler, progress=lambda n, t: report("extracting at the localised points", n, t))
+            write_parquet(work / "train_features_localised.parquet", features)
+            augment = label_features
+        result = fit(features, folder.train(), folds=folds, jobs=jobs, seed=seed, augment=augment,
+                     progress=lambda n, t: report("fitting graders", n, t))
+        result["cv"]["points"] = points
+        save(result, work)
     return result

@@ -55,9 +55,10 @@ def test_rerun_uses_cache_and_gives_same_table(cohort, tmp_path):
     pts = points_from_labels(DataFolder(cohort))
     ids = sorted(pd.read_csv(cohort / "train_series_descriptions.csv").study_id.unique())[:2]
     a = extract(cohort, pts, cache=tmp_path / "c", studies=ids)
-    kept = tmp_path / "c" / f"{ids[0]}.parquet"
+    (kept,) = (tmp_path / "c").glob(f"{ids[0]}-*.parquet")
     mtime = kept.stat().st_mtime_ns
-    (tmp_path / "c" / f"{ids[1]}.parquet").unlink()        # as if interrupted before this study
+    (lost,) = (tmp_path / "c").glob(f"{ids[1]}-*.parquet")
+    lost.unlink()        # as if interrupted before this study
     b = extract(cohort, pts, cache=tmp_path / "c", studies=ids)
     assert kept.stat().st_mtime_ns == mtime
     pd.testing.assert_frame_equal(a.drop(columns="diagnostics_seconds"), b.drop(columns="diagnostics_seconds"))

@@ -1,0 +1,1 @@
+"""A corpus of damaged inputs (DICOM files, CSVs, models folders, output paths) and what each must give."""
