@@ -72,56 +72,175 @@ def _norm(img: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1.2).astype(np.float32)
 
 
-def csf_column(img: np.ndarray, pixel_spacing_mm, *, centre_band_mm: float = 45.0) -> tuple[np.ndarray, float]:
-    """The CSF column: bright, vertically elongated components near the image's centre column.
+#: Tissue narrower than this across the image rows stands out of its row's background (the canal is 8-20 mm
+#: AP; the vertebral bodies and the fat of a heavy back are wider).
+TOPHAT_WIDTH_MM = 25.0
+#: A column this close (mm, along its row) to air is the subcutaneous fat of the back, not the canal.
+MIN_BODY_DEPTH_MM = 15.0
 
-    The longest such component seeds the column; other pieces join it, nearest
-    first, when they lie within 8 mm of a line through the 40 mm of column next
-    to them and start within 50 mm of it (the column breaks where a canal is
-    tight, and curves with the lordosis). Bright
-    bands far from the centre (subcutaneous fat at the back) are never taken:
-    sagittal fields of view are centred on the spine. Returns the mask and its
-    vertical extent (mm).
+
+def _row_tophat(x: np.ndarray, dc: float, width_mm: float = TOPHAT_WIDTH_MM) -> np.ndarray:
+    """How much brighter each pixel is than its row's background: a white top-hat along the rows.
+
+    The CSF column is bright against the dark bone, ligament and disc
+    annulus on either side whatever the brightest tissue of the image is (fat
+    is brighter than CSF on many T2): the top-hat keeps it and drops anything
+    wider than ``width_mm``.
     """
-    dr, dc = (float(v) for v in pixel_spacing_mm)
-    x = ndi.uniform_filter(_norm(img), size=3)
-    lab, n = ndi.label(x > 0.6)
-    if n == 0:
-        return np.zeros(img.shape, bool), 0.0
-    centre = (img.shape[1] - 1) / 2
-    cands = []
-    for i, sl in enumerate(ndi.find_objects(lab), start=1):
-        h_mm = (sl[0].stop - sl[0].start) * dr
-        comp = lab[sl] == i
-        width_mm = float(comp.sum()) * dr * dc / max(h_mm, 1e-6)
-        col_mm = (np.nonzero(comp)[1].mean() + sl[1].start - centre) * dc
-        if h_mm >= 15 and 1.5 <= width_mm <= 22 and h_mm / max(width_mm, 1e-6) > 3 and abs(col_mm) <= centre_band_mm:
-            cands.append((h_mm, i))
-    if not cands:
-        return np.zeros(img.shape, bool), 0.0
-    mask = lab == max(cands)[1]
-    # Join the other pieces one at a time, nearest first, each against a line through the 40 mm of
-    # the column next to it (the column curves with the lordosis; a global fit drifts at the ends).
-    todo = {i for _, i in cands} - {max(cands)[1]}
+    return x - ndi.grey_opening(x, size=(1, max(3, int(round(width_mm / dc)))))
+
+
+def body_depth_mm(x: np.ndarray, dc: float, *, air: float = 0.06) -> np.ndarray:
+    """Per pixel of a normalised slice: the distance (mm) along its row to the nearest air outside the body
+    (the image edge is not air: fields of view cut the body)."""
+    body = ndi.binary_fill_holes(ndi.binary_closing(ndi.uniform_filter(x, 9) > air, iterations=3))
+    if body.all() or not body.any():
+        return np.full(x.shape, np.inf)
+    return ndi.distance_transform_edt(np.pad(body, ((0, 0), (1, 1)), constant_values=True),
+                                      sampling=(1e9, dc))[:, 1:-1]
+
+
+def _join_pieces(pieces: dict[int, tuple[np.ndarray, np.ndarray]], seed: int, dr: float, dc: float) -> list[int]:
+    """The piece ``seed`` and the pieces (id -> pixel rows, cols) that continue it: one at a time, nearest
+    first, each within 8 mm of a line through the 40 mm of column next to it (the column curves with the
+    lordosis; a global fit drifts at the ends) and within 50 mm of it."""
+    chain_ids = [seed]
+    rr, cc = pieces[seed]
+    todo = set(pieces) - {seed}
     while todo:
-        rr, cc = np.nonzero(mask)
-        gap = {}
-        for i in todo:
-            r2, _ = np.nonzero(lab == i)
-            gap[i] = min(abs(r2.min() - rr.max()), abs(rr.min() - r2.max()))
+        gap = {i: min(abs(pieces[i][0].min() - rr.max()), abs(rr.min() - pieces[i][0].max())) for i in todo}
         i = min(todo, key=gap.get)
         todo.discard(i)
         if gap[i] * dr > 50.0:
             break
-        r2, c2 = np.nonzero(lab == i)
+        r2, c2 = pieces[i]
         near = np.abs(rr - (r2.min() if r2.min() > rr.max() else r2.max())) * dr <= 40.0
         if near.sum() < 10 or np.ptp(rr[near]) == 0:
             continue
         coef = np.polyfit(rr[near], cc[near], 1)
         if np.median(np.abs(c2 - np.polyval(coef, r2))) * dc <= 8.0:
-            mask |= lab == i
+            chain_ids.append(i)
+            rr, cc = np.concatenate([rr, r2]), np.concatenate([cc, c2])
+    return chain_ids
+
+
+def csf_column(img: np.ndarray, pixel_spacing_mm, *, cut: float = 0.3, follow: bool = True) -> tuple[np.ndarray, float]:
+    """The CSF column: bright, vertically elongated components standing out of their rows, inside the body.
+
+    Brightness is read against each row's background (:func:`_row_tophat`), so
+    neither the field of view's centre nor the brightest tissue matters; pieces
+    within :data:`MIN_BODY_DEPTH_MM` of air (the fat under the skin of the
+    back) are kept only when nothing deeper is found. The longest piece seeds
+    the column; other pieces join it, nearest first, when they lie within 8 mm
+    of a line through the 40 mm of column next to them and start within 50 mm
+    of it (the column breaks where a canal is tight, and curves with the
+    lordosis). Returns the mask and its vertical extent (mm).
+    """
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    x = ndi.uniform_filter(_norm(img), size=3)
+    th = _row_tophat(x, dc)
+    depth = body_depth_mm(x, dc)
+    hi = float(np.percentile(th, 99.5))
+    if hi <= 0:
+        return np.zeros(img.shape, bool), 0.0
+    lab, n = ndi.label(th > cut * hi)
+    if n == 0:
+        return np.zeros(img.shape, bool), 0.0
+    cands, shallow = [], []
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        h_mm = (sl[0].stop - sl[0].start) * dr
+        comp = lab[sl] == i
+        width_mm = float(comp.sum()) * dr * dc / max(h_mm, 1e-6)
+        if h_mm >= 15 and 1.5 <= width_mm <= 22 and h_mm / max(width_mm, 1e-6) > 3:
+            deep = np.median(depth[sl][comp]) >= MIN_BODY_DEPTH_MM
+            (cands if deep else shallow).append((h_mm, i))
+    cands = cands or shallow
+    if not cands:
+        return np.zeros(img.shape, bool), 0.0
+    # Each of the longest pieces seeds a chain of the pieces that join it. The column is the chain with
+    # the most contrast times the square root of its length: the CSF stands out of its rows more than the
+    # fat along the vertebral bodies or in the back muscles, and a canal broken at tight levels is still long.
+    slices = ndi.find_objects(lab)
+    pieces = {}
+    for _, i in cands:
+        r, c = np.nonzero(lab[slices[i - 1]] == i)
+        pieces[i] = (r + slices[i - 1][0].start, c + slices[i - 1][1].start)
+    chains = [np.isin(lab, _join_pieces(pieces, seed, dr, dc)) for _, seed in sorted(cands)[-6:]]
+    score = [th[m].mean() * np.sqrt(np.ptp(np.flatnonzero(m.any(axis=1))) + 1) for m in chains]
+    best = int(np.argmax(score))
+    mask = chains[best]
+    width_mm = float(np.median(mask.sum(axis=1)[mask.any(axis=1)])) * dc
+    if follow:
+        mask = follow_column(th, mask, pixel_spacing_mm, low=0.5 * cut * hi, max_width_mm=max(1.5 * width_mm, 4.0))
     rows = np.flatnonzero(mask.any(axis=1))
     return mask, float(np.ptp(rows) * dr) if len(rows) else 0.0
+
+
+def follow_column(ridge: np.ndarray, mask: np.ndarray, pixel_spacing_mm, *, low: float, max_slope: float = 1.2,
+                  max_gap_mm: float = 30.0, max_width_mm: float = 22.0) -> np.ndarray:
+    """Continue a column mask up and down along the ridge of ``ridge`` (brightness against the row's
+    background).
+
+    From each end of the column a path goes on row by row, at most
+    ``max_slope`` mm sideways per mm down, through the pixels with the most
+    ridge overall (dynamic programming, so it can cross a dark stretch to the
+    canal beyond a tight level or the bend at the sacrum). Where the path's
+    pixel is above ``low`` it joins the mask with the run of pixels above
+    ``low`` around it (at most ``max_width_mm``); the mask stops at the first
+    stretch of more than ``max_gap_mm`` without one.
+    """
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    h, w = mask.shape
+    out = mask.copy()
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) < 2:
+        return out
+    # The path follows the ridge smoothed over 3 mm of rows (noise); pixels join on their own value.
+    reward = np.clip(ndi.uniform_filter1d(ridge, max(3, int(round(3.0 / dr))), axis=0) / max(2.0 * low, 1e-9), 0.0, 1.0)
+    m = max(1, int(np.floor(max_slope * dr / dc)))
+    half = max(1, int(round(0.5 * max_width_mm / dc)))
+    for step in (-1, 1):
+        r0 = int(rows[0] if step < 0 else rows[-1])
+        seq = np.arange(r0 + step, -1 if step < 0 else h, step)
+        if len(seq) == 0:
+            continue
+        score = np.full(w, -np.inf)
+        score[int(round(np.flatnonzero(mask[r0]).mean()))] = 0.0
+        back = np.zeros((len(seq), w), int)
+        for n, r in enumerate(seq):
+            best, arg = np.full(w, -np.inf), np.zeros(w, int)
+            for d in range(-m, m + 1):
+                cand = np.full(w, -np.inf)
+                src_c = np.arange(w) - d
+                ok = (src_c >= 0) & (src_c < w)
+                cand[ok] = score[src_c[ok]] - 0.02 * abs(d)
+                better = cand > best
+                best[better], arg[better] = cand[better], src_c[better]
+            score, back[n] = best + reward[r], arg
+        path = np.zeros(len(seq), int)
+        path[-1] = int(np.argmax(score))
+        for n in range(len(seq) - 1, 0, -1):
+            path[n - 1] = back[n, path[n]]
+        missed = 0.0
+        for r, c in zip(seq, path):
+            if ridge[r, c] <= low:
+                missed += dr
+                if missed > max_gap_mm:
+                    break
+                continue
+            missed = 0.0
+            a, b = c, c
+            while a > max(0, c - half) and ridge[r, a - 1] > low:
+                a -= 1
+            while b < min(w - 1, c + half) and ridge[r, b + 1] > low:
+                b += 1
+            out[r, a:b + 1] = True
+    # Rows bridged inside the column (tight levels) keep a one-pixel path at the interpolated centre.
+    rows = np.flatnonzero(out.any(axis=1))
+    cen = np.array([np.flatnonzero(out[r]).mean() for r in rows])
+    gaps = np.setdiff1d(np.arange(rows[0], rows[-1] + 1), rows)
+    out[gaps, np.round(np.interp(gaps, rows, cen)).astype(int)] = True
+    return out
 
 
 def mid_sagittal(stack: Stack) -> tuple[int, float]:

@@ -162,7 +162,7 @@ def test_csf_column_joins_pieces_broken_by_a_tight_canal_along_the_curve():
     mask, extent = csf_column(img, (px, px))
     got = np.flatnonzero(mask.any(axis=1))
     assert got.min() <= 42 and got.max() >= 357            # all three pieces, to the curved end
-    assert extent == pytest.approx((357 - 42) * px, abs=3)
+    assert extent == pytest.approx((359 - 40) * px, abs=3)     # the drawn column spans rows 40..359
 
 
 def test_canal_curve_goes_on_past_the_csf_and_keeps_its_end():
