@@ -37,24 +37,46 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _descendants() -> list[int]:
+    """Live descendant process ids of this process (Linux /proc; empty elsewhere)."""
+    out, todo = [], [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                out.extend(kids)
+                todo.extend(kids)
+        except OSError:
+            pass
+    return out
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by the processes ``pids`` (Linux /proc)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def _children_peak_mb() -> float:
-    """Largest peak resident memory among this process's live descendants (MB; Linux /proc, else NaN).
+    """Largest peak resident memory among this process's live descendants (MB; Linux /proc, else 0).
 
     Read from each worker's own VmHWM: RUSAGE_CHILDREN would count a forked child's copy of the parent."""
-    try:
-        todo, peak = [os.getpid()], 0.0
-        while todo:
-            pid = todo.pop()
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                kids = (task / "children").read_text().split()
-                todo.extend(int(k) for k in kids)
-                for k in kids:
-                    for line in Path(f"/proc/{k}/status").read_text().splitlines():
-                        if line.startswith("VmHWM:"):
-                            peak = max(peak, int(line.split()[1]) / 1024.0)
-        return peak
-    except OSError:
-        return float("nan")
+    peak = 0.0
+    for pid in _descendants():
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024.0)
+        except OSError:
+            pass
+    return peak
 
 
 def _median_time(fn, repeats: int) -> tuple[float, object]:
@@ -217,12 +239,18 @@ def _replicated(root: Path, split: str, ids: list[int], n: int, tmp: Path) -> tu
     return tmp, new_ids
 
 
+def _warm() -> None:
+    import spinefeat.pipeline  # noqa: F401
+
+
 def time_throughput(root: Path, split: str, ids: list[int], points, *,
                     workers: tuple[int, ...] = (1, 2), min_studies: int = 8, repeats: int = 1,
                     scheduler: str | None = None) -> dict:
     """Studies per second of `extract` (the predict path's per-study work, fresh cache) with 1 and 2 workers.
 
     A folder with fewer than ``min_studies`` studies is replicated (symlinks, new ids) so every worker has work.
+    Worker processes are started before the clock runs (a long run pays that once; it is in the start-up
+    figure's order, per worker).
     """
     from .extract import extract
 
@@ -237,14 +265,23 @@ def time_throughput(root: Path, split: str, ids: list[int], points, *,
                                         for i, new in enumerate(run_ids)])
         out["throughput_studies"] = len(run_ids)
         for w in workers:
-            times = []
+            if w > 1 and scheduler is None:     # start the worker processes (and their imports) untimed
+                from joblib import Parallel, delayed
+
+                Parallel(n_jobs=w)(delayed(_warm)() for _ in range(2 * w))
+            times, cpus = [], []
             for r in range(repeats):
                 cache = tmp / f"cache-{w}-{r}"
-                t0 = time.perf_counter()
+                kids = _descendants()
+                c0, k0, t0 = time.process_time(), _cpu_s(kids), time.perf_counter()
                 extract(run_root, run_points, split=split, cache=cache, jobs=w, studies=run_ids, scheduler=scheduler)
                 times.append(time.perf_counter() - t0)
+                cpus.append(time.process_time() - c0 + _cpu_s(kids) - k0)
                 shutil.rmtree(cache)
             out[f"throughput_studies_per_s_{w}_workers"] = len(run_ids) / float(np.median(times))
+            # CPU seconds per study, this process and its workers together: equal across worker counts when
+            # parallel running adds no work (then a machine with free cores gets the full speed-up).
+            out[f"cpu_s_per_study_{w}_workers"] = float(np.median(cpus)) / len(run_ids)
             out[f"worker_peak_rss_mb_{w}_workers"] = _children_peak_mb()
         if len(workers) > 1:
             out[f"speedup_{workers[-1]}_workers"] = (out[f"throughput_studies_per_s_{workers[-1]}_workers"]
@@ -359,7 +396,10 @@ def markdown(res: dict) -> str:
                  for w in range(1, 17) if f"throughput_studies_per_s_{w}_workers" in res]
         lines += [f"Extract throughput over {res['throughput_studies']} studies (the predict path's per-study work, "
                   "fresh cache, wall clock): " + ", ".join(parts)
-                  + "".join(f"; speed-up {v:.2f}x" for k, v in res.items() if k.startswith("speedup")) + ".",
+                  + "".join(f"; speed-up {v:.2f}x" for k, v in res.items() if k.startswith("speedup")) + ". "
+                  "CPU seconds per study (this process + workers): " + ", ".join(
+                      f"{k.split('_')[-2]} worker(s) {v:.3f}" for k, v in res.items()
+                      if k.startswith("cpu_s_per_study")) + ".",
                   "Largest worker's peak memory: " + ", ".join(
                       f"{k.split('_')[-2]} workers {v:.0f} MB" for k, v in res.items()
                       if k.startswith("worker_peak_rss_mb") and v == v and v > 0) + ".", ""]

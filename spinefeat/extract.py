@@ -145,19 +145,22 @@ def extract_study(root: Path, split: str, study_id: int, series: pd.DataFrame, p
     if callable(points):
         points, why = points(images)
     pts = points[points["study_id"] == int(study_id)]
+    first: dict[tuple[str, str], int] = {}         # row of the first point of each target
+    for i, key in enumerate(zip(pts["condition"], pts["level"])):
+        first.setdefault(key, i)
     rows = []
     for cond in CONDITIONS:
         for level in LEVELS:
             row = {"study_id": int(study_id), "condition": cond, "level": level,
                    "row_id": f"{int(study_id)}_{cond}_{level}", "split": split, **_context(cond, level)}
-            hit = pts[(pts["condition"] == cond) & (pts["level"] == level)]
+            hit = first.get((cond, level))
             err = ""
-            if hit.empty:
+            if hit is None:
                 reasons = [w for w in why if w.startswith((f"{cond} {level}:", f"{cond}:")) or not w.startswith(CONDITIONS)]
                 err = "no point" + (f" ({'; '.join(reasons)})" if reasons else "")
             else:
                 try:
-                    feats, regions = point_features(images, hit.iloc[0])
+                    feats, regions = point_features(images, pts.iloc[hit])
                     row.update(feats)
                     if overlays is not None:
                         _write_overlays(Path(overlays), row["row_id"], regions)
@@ -203,24 +206,32 @@ def overlay_tile(image: np.ndarray, seed, pixel_spacing_mm, seg: Segmentation, l
 
 def add_relative_features(df: pd.DataFrame) -> pd.DataFrame:
     """Ratios inside the patient: against the study's median across levels (and sides), and left/right."""
-    df = df.copy()
+    cond = df["condition"].astype(str)
+    side = np.where(cond.str.startswith("left"), "left", "right")
+    cols: dict[str, np.ndarray] = {}
     for group, names in RELATIVE.items():
-        sel = df["condition"].str.contains(group)
+        sel = cond.str.contains(group).to_numpy()
+        study, level = df["study_id"].to_numpy()[sel], df["level"].to_numpy()[sel]
         for n in names:
             if n not in df.columns:
-                df[n] = np.nan
-            med = df.loc[sel].groupby("study_id")[n].transform("median")
-            df.loc[sel, f"{n}_rel_study"] = df.loc[sel, n] / med.replace(0, np.nan)
+                cols[n] = np.full(len(df), np.nan)
+            vals = pd.Series(df[n].to_numpy(float)[sel] if n in df.columns else np.full(sel.sum(), np.nan))
+            med = vals.groupby(study).transform("median").to_numpy()
+            rel = np.full(len(df), np.nan)
+            rel[sel] = vals.to_numpy() / np.where(med == 0, np.nan, med)
+            cols[f"{n}_rel_study"] = rel
             if group != "spinal_canal_stenosis":
-                sub = df.loc[sel, ["study_id", "level", "condition", n]].copy()
-                sub["side"] = np.where(sub["condition"].str.startswith("left"), "left", "right")
-                wide = sub.pivot_table(index=["study_id", "level"], columns="side", values=n, aggfunc="first")
-                other = {"left": "right", "right": "left"}
-                vals = [wide.at[(s, lv), other[sd]] if (s, lv) in wide.index and other[sd] in wide.columns else np.nan
-                        for s, lv, sd in zip(sub["study_id"], sub["level"], sub["side"])]
-                df.loc[sel, f"{n}_rel_side"] = sub[n].to_numpy() / np.where(np.asarray(vals, float) == 0, np.nan,
-                                                                             np.asarray(vals, float))
-    return df
+                # The same measurement on the other side at this level (the first measured one, if several).
+                keys = pd.MultiIndex.from_arrays([study, level, side[sel]])
+                first = vals.set_axis(keys).dropna().groupby(level=[0, 1, 2]).first()
+                other = first.reindex(pd.MultiIndex.from_arrays(
+                    [study, level, np.where(side[sel] == "left", "right", "left")])).to_numpy(float)
+                rel = np.full(len(df), np.nan)
+                rel[sel] = vals.to_numpy() / np.where(other == 0, np.nan, other)
+                cols[f"{n}_rel_side"] = rel
+    kept = df.drop(columns=[c for c in cols if c in df.columns])
+    out = pd.concat([kept, pd.DataFrame(cols, index=df.index)], axis=1)
+    return out[[c for c in df.columns] + [c for c in cols if c not in df.columns]]
 
 
 def points_from_labels(folder: DataFolder) -> pd.DataFrame:

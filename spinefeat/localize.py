@@ -674,6 +674,7 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
         rows.append({"study_id": study_id, "series_id": t2[0], "instance_number": int(stack.instance_numbers[pr["slice"]]),
                      "condition": "spinal_canal_stenosis", "level": lv, "x": float(pr["col"]), "y": float(pr["row"]),
                      "confidence": float(conf[li]), "sop_instance_uid": stack.sop_uid(pr["slice"])})
+    sacs: dict[tuple, np.ndarray | None] = {}
     for cond in CONDITIONS[1:]:
         desc = CONDITION_SERIES[cond]
         sids = _series_desc(series, study_id, desc)
@@ -703,7 +704,11 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
             elif lv in loc.sac_offsets.get(cond, {}):
                 # A recess lies beside the dural sac: placed from the sac found on its slice (its front-back
                 # position; left-right the midline line is steadier than one slice's sac).
-                centre = sac_centre(st, j, midline[lv], keep_lateral=True)
+                # Both sides of a level usually fall on one slice: segment its sac once.
+                key = (sid, id(st), j, lv)
+                if key not in sacs:
+                    sacs[key] = sac_centre(st, j, midline[lv], keep_lateral=True)
+                centre = sacs[key]
                 if centre is not None:
                     q = st.geometry.project(centre + np.asarray(loc.sac_offsets[cond][lv]))
                     r, c = float(q["row"][0]), float(q["col"][0])

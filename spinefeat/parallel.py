@@ -61,7 +61,7 @@ def map_studies(fn: Callable[[int], object], ids: Iterable[int], *, jobs: int = 
     try:
         futures = client.map(fn, ids, pure=False)
         study_of = {f.key: s for f, s in zip(futures, ids)}
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             sid = study_of[fut.key]
             try:
                 yield sid, fut.result()

@@ -13,6 +13,9 @@ from .localize import COORD_COLUMNS, Localizer, localize, localize_study, train_
 from .models import fit, save, staged_models_dir
 
 
+_LOADED: dict[str, Localizer] = {}      # per worker process: the localiser last received
+
+
 class LocalisedPoints:
     """A point source for extraction: the localiser run on each study's own decoded images.
 
@@ -23,6 +26,26 @@ class LocalisedPoints:
     def __init__(self, localizer: Localizer):
         self.localizer = localizer
         self.fingerprint = f"localizer {localizer.fingerprint}"
+        self._state = None
+
+    # Sent to a worker with every study: the detector's text is made once here and parsed once per worker
+    # process (pickling a Booster would rebuild its text for each study, 3 MB and tens of ms each time).
+    def __getstate__(self) -> dict:
+        if self._state is None:
+            loc = self.localizer
+            self._state = {"fingerprint": self.fingerprint, "detector": loc.detector.model_to_string(),
+                           "gaps": loc.gaps, "offsets": loc.offsets, "sac_offsets": loc.sac_offsets}
+        return self._state
+
+    def __setstate__(self, state: dict) -> None:
+        import lightgbm as lgb
+
+        self.fingerprint, self._state = state["fingerprint"], None
+        if state["fingerprint"] not in _LOADED:
+            _LOADED.clear()
+            _LOADED[state["fingerprint"]] = Localizer(lgb.Booster(model_str=state["detector"]), state["gaps"],
+                                                      state["offsets"], state["sac_offsets"])
+        self.localizer = _LOADED[state["fingerprint"]]
 
     def __call__(self, images) -> tuple[pd.DataFrame, list[str]]:
         rows, why = localize_study(self.localizer, images.folder.root, images.split, images.study_id, images.series,
