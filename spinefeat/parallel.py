@@ -21,7 +21,8 @@ DASK_HINT = "running on a Dask cluster needs `pip install 'spinefeat[dask]'`"
 
 
 def map_studies(fn: Callable[[int], object], ids: Iterable[int], *, jobs: int = 1, scheduler=None,
-                on_error: Callable[[int, BaseException], object]) -> Iterator[tuple[int, object]]:
+                on_error: Callable[[int, BaseException], object],
+                connect_timeout_s: float = 30.0) -> Iterator[tuple[int, object]]:
     """Yield ``(study_id, fn(study_id))`` for every id, in the order studies finish.
 
     Parameters
@@ -34,6 +35,8 @@ def map_studies(fn: Callable[[int], object], ids: Iterable[int], *, jobs: int = 
         Address of a Dask scheduler (``tcp://host:8786``) or a connected client: the studies run on its workers.
     on_error : callable
         ``on_error(study_id, exc)`` gives the result of a study whose work raised or whose worker was lost.
+    connect_timeout_s : float
+        How long to try reaching the scheduler before giving up with a :class:`SpinefeatError`.
     """
     ids = list(ids)
     if not ids:
@@ -55,7 +58,7 @@ def map_studies(fn: Callable[[int], object], ids: Iterable[int], *, jobs: int = 
         raise SpinefeatError(DASK_HINT) from exc
     own = not isinstance(scheduler, Client)
     try:
-        client = Client(scheduler, set_as_default=False) if own else scheduler
+        client = Client(scheduler, set_as_default=False, timeout=connect_timeout_s) if own else scheduler
     except OSError as exc:
         raise SpinefeatError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
     try:

@@ -82,4 +82,5 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path):
     from spinefeat.errors import SpinefeatError
 
     with pytest.raises(SpinefeatError, match="cannot reach the Dask scheduler"):
-        list(map_studies(_fails_on_odd, [1], scheduler="tcp://127.0.0.1:1", on_error=lambda s, e: None))
+        list(map_studies(_fails_on_odd, [1], scheduler="tcp://127.0.0.1:1", on_error=lambda s, e: None,
+                         connect_timeout_s=2))
