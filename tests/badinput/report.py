@@ -86,6 +86,10 @@ def main() -> None:
         if not (models / "manifest.json").exists():
             r = CliRunner().invoke(app, ["train", str(cohort), "--out", str(models), "--folds", "3", "--jobs", "2"])
             assert r.exit_code == 0, r.output
+    import shutil
+
+    for sub in ("dicom", "cli"):                   # the cases are built afresh from the cohort and models
+        shutil.rmtree(a.work / sub, ignore_errors=True)
     print("| DICOM case | damage | expected | got | message |\n|---|---|---|---|---|")
     for c in dicom_corpus.build(a.work / "dicom"):
         got, msg = dicom_outcome(c)
