@@ -166,9 +166,8 @@ def synth(
     previews: Annotated[int, typer.Option(min=0, help="Write a PNG of the first N studies to OUT/preview.png.")] = 0,
 ) -> None:
     """Write a synthetic cohort of phantom studies as real DICOM files, with labels and a truth sidecar."""
-    from .synth import synth_cohort
-
     from .io import check_output_dir
+    from .synth import synth_cohort
 
     check_output_dir(out)
     if out.exists() and any(out.iterdir()):
@@ -229,10 +228,7 @@ def preview(
     from .report import write_preview
 
     check_output_file(out)
-    try:
-        console.print(f"wrote {write_preview(data, out, studies=studies)}")
-    except SpinefeatError as exc:
-        _fail(exc)
+    console.print(f"wrote {write_preview(data, out, studies=studies)}")
 
 
 @command()
@@ -455,44 +451,39 @@ def bench(
 ) -> None:
     """Where the time goes: per-stage medians and p90s, the predict path against the decode floor, throughput
     with 1 and 2 workers, start-up, training time and peak memory. Markdown + JSON per folder."""
-    import pandas as pd
-
     from . import bench as b
-    from .io import check_output_dir
     from .dataset import DataFolder, read_train
+    from .io import check_output_dir
 
     check_output_dir(out_dir)
     names = list(name or [])
     if names and len(names) != len(data):
         console.print("[red]error:[/red] give one --name per folder")
         raise typer.Exit(EXIT_USAGE)
-    try:
-        graders = found = None
-        if models_dir is not None:
-            from .models import load
-            from .pipeline import LocalisedPoints
+    graders = found = None
+    if models_dir is not None:
+        from .models import load
+        from .pipeline import LocalisedPoints
 
-            graders = load(models_dir)
-            if coords is None:
-                found = LocalisedPoints(_localizer(models_dir))
-        for i, root in enumerate(data):
-            folder = DataFolder(root)
-            sp = split or ("test" if "test" in folder.splits() else folder.splits()[0])
-            points = found if found is not None else _points(folder, coords or "labels", sp)
-            with _progress() as prog:
-                task = prog.add_task(f"bench {root.name}", total=None)
-                res = b.run(root, points, split=sp, graders=graders, studies=studies,
-                            repeats=repeats, workers=tuple(range(1, workers + 1)), throughput_studies=throughput_studies,
-                            startup=i == 0, progress=lambda text: prog.update(task, description=f"{root.name}: {text}"))
-            if train_features is not None and i == 0:
-                labels = read_train(train_labels) if train_labels is not None else folder.train()
-                res.update(b.time_training(pd.read_parquet(train_features), labels, studies=train_studies, jobs=jobs))
-                res["peak_rss_mb"] = b.peak_rss_mb()
-            md, js = b.write(res, out_dir, names[i] if names else root.name)
-            typer.echo(md.read_text())
-            console.print(f"-> {md}, {js}")
-    except SpinefeatError as exc:
-        _fail(exc)
+        graders = load(models_dir)
+        if coords is None:
+            found = LocalisedPoints(_localizer(models_dir))
+    for i, root in enumerate(data):
+        folder = DataFolder(root)
+        sp = split or ("test" if "test" in folder.splits() else folder.splits()[0])
+        points = found if found is not None else _points(folder, coords or "labels", sp)
+        with _progress() as prog:
+            task = prog.add_task(f"bench {root.name}", total=None)
+            res = b.run(root, points, split=sp, graders=graders, studies=studies,
+                        repeats=repeats, workers=tuple(range(1, workers + 1)), throughput_studies=throughput_studies,
+                        startup=i == 0, progress=lambda text: prog.update(task, description=f"{root.name}: {text}"))
+        if train_features is not None and i == 0:
+            labels = read_train(train_labels) if train_labels is not None else folder.train()
+            res.update(b.time_training(_read_table(train_features), labels, studies=train_studies, jobs=jobs))
+            res["peak_rss_mb"] = b.peak_rss_mb()
+        md, js = b.write(res, out_dir, names[i] if names else root.name)
+        typer.echo(md.read_text())
+        console.print(f"-> {md}, {js}")
 
 
 def _print_explanation(table) -> None:
@@ -526,20 +517,17 @@ def explain(
     from .models import load
 
     check_output_dir(out)
-    try:
-        graders = load(models_dir)
-        folder = DataFolder(data)
-        if coords in (None, "predicted"):      # localise this study only, on the decoding it is measured on
-            from .pipeline import LocalisedPoints
+    graders = load(models_dir)
+    folder = DataFolder(data)
+    if coords in (None, "predicted"):      # localise this study only, on the decoding it is measured on
+        from .pipeline import LocalisedPoints
 
-            points = LocalisedPoints(_localizer(models_dir))
-        else:
-            points = _points(folder, coords, split)
-        feats = add_relative_features(extract_study(data, split, study, folder.series(split), points,
-                                                    overlays=out / "overlays"))
-        table = explain_study(graders, feats, study, top=top)
-    except SpinefeatError as exc:
-        _fail(exc)
+        points = LocalisedPoints(_localizer(models_dir))
+    else:
+        points = _points(folder, coords, split)
+    feats = add_relative_features(extract_study(data, split, study, folder.series(split), points,
+                                                overlays=out / "overlays"))
+    table = explain_study(graders, feats, study, top=top)
     if table.empty:
         _fail(SpinefeatError(f"study {study}: no point was measured (check --split and --coords)"))
     _print_explanation(table)
@@ -563,20 +551,17 @@ def report(
     from .report import write_report
 
     check_output_dir(inside(root, name))
-    try:
-        graders = load(models_dir)
-        oof = _read_csv_table(models_dir / "oof.csv", "out-of-fold predictions (oof.csv)")
-        feats_path = models_dir / "train_features.parquet"
-        feats = _read_table(feats_path) if feats_path.is_file() else None
-        pages = {}
-        if feats is not None:
-            for sid in list(dict.fromkeys(feats["study_id"]))[:studies]:
-                pages[int(sid)] = explain_study(graders, feats, sid)
-        index = write_report(root / name, manifest=graders.manifest, oof=oof,
-                             train=DataFolder(data).train(), importance=global_importance(graders), studies=pages,
-                             overlays=overlays)
-    except SpinefeatError as exc:
-        _fail(exc)
+    graders = load(models_dir)
+    oof = _read_csv_table(models_dir / "oof.csv", "out-of-fold predictions (oof.csv)")
+    feats_path = models_dir / "train_features.parquet"
+    feats = _read_table(feats_path) if feats_path.is_file() else None
+    pages = {}
+    if feats is not None:
+        for sid in list(dict.fromkeys(feats["study_id"]))[:studies]:
+            pages[int(sid)] = explain_study(graders, feats, sid)
+    index = write_report(root / name, manifest=graders.manifest, oof=oof,
+                         train=DataFolder(data).train(), importance=global_importance(graders), studies=pages,
+                         overlays=overlays)
     console.print(f"report -> {index}")
 
 
@@ -596,13 +581,12 @@ def demo(
     """
     from .dataset import DataFolder, read_train
     from .explain import explain_study, global_importance
+    from .io import check_output_dir, write_csv, write_json
     from .metric import score
     from .models import load
     from .pipeline import train_all
     from .report import write_report
     from .synth import synth_cohort
-
-    from .io import check_output_dir, write_csv, write_json
 
     check_output_dir(out)
     check_output_dir(report_dir)
@@ -611,43 +595,40 @@ def demo(
     if cohort.exists() and any(cohort.iterdir()):
         console.print(f"[red]error:[/red] {cohort} exists and is not empty; choose a new --out")
         raise typer.Exit(EXIT_USAGE)
-    try:
-        with _progress() as prog:
-            task = prog.add_task("1/5 synthesising studies", total=studies + test_studies)
-            synth_cohort(cohort, studies=studies, test_studies=test_studies, seed=seed, jobs=jobs,
-                         progress=lambda n: prog.update(task, completed=n))
-        folder = DataFolder(cohort)
-        with _progress() as prog:
-            task = prog.add_task("2/5 training", total=None)
-            result = train_all(cohort, models_dir, folds=5, jobs=jobs, seed=seed,
-                               step=lambda name, n, t: prog.update(task, description=f"2-3/5 {name}", completed=n,
-                                                                   total=t))
-        _print_cv(result["cv"])
-        console.print("4/5 localising and grading the held-out test studies")
-        graders = load(models_dir)
-        test_labels = read_train(cohort / "truth" / "test_labels.csv")
-        overlays = out / "overlays"
-        pts = _points(folder, "predicted", "test", models=models_dir, jobs=jobs)
-        write_csv(out / "test_points.csv", pts)
-        test_feats = _extract_with_progress(cohort, pts, split="test", cache=out / "test_features.cache",
-                                            jobs=jobs, overlays=overlays)
-        sub, _ = graders.predict(test_feats)
-        write_csv(out / "submission.csv", sub)
-        test_scores = score(test_labels, sub)
-        true_pts = _points(folder, str(cohort / "truth" / "test_label_coordinates.csv"), "test")
-        true_feats = _extract_with_progress(cohort, true_pts, split="test", cache=out / "test_true_points.cache",
-                                            jobs=jobs)
-        test_scores_true = score(test_labels, graders.predict(true_feats)[0])
-        console.print("5/5 explaining and writing the report")
-        pages = {int(s): explain_study(graders, test_feats, s) for s in list(dict.fromkeys(test_feats["study_id"]))[:3]}
-        index = write_report(report_dir, manifest=graders.manifest, oof=_read_csv_table(models_dir / "oof.csv", "oof.csv"),
-                             train=folder.train(), importance=global_importance(graders), studies=pages,
-                             overlays=overlays,
-                             test_scores={"points": "predicted", **{k: float(v) for k, v in test_scores.items()}},
-                             test_scores_true={"points": "true", **{k: float(v) for k, v in test_scores_true.items()}},
-                             title="spinefeat demo (synthetic cohort)")
-    except SpinefeatError as exc:
-        _fail(exc)
+    with _progress() as prog:
+        task = prog.add_task("1/5 synthesising studies", total=studies + test_studies)
+        synth_cohort(cohort, studies=studies, test_studies=test_studies, seed=seed, jobs=jobs,
+                     progress=lambda n: prog.update(task, completed=n))
+    folder = DataFolder(cohort)
+    with _progress() as prog:
+        task = prog.add_task("2/5 training", total=None)
+        result = train_all(cohort, models_dir, folds=5, jobs=jobs, seed=seed,
+                           step=lambda name, n, t: prog.update(task, description=f"2-3/5 {name}", completed=n,
+                                                               total=t))
+    _print_cv(result["cv"])
+    console.print("4/5 localising and grading the held-out test studies")
+    graders = load(models_dir)
+    test_labels = read_train(cohort / "truth" / "test_labels.csv")
+    overlays = out / "overlays"
+    pts = _points(folder, "predicted", "test", models=models_dir, jobs=jobs)
+    write_csv(out / "test_points.csv", pts)
+    test_feats = _extract_with_progress(cohort, pts, split="test", cache=out / "test_features.cache",
+                                        jobs=jobs, overlays=overlays)
+    sub, _ = graders.predict(test_feats)
+    write_csv(out / "submission.csv", sub)
+    test_scores = score(test_labels, sub)
+    true_pts = _points(folder, str(cohort / "truth" / "test_label_coordinates.csv"), "test")
+    true_feats = _extract_with_progress(cohort, true_pts, split="test", cache=out / "test_true_points.cache",
+                                        jobs=jobs)
+    test_scores_true = score(test_labels, graders.predict(true_feats)[0])
+    console.print("5/5 explaining and writing the report")
+    pages = {int(s): explain_study(graders, test_feats, s) for s in list(dict.fromkeys(test_feats["study_id"]))[:3]}
+    index = write_report(report_dir, manifest=graders.manifest, oof=_read_csv_table(models_dir / "oof.csv", "oof.csv"),
+                         train=folder.train(), importance=global_importance(graders), studies=pages,
+                         overlays=overlays,
+                         test_scores={"points": "predicted", **{k: float(v) for k, v in test_scores.items()}},
+                         test_scores_true={"points": "true", **{k: float(v) for k, v in test_scores_true.items()}},
+                         title="spinefeat demo (synthetic cohort)")
     wall = time.perf_counter() - t0
     cv = result["cv"]["sharpened"]
     summary = {"cv_score": cv["score"], "cv_constant_in_sample": result["cv"]["constant_in_sample"]["score"],
@@ -769,10 +750,7 @@ def validate(
     """Check the CSVs of a Kaggle-layout folder and their cross-references."""
     from .dataset import DataFolder
 
-    try:
-        counts = DataFolder(data).validate(check_images=images)
-    except SpinefeatError as exc:
-        _fail(exc)
+    counts = DataFolder(data).validate(check_images=images)
     console.print(", ".join(f"{k}={v}" for k, v in counts.items()))
 
 
@@ -791,11 +769,8 @@ def evaluate(
 
     if out is not None:
         check_output_file(out)
-    try:
-        train, sub = read_train(labels), read_submission(submission)
-        res = score(train, sub, allow_missing=allow_missing)
-    except SpinefeatError as exc:
-        _fail(exc)
+    train, sub = read_train(labels), read_submission(submission)
+    res = score(train, sub, allow_missing=allow_missing)
     for t in TERMS:
         typer.echo(f"{t:>18s}  {res[t]:.4f}")
     typer.echo(f"{'score':>18s}  {res['score']:.4f}   ({res['n_scored']} scored rows"

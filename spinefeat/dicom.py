@@ -62,6 +62,10 @@ def _guard(fn):
 
     @functools.wraps(fn)
     def run(path, *args, **kwargs):
+        # pydicom's decoders log a traceback (at ERROR) before raising: the DicomError says it in one line.
+        pd_log = logging.getLogger("pydicom")
+        level = pd_log.level
+        pd_log.setLevel(logging.CRITICAL)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")          # pydicom warns about every oddity of a damaged file
@@ -71,6 +75,8 @@ def _guard(fn):
         except (*_READ_ERRORS, MemoryError) as exc:
             # Elements are parsed lazily, so a damaged one can fail at any access, not only in dcmread.
             raise DicomError(f"{path}: damaged DICOM file ({type(exc).__name__})") from None
+        finally:
+            pd_log.setLevel(level)
     return run
 
 
@@ -384,6 +390,15 @@ def _expected_pixel_bytes(ds) -> int | None:
     return rows * cols * spp * max(frames, 1) * bits // 8
 
 
+def _has_decoder(ts) -> bool:
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(ts).is_available)
+    except Exception:          # no decoder implemented for this syntax at all
+        return False
+
+
 #: Largest image side accepted (real MRI is at most a few thousand pixels).
 MAX_SIDE = 8192
 
@@ -417,9 +432,15 @@ def _slice(f: Path) -> tuple:
         if have < want or have > want + 1:     # one pad byte keeps the length even
             raise DicomError(f"{f}: pixel data holds {have} bytes but Rows x Columns x BitsAllocated needs {want} "
                              "(a truncated file or wrong Rows/Columns)")
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is not None and ts.is_compressed and not _has_decoder(ts):
+        raise DicomError(f"{f}: no decoder installed for its pixel data ({ts.name}); JPEG and JPEG 2000 data need "
+                         "`pip install 'spinefeat[jpeg]'`")
     try:
         pixels = decode_pixels(ds, f)
-    except DicomError:
+    except DicomError as exc:
+        if ts is not None and ts.is_compressed:      # the decoder is there: the data is damaged
+            raise DicomError(f"{f}: cannot decode its {ts.name} pixel data (damaged or not of that syntax)") from exc
         raise
     except (*_READ_ERRORS, MemoryError) as exc:
         raise DicomError(f"{f}: cannot decode pixels ({type(exc).__name__})") from None

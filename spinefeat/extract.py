@@ -24,7 +24,7 @@ from .dicom import Stack
 from .errors import SpinefeatError
 from .features import RELATIVE, shape_name
 from .features.profile import foramen_profile
-from .io import write_parquet
+from .io import inside, write_bytes, write_parquet
 from .features.texture import ROI_MM, ROI_SPACING_MM, roi_features
 from .geometry import orientation_axes, project_to_stacks
 from .images import StudyImages
@@ -183,7 +183,9 @@ def _write_overlays(outdir: Path, row_id: str, regions) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     tiles = [overlay_tile(st.pixels[k], seed, st.geometry.pixel_spacing_mm, seg, f"{name} {seg.quality}")
              for name, st, k, seg, seed in regions]
-    cv2.imwrite(str(outdir / f"{row_id}.png"), np.hstack(tiles))
+    ok, png = cv2.imencode(".png", np.hstack(tiles))
+    if ok:
+        write_bytes(inside(outdir, f"{row_id}.png"), png.tobytes())
 
 
 def overlay_tile(image: np.ndarray, seed, pixel_spacing_mm, seg: Segmentation, label: str) -> np.ndarray:

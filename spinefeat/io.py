@@ -1,7 +1,8 @@
 """Writing outputs so that a crash, a kill or a full disk never leaves half a file or half a folder.
 
 Every file is written under a temporary name beside its target and renamed into
-place (``os.replace`` is atomic on one file system); a folder of files (a models
+place (``os.replace`` is atomic on one file system, so a killed process leaves the old
+file or the new one; no fsync: a power cut is not guarded against); a folder of files (a models
 folder) is built under a temporary name and swapped in whole. Output paths are
 checked before the work that fills them, and write failures become
 :class:`OutputError` naming the path and what to do.
@@ -116,8 +117,6 @@ def write_bytes(path: Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
     return Path(path)
 
 

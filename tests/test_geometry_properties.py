@@ -62,15 +62,20 @@ def stacks(draw, *, shifted: bool):
     return StackGeometry(pos, iop, ps, (256, 256))
 
 
-@SETTINGS
-@given(geo=stacks(shifted=False), data=st.data())
-def test_projection_finds_the_slice_and_pixel_a_point_came_from(geo, data):
+def check_projection_round_trip(geo, data):
+    """A point placed at (slice, row, col) of a stack projects back onto that slice, row and col."""
     k = data.draw(st.integers(0, geo.n_slices - 1))
     row, col = data.draw(st.floats(0, 255)), data.draw(st.floats(0, 255))
     p = geo.project(geo.to_patient(k, row, col))
     assert int(p["slice"][0]) == k
     assert p["row"][0] == pytest.approx(row, abs=1e-6) and p["col"][0] == pytest.approx(col, abs=1e-6)
     assert p["distance_mm"][0] == pytest.approx(0, abs=1e-6) and bool(p["in_image"][0])
+
+
+@SETTINGS
+@given(geo=stacks(shifted=False), data=st.data())
+def test_projection_finds_the_slice_and_pixel_a_point_came_from(geo, data):
+    check_projection_round_trip(geo, data)
 
 
 def _project_uses_each_slice_origin() -> bool:
@@ -85,11 +90,7 @@ def _project_uses_each_slice_origin() -> bool:
 @SETTINGS
 @given(geo=stacks(shifted=True), data=st.data())
 def test_projection_with_in_plane_shifted_slices(geo, data):
-    k = data.draw(st.integers(0, geo.n_slices - 1))
-    row, col = data.draw(st.floats(0, 255)), data.draw(st.floats(0, 255))
-    p = geo.project(geo.to_patient(k, row, col))
-    assert int(p["slice"][0]) == k
-    assert p["row"][0] == pytest.approx(row, abs=1e-6) and p["col"][0] == pytest.approx(col, abs=1e-6)
+    check_projection_round_trip(geo, data)
 
 
 @SETTINGS

@@ -36,6 +36,15 @@ def _edit_manifest(models: Path, fn) -> None:
     (models / "manifest.json").write_text(json.dumps(man))
 
 
+def _rehash(models: Path, section: str, key: str, name: str) -> None:
+    """Rewrite the manifest's hash and size of a damaged file, so that the checks after the hash are reached."""
+    import hashlib
+
+    data = (models / name).read_bytes()
+    _edit_manifest(models, lambda man: man[section][key].update(sha256=hashlib.sha256(data).hexdigest(),
+                                                                bytes=len(data)))
+
+
 def cases(cohort: Path, models: Path, work: Path) -> list[CliCase]:
     cohort, models, work = Path(cohort), Path(models), Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -72,12 +81,7 @@ def cases(cohort: Path, models: Path, work: Path) -> list[CliCase]:
     m = _copy(models, work / "m_trunc_grader_rehashed")
     txt = (m / "spinal.txt").read_bytes()
     (m / "spinal.txt").write_bytes(txt[: len(txt) // 3])
-    import hashlib
-
-    def rehash(man):
-        man["models"]["spinal"].update(sha256=hashlib.sha256((m / "spinal.txt").read_bytes()).hexdigest(),
-                                       bytes=(m / "spinal.txt").stat().st_size)
-    _edit_manifest(m, rehash)
+    _rehash(m, "models", "spinal", "spinal.txt")
     predict("truncated_grader_rehashed", "spinal.txt truncated and the manifest rewritten to match", m, 3,
             "not a complete LightGBM text model")
 
@@ -95,11 +99,7 @@ def cases(cohort: Path, models: Path, work: Path) -> list[CliCase]:
 
     m = _copy(models, work / "m_bad_locjson")
     (m / "localizer.json").write_text("{not json")
-
-    def rehash_json(man):
-        man["files"]["localizer.json"].update(sha256=hashlib.sha256((m / "localizer.json").read_bytes()).hexdigest(),
-                                              bytes=(m / "localizer.json").stat().st_size)
-    _edit_manifest(m, rehash_json)
+    _rehash(m, "files", "localizer.json", "localizer.json")
     predict("bad_localizer_json", "localizer.json not JSON (manifest rewritten to match)", m, 3,
             "not a localiser description")
 
@@ -156,7 +156,7 @@ def cases(cohort: Path, models: Path, work: Path) -> list[CliCase]:
                lambda c: c.__setitem__("condition", ["Knee Pain"] + list(c["condition"][1:])), "unknown condition")
     coord_case("coords_path_in_id", "study_id '../../etc'",
                lambda c: c.__setitem__("study_id", ["../../etc"] + list(c["study_id"][1:])), "is not an integer id")
-    coord_case("coords_missing_column", "no 'y' column", lambda c: c.drop(columns=["y"], inplace=True),
+    coord_case("coords_missing_column", "no 'y' column", lambda c: c.pop("y"),
                "missing required column")
     coord_case("coords_duplicate_target", "two points for one study, condition and level",
                lambda c: c.loc.__setitem__(c.index[1], c.iloc[0]), "already has a point")

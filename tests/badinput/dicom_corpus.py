@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, MPEG2MPML, MRImageStorage, generate_uid
 
 AXIAL = [1, 0, 0, 0, 1, 0]
 
@@ -119,7 +119,8 @@ def build(root: Path) -> list[DicomCase]:
     dupn = _three()
     dupn[2].InstanceNumber = 2
     add("duplicate_instance_number", "slices 2 and 3 both InstanceNumber 2", "ok", dupn)
-    add("compressed_no_decoder", "JPEG-LS pixel data (no decoder installed)", "error", _three(syntax=JPEGLSLossless))
+    add("compressed_no_decoder", "MPEG2 pixel data (no decoder exists)", "error", _three(syntax=MPEG2MPML))
+    add("compressed_damaged", "JPEG-LS syntax, pixel data not a JPEG-LS stream", "error", _three(syntax=JPEGLSLossless))
     add("monochrome1", "MONOCHROME1 (inverted)", "ok", _three(photometric="MONOCHROME1"))
     add("bits8", "8-bit pixels", "ok", _three(bits=8))
     add("bits16", "16-bit pixels", "ok", _three(bits=16))

@@ -50,12 +50,25 @@ def short(text: str, n: int = 160) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def message(output: str) -> str:
+    """The part of a command's output that says what went wrong (or, for a batch, how it went)."""
+    text = re.sub(r"[│╭╮╰╯─]+", " ", " ".join(output.split()))
+    for key in ("error:", "Invalid value", "Missing option", "fell back"):
+        if key in text:
+            i = text.index(key)
+            return text[max(0, text.rfind(" -> ", 0, i) if key == "fell back" else i):]
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("work", type=Path)
     ap.add_argument("--cohort", type=Path)
     ap.add_argument("--models", type=Path)
     a = ap.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)      # warnings of the damaged cases are in the table, not on stderr
     from typer.testing import CliRunner
 
     from spinefeat.cli import app
@@ -73,6 +86,10 @@ def main() -> None:
         if not (models / "manifest.json").exists():
             r = CliRunner().invoke(app, ["train", str(cohort), "--out", str(models), "--folds", "3", "--jobs", "2"])
             assert r.exit_code == 0, r.output
+    import shutil
+
+    for sub in ("dicom", "cli"):                   # the cases are built afresh from the cohort and models
+        shutil.rmtree(a.work / sub, ignore_errors=True)
     print("| DICOM case | damage | expected | got | message |\n|---|---|---|---|---|")
     for c in dicom_corpus.build(a.work / "dicom"):
         got, msg = dicom_outcome(c)
@@ -80,8 +97,7 @@ def main() -> None:
     print("\n| CLI case | input | expected exit | exit | message |\n|---|---|---|---|---|")
     for c in cli_corpus.cases(cohort, models, a.work / "cli"):
         r = cli_corpus.run(c)
-        lines = [ln for ln in r.output.splitlines() if re.search(r"error|failed|fell back|Invalid|Missing", ln)]
-        print(f"| {c.name} | {c.what} | {c.exit_code} | {r.exit_code} | {short(' '.join(lines[:3]) or r.output)} |")
+        print(f"| {c.name} | {c.what} | {c.exit_code} | {r.exit_code} | {short(message(r.output), 230)} |")
 
 
 if __name__ == "__main__":
