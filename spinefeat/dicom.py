@@ -8,6 +8,7 @@ patient-identifying values are stored, logged or put into error messages
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,10 +63,7 @@ def _guard(fn):
 
     @functools.wraps(fn)
     def run(path, *args, **kwargs):
-        # pydicom's decoders log a traceback (at ERROR) before raising: the DicomError says it in one line.
-        pd_log = logging.getLogger("pydicom")
-        level = pd_log.level
-        pd_log.setLevel(logging.CRITICAL)
+        _quiet_pydicom(+1)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")          # pydicom warns about every oddity of a damaged file
@@ -76,8 +74,24 @@ def _guard(fn):
             # Elements are parsed lazily, so a damaged one can fail at any access, not only in dcmread.
             raise DicomError(f"{path}: damaged DICOM file ({type(exc).__name__})") from None
         finally:
-            pd_log.setLevel(level)
+            _quiet_pydicom(-1)
     return run
+
+
+_quiet = {"depth": 0, "level": logging.NOTSET, "lock": threading.Lock()}
+
+
+def _quiet_pydicom(step: int) -> None:
+    """Silence pydicom's logger while any thread reads a file (its decoders log a traceback at ERROR
+    before raising; the DicomError says it in one line), and restore its level after the last one."""
+    with _quiet["lock"]:
+        pd_log = logging.getLogger("pydicom")
+        if step > 0 and _quiet["depth"] == 0:
+            _quiet["level"] = pd_log.level
+            pd_log.setLevel(logging.CRITICAL)
+        _quiet["depth"] += step
+        if _quiet["depth"] == 0:
+            pd_log.setLevel(_quiet["level"])
 
 
 @_guard

@@ -57,3 +57,16 @@ def test_cli_corpus_gives_its_exit_code_and_message(cli_cases):
         if problems:
             wrong.append((case.name, problems, out[-600:]))
     assert not wrong, "\n".join(map(str, wrong))
+
+
+def test_a_damaged_compressed_slice_logs_one_line_not_pydicoms_traceback(tmp_path, caplog):
+    import logging
+
+    case = next(c for c in dicom_corpus.build(tmp_path) if c.name == "compressed_damaged")
+    level = logging.getLogger("pydicom").level
+    with caplog.at_level(logging.DEBUG):
+        got, msg = dicom_outcome(case)
+    assert got == "error" and "damaged or not of that syntax" in msg
+    assert not [r for r in caplog.records if r.name.startswith("pydicom")]
+    assert all(r.exc_info is None for r in caplog.records)
+    assert logging.getLogger("pydicom").level == level
