@@ -70,3 +70,24 @@ def test_a_damaged_compressed_slice_logs_one_line_not_pydicoms_traceback(tmp_pat
     assert not [r for r in caplog.records if r.name.startswith("pydicom")]
     assert all(r.exc_info is None for r in caplog.records)
     assert logging.getLogger("pydicom").level == level
+
+
+def test_index_counts_unreadable_files_and_strict_exits_1(tmp_path):
+    import shutil
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from spinefeat.cli import app
+
+    case = next(c for c in dicom_corpus.build(tmp_path / "corpus") if c.name == "non_dicom")
+    data = tmp_path / "data"
+    shutil.copytree(case.folder, data / "train_images" / "1" / "2")
+    args = ["index", str(data), "--out", str(tmp_path / "idx" / "index.parquet")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and "1 of 3 files failed" in " ".join(res.output.split())
+    assert CliRunner().invoke(app, [*args, "--strict"]).exit_code == 1
+    inst = pd.read_parquet(tmp_path / "idx" / "index.parquet")
+    assert set(inst.loc[inst.error == "", "plane"]) == {"axial"}
+    text = inst.astype(str).to_csv() + (tmp_path / "idx" / "index_series.csv").read_text()
+    assert not [v for v in IDENTIFYING if v in text]
