@@ -34,7 +34,7 @@ class LocalisedPoints:
         if self._state is None:
             loc = self.localizer
             self._state = {"fingerprint": self.fingerprint, "detector": loc.detector.model_to_string(),
-                           "gaps": loc.gaps, "offsets": loc.offsets, "sac_offsets": loc.sac_offsets}
+                           "rest": {k: v for k, v in vars(loc).items() if k != "detector"}}
         return self._state
 
     def __setstate__(self, state: dict) -> None:
@@ -43,8 +43,8 @@ class LocalisedPoints:
         self.fingerprint, self._state = state["fingerprint"], None
         if state["fingerprint"] not in _LOADED:
             _LOADED.clear()
-            _LOADED[state["fingerprint"]] = Localizer(lgb.Booster(model_str=state["detector"]), state["gaps"],
-                                                      state["offsets"], state["sac_offsets"])
+            _LOADED[state["fingerprint"]] = Localizer(detector=lgb.Booster(model_str=state["detector"]),
+                                                      **state["rest"])
         self.localizer = _LOADED[state["fingerprint"]]
 
     def __call__(self, images) -> tuple[pd.DataFrame, list[str]]:

@@ -11,11 +11,10 @@ from spinefeat.dataset import DataFolder
 from spinefeat.extract import extract, points_from_labels
 from spinefeat.parallel import map_studies
 
-distributed = pytest.importorskip("distributed", reason="the Dask test needs `pip install 'spinefeat[dask]'`")
-
 
 @pytest.fixture(scope="module")
 def cluster():
+    distributed = pytest.importorskip("distributed", reason="the Dask tests need `pip install 'spinefeat[dask]'`")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   silence_logs=logging.ERROR) as c:
         yield c
@@ -84,3 +83,24 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path):
     with pytest.raises(SpinefeatError, match="cannot reach the Dask scheduler"):
         list(map_studies(_fails_on_odd, [1], scheduler="tcp://127.0.0.1:1", on_error=lambda s, e: None,
                          connect_timeout_s=2))
+
+
+def test_localised_points_travel_as_one_model_text(trained):
+    """A point source pickled for a worker comes back with the same localiser (same fingerprint, same
+    detector output), and a second copy in the same process reuses the first one's parsed model."""
+    import pickle
+
+    import cloudpickle
+    import numpy as np
+
+    from spinefeat.localize import Localizer
+    from spinefeat.pipeline import LocalisedPoints
+
+    loc = Localizer.load(trained)
+    source = LocalisedPoints(loc)
+    blob = cloudpickle.dumps(source)
+    a, b = pickle.loads(blob), pickle.loads(cloudpickle.dumps(source))
+    assert a.fingerprint == source.fingerprint and a.localizer.fingerprint == loc.fingerprint
+    x = np.random.default_rng(0).normal(size=(5, loc.detector.num_feature()))
+    np.testing.assert_allclose(a.localizer.detector.predict(x), loc.detector.predict(x))
+    assert b.localizer is a.localizer
