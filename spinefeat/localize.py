@@ -124,6 +124,32 @@ def _join_pieces(pieces: dict[int, tuple[np.ndarray, np.ndarray]], seed: int, dr
     return chain_ids
 
 
+def beside_periodicity(x: np.ndarray, mask: np.ndarray, dr: float, dc: float, *,
+                       period_mm: tuple[float, float] = (20.0, 50.0)) -> float:
+    """How periodic the tissue 5-25 mm beside a column is along it, on its more periodic side (0..1).
+
+    Beside the canal, vertebral bodies and discs alternate every 25-45 mm:
+    the largest normalised autocorrelation of the detrended intensity profile
+    (1 mm steps along the rows) at a lag in ``period_mm``.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) < 2 or np.ptp(rows) * dr < 2 * period_mm[0]:
+        return 0.0
+    r = np.arange(rows[0], rows[-1] + 1, 1.0 / dr)
+    cen = np.interp(r, rows, [np.flatnonzero(mask[q]).mean() for q in rows])
+    best = 0.0
+    for side in (-1.0, 1.0):
+        cols = cen[:, None] + side * np.arange(5.0, 25.1, 5.0)[None, :] / dc
+        p = ndi.map_coordinates(x, [np.repeat(r[:, None], cols.shape[1], 1), cols], order=1, mode="nearest").mean(1)
+        p = p - ndi.uniform_filter1d(p, 61, mode="nearest")
+        den = float(np.sum(p * p))
+        if den <= 0:
+            continue
+        for lag in range(int(period_mm[0]), min(int(period_mm[1]), len(p) - 10) + 1):
+            best = max(best, float(np.sum(p[:-lag] * p[lag:]) / den))
+    return best
+
+
 def csf_column(img: np.ndarray, pixel_spacing_mm, *, cut: float = 0.3, follow: bool = True) -> tuple[np.ndarray, float]:
     """The CSF column: bright, vertically elongated components standing out of their rows, inside the body.
 
@@ -159,14 +185,16 @@ def csf_column(img: np.ndarray, pixel_spacing_mm, *, cut: float = 0.3, follow: b
         return np.zeros(img.shape, bool), 0.0
     # Each of the longest pieces seeds a chain of the pieces that join it. The column is the chain with
     # the most contrast times the square root of its length: the CSF stands out of its rows more than the
-    # fat along the vertebral bodies or in the back muscles, and a canal broken at tight levels is still long.
+    # fat along the vertebral bodies or in the back muscles, and a canal broken at tight levels is still long;
+    # and it runs along the vertebral column (bodies and discs alternate beside it), a band of fat does not.
     slices = ndi.find_objects(lab)
     pieces = {}
     for _, i in cands:
         r, c = np.nonzero(lab[slices[i - 1]] == i)
         pieces[i] = (r + slices[i - 1][0].start, c + slices[i - 1][1].start)
     chains = [np.isin(lab, _join_pieces(pieces, seed, dr, dc)) for _, seed in sorted(cands)[-6:]]
-    score = [th[m].mean() * np.sqrt(np.ptp(np.flatnonzero(m.any(axis=1))) + 1) for m in chains]
+    score = [th[m].mean() * np.sqrt(np.ptp(np.flatnonzero(m.any(axis=1))) + 1) * (0.5 + beside_periodicity(x, m, dr, dc))
+             for m in chains]
     best = int(np.argmax(score))
     mask = chains[best]
     width_mm = float(np.median(mask.sum(axis=1)[mask.any(axis=1)])) * dc
@@ -388,6 +416,7 @@ class Localizer:
     gaps: np.ndarray                         # (4, 2) mm
     offsets: dict = field(default_factory=dict)   # condition -> level -> [dx, dy, dz] from the spinal point
     sac_offsets: dict = field(default_factory=dict)  # recess condition -> level -> [dx, dy, dz] from the axial sac centre
+    trained_on: dict = field(default_factory=dict)   # what the detector learnt from (studies, SPIDER patients)
 
     def save(self, out: Path) -> None:
         out = Path(out)
@@ -396,7 +425,8 @@ class Localizer:
 
         write_text(out / "localizer.txt", self.detector.model_to_string())
         write_json(out / "localizer.json", {"gaps_mm": self.gaps.tolist(), "offsets_mm": self.offsets,
-                                            "sac_offsets_mm": self.sac_offsets, "step_mm": STEP_MM})
+                                            "sac_offsets_mm": self.sac_offsets, "step_mm": STEP_MM,
+                                            "trained_on": self.trained_on})
 
     @property
     def fingerprint(self) -> str:
@@ -411,7 +441,8 @@ class Localizer:
         from .models import load_localizer_files
 
         detector, meta = load_localizer_files(models)   # hashes checked against manifest.json
-        return cls(detector, np.array(meta["gaps_mm"]), meta["offsets_mm"], meta.get("sac_offsets_mm", {}))
+        return cls(detector, np.array(meta["gaps_mm"]), meta["offsets_mm"], meta.get("sac_offsets_mm", {}),
+                   meta.get("trained_on", {}))
 
     def find_discs(self, stack: Stack) -> tuple[int, float, np.ndarray, np.ndarray]:
         """Mid-sagittal slice, the midline's offset from it (mm), the five disc (row, col) on it, a confidence per level."""
@@ -449,15 +480,45 @@ def _label_xyz(images, point) -> np.ndarray:
     return st.geometry.to_patient(k, float(point["y"]), float(point["x"]))
 
 
-def train_localizer(root: Path, points: pd.DataFrame, *, jobs: int = 1, progress=None) -> Localizer:
-    """Learn the detector, the level spacing and the offsets of the other points from labelled studies."""
+def disc_samples(img: np.ndarray, pixel_spacing_mm, iop, disc_rc) -> tuple[np.ndarray, np.ndarray] | None:
+    """Detector training samples of one sagittal slice: the features of every canal sample and its class,
+    the level (1..5, L1/L2 first) of the disc point ``disc_rc[k]`` (row, col) within :data:`DISC_RADIUS_MM`,
+    else 0. None when no canal is found."""
+    canal = fit_canal(img, pixel_spacing_mm, iop)
+    if canal is None:
+        return None
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    y = np.zeros(len(canal.rows), int)
+    for li, (r, c) in enumerate(disc_rc):
+        y[np.hypot((canal.rows - r) * dr, (canal.cols - c) * dc) <= DISC_RADIUS_MM] = li + 1
+    return sample_features(img, pixel_spacing_mm, canal), y
+
+
+def fit_detector(xs: list[np.ndarray], ys: list[np.ndarray], *, jobs: int = 1) -> lgb.Booster:
+    """The disc detector on the samples of many slices (every disc sample weighs as ten background ones)."""
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    return lgb.train(dict(DET_PARAMS, num_threads=jobs), lgb.Dataset(x, y, weight=np.where(y > 0, 10.0, 1.0)), 200)
+
+
+def gap_stats(gaps: list[np.ndarray]) -> np.ndarray:
+    """(4, 2) mean and sd (mm, at least 2) of the distances between neighbouring discs."""
+    g = np.array(gaps)
+    return np.stack([g.mean(axis=0), np.maximum(g.std(axis=0), 2.0)], axis=1)
+
+
+def rsna_samples(root: Path, points: pd.DataFrame, *, progress=None) -> dict:
+    """Everything the localiser learns from a labelled Kaggle-layout folder: detector samples (``x``, ``y``
+    lists), disc gaps (mm), offsets of the other points from the spinal point and of the recesses from the
+    axial sac centre (condition -> level -> list of [dx, dy, dz])."""
     folder = DataFolder(root)
     ser = folder.series("train")
-    xs, ys, gaps = [], [], []
-    offsets: dict[str, dict[str, list]] = {c: {lv: [] for lv in LEVELS} for c in CONDITIONS[1:]}
-    sac_offsets: dict[str, dict[str, list]] = {c: {lv: [] for lv in LEVELS} for c in RECESSES}
+    out = {"x": [], "y": [], "gaps": [], "studies": 0,
+           "offsets": {c: {lv: [] for lv in LEVELS} for c in CONDITIONS[1:]},
+           "sac_offsets": {c: {lv: [] for lv in LEVELS} for c in RECESSES}}
     study_ids = sorted(points["study_id"].unique())
     for n, sid in enumerate(study_ids):
+        if progress is not None:
+            progress(n, len(study_ids))
         pts = points[points["study_id"] == sid]
         sp = pts[pts["condition"] == "spinal_canal_stenosis"].set_index("level")
         if len(sp) < 5 or sp["series_id"].nunique() != 1:
@@ -467,50 +528,60 @@ def train_localizer(root: Path, points: pd.DataFrame, *, jobs: int = 1, progress
             (stack,) = images.stacks(int(sp["series_id"].iloc[0]))[:1]
             spine_xyz = {lv: _label_xyz(images, sp.loc[lv]) for lv in LEVELS}
             k = stack.slice_of_instance(int(sp["instance_number"].iloc[0]))
-            img = stack.pixels[k]
-            canal = fit_canal(img, stack.geometry.pixel_spacing_mm, stack.geometry.iop)
+            got = disc_samples(stack.pixels[k], stack.geometry.pixel_spacing_mm, stack.geometry.iop,
+                               [(sp.loc[lv, "y"], sp.loc[lv, "x"]) for lv in LEVELS])
         except (SpinefeatError, ValueError, KeyError) as exc:
             log.warning("study %s skipped for the localiser: %s", sid, exc)
             continue
-        if canal is None:
+        if got is None:
             continue
-        f = sample_features(img, stack.geometry.pixel_spacing_mm, canal)
-        # Label of each sample: the disc whose labelled point is within DISC_RADIUS_MM (in mm on the slice).
-        dr, dc = stack.geometry.pixel_spacing_mm
-        y = np.zeros(len(canal.rows), int)
-        for li, lv in enumerate(LEVELS):
-            d = np.hypot((canal.rows - sp.loc[lv, "y"]) * dr, (canal.cols - sp.loc[lv, "x"]) * dc)
-            y[d <= DISC_RADIUS_MM] = li + 1
-        xs.append(f)
-        ys.append(y)
+        out["x"].append(got[0])
+        out["y"].append(got[1])
+        out["studies"] += 1
         z = np.array([spine_xyz[lv] for lv in LEVELS])
-        gaps.append(np.linalg.norm(np.diff(z, axis=0), axis=1))
+        out["gaps"].append(np.linalg.norm(np.diff(z, axis=0), axis=1))
         for cond in CONDITIONS[1:]:
             for _, p in pts[pts["condition"] == cond].iterrows():
                 try:
                     xyz = _label_xyz(images, p)
-                    offsets[cond][p["level"]].append((xyz - spine_xyz[p["level"]]).tolist())
+                    out["offsets"][cond][p["level"]].append((xyz - spine_xyz[p["level"]]).tolist())
                     if cond in RECESSES:
                         centre = sac_centre(*images.locate(p["series_id"], p["instance_number"]),
                                             spine_xyz[p["level"]], keep_lateral=True)
                         if centre is not None:
-                            sac_offsets[cond][p["level"]].append((xyz - centre).tolist())
+                            out["sac_offsets"][cond][p["level"]].append((xyz - centre).tolist())
                 except (SpinefeatError, KeyError):
                     pass
-        if progress is not None:
-            progress(n + 1, len(study_ids))
-    if not xs:
+    if progress is not None:
+        progress(len(study_ids), len(study_ids))
+    return out
+
+
+def train_localizer(root: Path, points: pd.DataFrame, *, spider: Path | None = None, jobs: int = 1,
+                    progress=None) -> Localizer:
+    """Learn the detector, the level spacing and the offsets of the other points from labelled studies,
+    and with ``spider`` (a SPIDER folder, :mod:`spinefeat.spider`) the detector and the spacing also from
+    its real sagittal T2 and disc masks."""
+    got = rsna_samples(root, points, progress=progress)
+    trained_on = {"studies": got["studies"]}
+    if spider is not None:
+        from .spider import read_spider, spider_samples
+
+        patients = read_spider(spider)
+        for p in patients:
+            xs, ys, gaps = spider_samples(p)
+            got["x"] += xs
+            got["y"] += ys
+            got["gaps"] += gaps
+        trained_on["spider_patients"] = [p.patient for p in patients]
+    if not got["x"]:
         raise SpinefeatError("no study could train the localiser (need five spinal points on one sagittal slice)")
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    # Balance: every disc sample counts as much as ten background samples.
-    w = np.where(y > 0, 10.0, 1.0)
-    det = lgb.train(dict(DET_PARAMS, num_threads=jobs), lgb.Dataset(x, y, weight=w), 200)
-    g = np.array(gaps)
-    gap_stats = np.stack([g.mean(axis=0), np.maximum(g.std(axis=0), 2.0)], axis=1)
+
     def medians(table):
         return {c: {lv: np.median(np.array(v), axis=0).tolist() for lv, v in d.items() if v} for c, d in table.items()}
 
-    return Localizer(det, gap_stats, medians(offsets), medians(sac_offsets))
+    return Localizer(fit_detector(got["x"], got["y"], jobs=jobs), gap_stats(got["gaps"]), medians(got["offsets"]),
+                     medians(got["sac_offsets"]), trained_on)
 
 
 #: A keyhole counts as the foramen seen on a slice when its area (mm2) is in this range.
