@@ -377,6 +377,8 @@ def train(
     points: Annotated[Points, typer.Option(help="Fit the graders at the label points only, or also at the points the "
                                                 "localiser finds (as at test time; CV is then scored there).")] = "both",
     scheduler: Scheduler = None,
+    spider: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
+                      help="A SPIDER folder (real_spider/ layout): the disc detector learns from it too.")] = None,
 ) -> None:
     """Learn the localiser and fit the three graders with cross-validation (features cached under OUT).
 
@@ -391,7 +393,7 @@ def train(
     with _progress() as prog:
         task = prog.add_task("training", total=None)
         result = train_all(data, out, folds=folds, jobs=jobs, seed=seed, points=points.value,
-                           label_features=label_features, scheduler=scheduler,
+                           label_features=label_features, scheduler=scheduler, spider=spider,
                            step=lambda name, n, t: prog.update(task, description=name, completed=n, total=t))
     _print_cv(result["cv"])
     console.print(f"models -> {out} (graders fit in {result['cv']['seconds']:.1f} s)")

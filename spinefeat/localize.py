@@ -58,6 +58,8 @@ ALONG_MM = tuple(np.arange(-12.0, 12.1, 2.0))
 #: Wider context, followed along the canal curve: is there a disc a level above or below (the sacrum has none)?
 FAR_ANTERIOR_MM = (13.0, 18.0)
 FAR_ALONG_MM = tuple(d for d in np.arange(-64.0, 64.1, 8.0) if abs(d) >= 16)
+#: The canal's direction is read here along the curve (mm).
+ANGLE_ALONG_MM = (-60.0, -40.0, -20.0, 0.0, 20.0, 40.0, 60.0)
 DET_PARAMS = {"objective": "multiclass", "num_class": 6, "learning_rate": 0.1, "num_leaves": 31,
               "min_data_in_leaf": 40, "feature_fraction": 0.8, "verbose": -1, "seed": 0, "deterministic": True,
               "force_col_wise": True}
@@ -319,20 +321,23 @@ def fit_canal(img: np.ndarray, pixel_spacing_mm, iop, *, extend_mm: tuple[float,
     mask, extent = csf_column(img, pixel_spacing_mm)
     if extent < 40:
         return None
-    rr, cc = np.nonzero(mask)
-    deg = 3 if np.ptp(rr) * dr > 80 else 2
-    coef = np.polyfit(rr, cc, deg)
-    # Robust: refit on pixels near the first fit (drops bright fat beside the column).
-    near = np.abs(cc - np.polyval(coef, rr)) * dc < 10
-    coef = np.polyfit(rr[near], cc[near], deg)
-    top, bottom = rr[near].min(), rr[near].max()
+    # The centre line: each row's median column (a bright blob beside the column does not pull it), rows
+    # without CSF (tight levels) interpolated, smoothed over 10 mm. A real canal bends too much between the
+    # thoracic spine and the sacrum for one polynomial.
+    rows_m = np.flatnonzero(mask.any(axis=1))
+    top, bottom = int(rows_m[0]), int(rows_m[-1])
+    centre = np.interp(np.arange(top, bottom + 1), rows_m, [np.median(np.flatnonzero(mask[r])) for r in rows_m])
+    win = max(3, int(round(10.0 / dr)) | 1)
+    centre = ndi.uniform_filter1d(ndi.median_filter(centre, size=win, mode="nearest"), win, mode="nearest")
+    end = max(2, int(round(15.0 / dr)))
+    slope = [np.polyfit(np.arange(min(end, len(centre))), centre[:end], 1)[0],
+             np.polyfit(np.arange(min(end, len(centre))), centre[-end:], 1)[0]]
     first = max(0.0, top - extend_mm[0] / dr)
     last = min(img.shape[0] - 1.0, bottom + extend_mm[1] / dr)
     dense = np.arange(first, last + 0.01, 0.25)
-    slope = np.polyval(np.polyder(coef), [top, bottom])
-    col = np.where(dense < top, np.polyval(coef, top) + slope[0] * (dense - top),
-                   np.where(dense > bottom, np.polyval(coef, bottom) + slope[1] * (dense - bottom),
-                            np.polyval(coef, dense)))
+    col = np.where(dense < top, centre[0] + slope[0] * (dense - top),
+                   np.where(dense > bottom, centre[-1] + slope[1] * (dense - bottom),
+                            np.interp(dense, np.arange(top, bottom + 1), centre)))
     ds = np.hypot(0.25 * dr, np.gradient(col) * dc)
     s = np.concatenate([[0.0], np.cumsum(ds[1:])])
     targets = np.arange(0.0, s[-1], STEP_MM)
@@ -373,7 +378,17 @@ def sample_features(img: np.ndarray, pixel_spacing_mm, canal: Canal) -> np.ndarr
     rel = prof - prof.reshape(len(canal.rows), len(ANTERIOR_MM), len(ALONG_MM)).mean(axis=2).repeat(len(ALONG_MM), 1)
     # Where along the image: fields of view are centred on the lumbar spine (real layouts put L3/L4 near the middle).
     pos = np.stack([canal.end_mm - canal.s_mm, canal.width_mm, (canal.rows - (h - 1) / 2) * dr], 1)
-    return np.concatenate([prof, rel, centre, np.array(far).T, pos], axis=1).astype(np.float32)
+    # The canal's direction (degrees from the image's vertical, positive leaning anterior going down) here and
+    # along it: the lordosis peaks at L3-L4 and the canal turns back behind the sacrum.
+    angle = np.degrees(np.arctan2(canal.anterior * np.gradient(canal.cols) * dc, np.gradient(canal.rows) * dr))
+    turn = []
+    for d in ANGLE_ALONG_MM:
+        j = np.arange(n) + int(round(d / STEP_MM))
+        ok = (j >= 0) & (j < n)
+        v = np.full(n, np.nan, np.float32)
+        v[ok] = angle[j[ok]]
+        turn.append(v)
+    return np.concatenate([prof, rel, centre, np.array(far).T, pos, np.array(turn).T], axis=1).astype(np.float32)
 
 
 def chain(logp: np.ndarray, s_mm: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, float]:
@@ -490,7 +505,10 @@ def disc_samples(img: np.ndarray, pixel_spacing_mm, iop, disc_rc) -> tuple[np.nd
     dr, dc = (float(v) for v in pixel_spacing_mm)
     y = np.zeros(len(canal.rows), int)
     for li, (r, c) in enumerate(disc_rc):
-        y[np.hypot((canal.rows - r) * dr, (canal.cols - c) * dc) <= DISC_RADIUS_MM] = li + 1
+        # The disc's place on the curve: its nearest sample, when the curve passes within 10 mm of the point.
+        d = np.hypot((canal.rows - r) * dr, (canal.cols - c) * dc)
+        if d.min() <= 10.0:
+            y[np.abs(canal.s_mm - canal.s_mm[np.argmin(d)]) <= DISC_RADIUS_MM] = li + 1
     return sample_features(img, pixel_spacing_mm, canal), y
 
 

@@ -123,10 +123,16 @@ def disc_points(labels: np.ndarray, *, pixel_spacing_mm: float = PIXEL_MM, min_a
         u = np.linalg.svd(np.stack([rr, cc], 1) - c0, full_matrices=False)[2][0]   # long axis (row, col)
         v = line - c0
         perp = np.abs(v[:, 0] * u[1] - v[:, 1] * u[0])      # distance of centre-line points from the axis
-        near = np.abs(v @ u) < 60.0 / pixel_spacing_mm
-        if not near.any():
-            continue
-        j = np.flatnonzero(near)[np.argmin(perp[near])]
+        along = np.abs(v @ u)
+        # The nearest crossing: the axis of the lowest disc also meets the sacral canal, further along.
+        cross = np.flatnonzero(perp <= 1.5)
+        if len(cross):
+            j = cross[np.argmin(along[cross])]
+        else:
+            near = np.flatnonzero(along < 60.0 / pixel_spacing_mm)
+            if not len(near):
+                continue
+            j = near[np.argmin(perp[near])]
         pts.append(line[j])
     return np.array(sorted(pts, key=lambda p: p[0])).reshape(-1, 2)
 
