@@ -414,7 +414,7 @@ def predict(
 ) -> None:
     """Write a challenge submission: 25 rows per study, priors where a point or series is missing."""
     from .io import check_output_dir, check_output_file, write_csv
-    from .models import load
+    from .models import LOW_CONFIDENCE_REASON, load
 
     check_output_file(out)
     fb_path = check_output_file(out.with_name(out.stem + ".fallback.csv"))
@@ -424,8 +424,9 @@ def predict(
     sub, fallback = graders.predict(feats)
     write_csv(out, sub)
     write_csv(fb_path, fallback)
-    console.print(f"{len(sub)} rows for {len(sub) // 25} studies -> {out}; {len(fallback)} rows fell back to the "
-                  f"trained priors (listed in {fb_path})")
+    low = fallback["reason"].str.startswith(LOW_CONFIDENCE_REASON)
+    console.print(f"{len(sub)} rows for {len(sub) // 25} studies -> {out}; {int((~low).sum())} rows fell back to the "
+                  f"trained priors, {int(low.sum())} graded at low-confidence points (listed in {fb_path})")
     _batch_exit(len(_failed_studies(feats)), feats["study_id"].nunique(), strict)
 
 
@@ -688,7 +689,7 @@ def check_localize(
     from .dataset import read_coordinates
     from .errors import DataError
     from .io import check_output_dir, check_output_file, write_csv
-    from .localize import point_errors, summarize_errors
+    from .localize import confidence_auc, point_errors, summarize_errors
 
     if out is not None:
         check_output_file(out)
@@ -704,8 +705,10 @@ def check_localize(
     summary = summarize_errors(err)
     typer.echo(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     shifted = err.groupby("study_id")["wrong_level"].any()
-    typer.echo(f"all points: within 5 mm {(err.error_mm <= 5).mean():.3f}, wrong level {err.wrong_level.mean():.4f}, "
-               f"studies {err.study_id.nunique()}, studies with a point on a wrong level {int(shifted.sum())}")
+    typer.echo(f"all points: within 5 mm {(err.error_mm <= 5).mean():.3f}, within 6 mm {(err.error_mm <= 6).mean():.3f}, "
+               f"wrong level {err.wrong_level.mean():.4f}, studies {err.study_id.nunique()}, studies with a point on "
+               f"a wrong level {int(shifted.sum())}; AUC of the confidence for an error over 6 mm "
+               f"{confidence_auc(err):.3f} ({int((err.error_mm > 6).sum())} such points)")
     if overlays is not None:
         from .report import write_point_sheets
 

@@ -861,8 +861,22 @@ def point_errors(root: Path, predicted: pd.DataFrame, truth: pd.DataFrame, *, sp
             else:
                 slice_off = 99
             out.append({"study_id": sid, "condition": r.condition, "level": r.level, "error_mm": float(d),
-                        "wrong_level": bool(others and min(others) < d), "slice_offset": int(slice_off)})
+                        "wrong_level": bool(others and min(others) < d), "slice_offset": int(slice_off),
+                        "confidence": float(getattr(r, "confidence", np.nan))})
     return pd.DataFrame(out)
+
+
+def confidence_auc(err: pd.DataFrame, *, threshold_mm: float = 6.0) -> float:
+    """How well a point's confidence ranks its error: the AUC of ``1 - confidence`` for an error over
+    ``threshold_mm`` (0.5 is chance, 1 every large error is less confident than every small one). NaN
+    when the points have no confidence or all errors fall on one side of the threshold."""
+    ok = err.dropna(subset=["confidence"]) if "confidence" in err else err.iloc[0:0]
+    bad = (ok["error_mm"] > threshold_mm).to_numpy()
+    if bad.all() or not bad.any():
+        return float("nan")
+    rank = (-ok["confidence"]).rank().to_numpy()              # ties share their mean rank
+    n1, n0 = int(bad.sum()), int((~bad).sum())
+    return float((rank[bad].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def summarize_errors(err: pd.DataFrame) -> pd.DataFrame:
