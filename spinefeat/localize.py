@@ -286,7 +286,7 @@ def mid_sagittal(stack: Stack) -> tuple[int, float]:
     cands = list(range(max(0, k // 2 - 4), min(k, k // 2 + 5)))
     area, extent = {}, {}
     for i in cands:
-        mask, extent[i] = csf_column(stack.pixels[i], stack.geometry.pixel_spacing_mm)
+        mask, extent[i] = csf_column(stack.pixels[i], stack.geometry.pixel_spacing_mm, follow=False)
         area[i] = float(mask.sum()) if extent[i] >= 40 else 0.0
     longest = max(extent.values())
     best = max(cands, key=lambda i: (extent[i] >= 0.75 * longest and area[i] > 0, area[i], -abs(i - (k - 1) / 2)))
