@@ -79,6 +79,8 @@ def _norm(img: np.ndarray) -> np.ndarray:
 TOPHAT_WIDTH_MM = 25.0
 #: A column this close (mm, along its row) to air is the subcutaneous fat of the back, not the canal.
 MIN_BODY_DEPTH_MM = 15.0
+#: A CSF piece is brighter than its row's background by this share of the image's 99.5th percentile top-hat.
+CSF_CUT = 0.3
 
 
 def _row_tophat(x: np.ndarray, dc: float, width_mm: float = TOPHAT_WIDTH_MM) -> np.ndarray:
@@ -152,7 +154,7 @@ def beside_periodicity(x: np.ndarray, mask: np.ndarray, dr: float, dc: float, *,
     return best
 
 
-def csf_column(img: np.ndarray, pixel_spacing_mm, *, cut: float = 0.3, follow: bool = True) -> tuple[np.ndarray, float]:
+def csf_column(img: np.ndarray, pixel_spacing_mm, *, cut: float = CSF_CUT, follow: bool = True) -> tuple[np.ndarray, float]:
     """The CSF column: bright, vertically elongated components standing out of their rows, inside the body.
 
     Brightness is read against each row's background (:func:`_row_tophat`), so
@@ -164,16 +166,24 @@ def csf_column(img: np.ndarray, pixel_spacing_mm, *, cut: float = 0.3, follow: b
     of it (the column breaks where a canal is tight, and curves with the
     lordosis). Returns the mask and its vertical extent (mm).
     """
+    seed, th, hi = _seed_column(img, pixel_spacing_mm, cut=cut)
+    mask = _follow(seed, th, hi, pixel_spacing_mm, cut) if follow else seed
+    rows = np.flatnonzero(mask.any(axis=1))
+    return mask, float(np.ptp(rows) * float(pixel_spacing_mm[0])) if len(rows) else 0.0
+
+
+def _seed_column(img: np.ndarray, pixel_spacing_mm, *, cut: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The CSF column's own pieces (see :func:`csf_column`), the row top-hat image and its 99.5th percentile."""
     dr, dc = (float(v) for v in pixel_spacing_mm)
     x = ndi.uniform_filter(_norm(img), size=3)
     th = _row_tophat(x, dc)
     depth = body_depth_mm(x, dc)
     hi = float(np.percentile(th, 99.5))
     if hi <= 0:
-        return np.zeros(img.shape, bool), 0.0
+        return np.zeros(img.shape, bool), th, hi
     lab, n = ndi.label(th > cut * hi)
     if n == 0:
-        return np.zeros(img.shape, bool), 0.0
+        return np.zeros(img.shape, bool), th, hi
     cands, shallow = [], []
     for i, sl in enumerate(ndi.find_objects(lab), start=1):
         h_mm = (sl[0].stop - sl[0].start) * dr
@@ -184,7 +194,7 @@ def csf_column(img: np.ndarray, pixel_spacing_mm, *, cut: float = 0.3, follow: b
             (cands if deep else shallow).append((h_mm, i))
     cands = cands or shallow
     if not cands:
-        return np.zeros(img.shape, bool), 0.0
+        return np.zeros(img.shape, bool), th, hi
     # Each of the longest pieces seeds a chain of the pieces that join it. The column is the chain with
     # the most contrast times the square root of its length: the CSF stands out of its rows more than the
     # fat along the vertebral bodies or in the back muscles, and a canal broken at tight levels is still long;
@@ -198,12 +208,17 @@ def csf_column(img: np.ndarray, pixel_spacing_mm, *, cut: float = 0.3, follow: b
     score = [th[m].mean() * np.sqrt(np.ptp(np.flatnonzero(m.any(axis=1))) + 1) * (0.5 + beside_periodicity(x, m, dr, dc))
              for m in chains]
     best = int(np.argmax(score))
-    mask = chains[best]
-    width_mm = float(np.median(mask.sum(axis=1)[mask.any(axis=1)])) * dc
-    if follow:
-        mask = follow_column(th, mask, pixel_spacing_mm, low=0.5 * cut * hi, max_width_mm=max(1.5 * width_mm, 4.0))
-    rows = np.flatnonzero(mask.any(axis=1))
-    return mask, float(np.ptp(rows) * dr) if len(rows) else 0.0
+    return chains[best], th, hi
+
+
+
+
+def _follow(seed: np.ndarray, th: np.ndarray, hi: float, pixel_spacing_mm, cut: float) -> np.ndarray:
+    """The seed column continued along the top-hat ridge, at most 1.5 times its median width."""
+    if not seed.any():
+        return seed
+    width_mm = float(np.median(seed.sum(axis=1)[seed.any(axis=1)])) * float(pixel_spacing_mm[1])
+    return follow_column(th, seed, pixel_spacing_mm, low=0.5 * cut * hi, max_width_mm=max(1.5 * width_mm, 4.0))
 
 
 def follow_column(ridge: np.ndarray, mask: np.ndarray, pixel_spacing_mm, *, low: float, max_slope: float = 1.2,
@@ -318,8 +333,10 @@ def fit_canal(img: np.ndarray, pixel_spacing_mm, iop, *, extend_mm: tuple[float,
     to find it there.
     """
     dr, dc = (float(v) for v in pixel_spacing_mm)
-    mask, extent = csf_column(img, pixel_spacing_mm)
-    if extent < 40:
+    csf, th, hi = _seed_column(img, pixel_spacing_mm, cut=CSF_CUT)
+    mask = _follow(csf, th, hi, pixel_spacing_mm, CSF_CUT)
+    rows_csf = np.flatnonzero(csf.any(axis=1))
+    if len(rows_csf) < 2 or np.ptp(rows_csf) * dr < 40:
         return None
     # The centre line: each row's median column (a bright blob beside the column does not pull it), rows
     # without CSF (tight levels) interpolated, smoothed over 10 mm. A real canal bends too much between the
@@ -343,11 +360,12 @@ def fit_canal(img: np.ndarray, pixel_spacing_mm, iop, *, extend_mm: tuple[float,
     targets = np.arange(0.0, s[-1], STEP_MM)
     rows = np.interp(targets, s, dense)
     cols = np.interp(targets, s, col)
-    width = np.array([mask[int(round(r)), :].sum() * dc for r in rows])
+    # Width and end are the CSF's own (the sac), not the canal's continuation along its ridge.
+    width = np.array([csf[int(round(r)), :].sum() * dc for r in rows])
     f_r, _, _ = orientation_axes(iop)
     # LPS +y is posterior: anterior is the column direction with F_r . y < 0.
     anterior = -1.0 if f_r[1] > 0 else 1.0
-    return Canal(rows, cols, targets, width, float(np.interp(bottom, dense, s)), anterior)
+    return Canal(rows, cols, targets, width, float(np.interp(rows_csf[-1], dense, s)), anterior)
 
 
 def sample_features(img: np.ndarray, pixel_spacing_mm, canal: Canal) -> np.ndarray:
