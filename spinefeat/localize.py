@@ -160,11 +160,14 @@ def csf_column(img: np.ndarray, pixel_spacing_mm, *, cut: float = CSF_CUT, follo
     Brightness is read against each row's background (:func:`_row_tophat`), so
     neither the field of view's centre nor the brightest tissue matters; pieces
     within :data:`MIN_BODY_DEPTH_MM` of air (the fat under the skin of the
-    back) are kept only when nothing deeper is found. The longest piece seeds
-    the column; other pieces join it, nearest first, when they lie within 8 mm
+    back) are kept only when nothing deeper is found. Each of the longest
+    pieces seeds a chain; other pieces join it, nearest first, when they lie within 8 mm
     of a line through the 40 mm of column next to them and start within 50 mm
     of it (the column breaks where a canal is tight, and curves with the
-    lordosis). Returns the mask and its vertical extent (mm).
+    lordosis); of the chains so formed, the one with the most contrast times
+    the square root of its length, weighted by :func:`beside_periodicity`, is
+    the column. With ``follow`` it goes on along its ridge
+    (:func:`follow_column`). Returns the mask and its vertical extent (mm).
     """
     seed, th, hi = _seed_column(img, pixel_spacing_mm, cut=cut)
     mask = _follow(seed, th, hi, pixel_spacing_mm, cut) if follow else seed
@@ -209,8 +212,6 @@ def _seed_column(img: np.ndarray, pixel_spacing_mm, *, cut: float) -> tuple[np.n
              for m in chains]
     best = int(np.argmax(score))
     return chains[best], th, hi
-
-
 
 
 def _follow(seed: np.ndarray, th: np.ndarray, hi: float, pixel_spacing_mm, cut: float) -> np.ndarray:
@@ -515,8 +516,9 @@ def _label_xyz(images, point) -> np.ndarray:
 
 def disc_samples(img: np.ndarray, pixel_spacing_mm, iop, disc_rc) -> tuple[np.ndarray, np.ndarray] | None:
     """Detector training samples of one sagittal slice: the features of every canal sample and its class,
-    the level (1..5, L1/L2 first) of the disc point ``disc_rc[k]`` (row, col) within :data:`DISC_RADIUS_MM`,
-    else 0. None when no canal is found."""
+    the level (1..5, L1/L2 first) of the disc point ``disc_rc[k]`` (row, col) for the samples within
+    :data:`DISC_RADIUS_MM` along the curve of the sample nearest that point (when the curve passes within
+    10 mm of it), else 0. None when no canal is found."""
     canal = fit_canal(img, pixel_spacing_mm, iop)
     if canal is None:
         return None
