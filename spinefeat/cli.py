@@ -377,6 +377,8 @@ def train(
     points: Annotated[Points, typer.Option(help="Fit the graders at the label points only, or also at the points the "
                                                 "localiser finds (as at test time; CV is then scored there).")] = "both",
     scheduler: Scheduler = None,
+    spider: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
+                      help="A SPIDER folder (real_spider/ layout): the disc detector learns from it too.")] = None,
 ) -> None:
     """Learn the localiser and fit the three graders with cross-validation (features cached under OUT).
 
@@ -391,7 +393,7 @@ def train(
     with _progress() as prog:
         task = prog.add_task("training", total=None)
         result = train_all(data, out, folds=folds, jobs=jobs, seed=seed, points=points.value,
-                           label_features=label_features, scheduler=scheduler,
+                           label_features=label_features, scheduler=scheduler, spider=spider,
                            step=lambda name, n, t: prog.update(task, description=name, completed=n, total=t))
     _print_cv(result["cv"])
     console.print(f"models -> {out} (graders fit in {result['cv']['seconds']:.1f} s)")
@@ -412,7 +414,7 @@ def predict(
 ) -> None:
     """Write a challenge submission: 25 rows per study, priors where a point or series is missing."""
     from .io import check_output_dir, check_output_file, write_csv
-    from .models import load
+    from .models import LOW_CONFIDENCE_REASON, load
 
     check_output_file(out)
     fb_path = check_output_file(out.with_name(out.stem + ".fallback.csv"))
@@ -422,8 +424,9 @@ def predict(
     sub, fallback = graders.predict(feats)
     write_csv(out, sub)
     write_csv(fb_path, fallback)
-    console.print(f"{len(sub)} rows for {len(sub) // 25} studies -> {out}; {len(fallback)} rows fell back to the "
-                  f"trained priors (listed in {fb_path})")
+    low = fallback["reason"].str.startswith(LOW_CONFIDENCE_REASON)
+    console.print(f"{len(sub)} rows for {len(sub) // 25} studies -> {out}; {int((~low).sum())} rows fell back to the "
+                  f"trained priors, {int(low.sum())} graded at low-confidence points (listed in {fb_path})")
     _batch_exit(len(_failed_studies(feats)), feats["study_id"].nunique(), strict)
 
 
@@ -686,7 +689,7 @@ def check_localize(
     from .dataset import read_coordinates
     from .errors import DataError
     from .io import check_output_dir, check_output_file, write_csv
-    from .localize import point_errors, summarize_errors
+    from .localize import confidence_auc, point_errors, summarize_errors
 
     if out is not None:
         check_output_file(out)
@@ -702,8 +705,10 @@ def check_localize(
     summary = summarize_errors(err)
     typer.echo(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     shifted = err.groupby("study_id")["wrong_level"].any()
-    typer.echo(f"all points: within 5 mm {(err.error_mm <= 5).mean():.3f}, wrong level {err.wrong_level.mean():.4f}, "
-               f"studies {err.study_id.nunique()}, studies with a point on a wrong level {int(shifted.sum())}")
+    typer.echo(f"all points: within 5 mm {(err.error_mm <= 5).mean():.3f}, within 6 mm {(err.error_mm <= 6).mean():.3f}, "
+               f"wrong level {err.wrong_level.mean():.4f}, studies {err.study_id.nunique()}, studies with a point on "
+               f"a wrong level {int(shifted.sum())}; AUC of the confidence for an error over 6 mm "
+               f"{confidence_auc(err):.3f} ({int((err.error_mm > 6).sum())} such points)")
     if overlays is not None:
         from .report import write_point_sheets
 

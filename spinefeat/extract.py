@@ -159,6 +159,8 @@ def extract_study(root: Path, split: str, study_id: int, series: pd.DataFrame, p
                 reasons = [w for w in why if w.startswith((f"{cond} {level}:", f"{cond}:")) or not w.startswith(CONDITIONS)]
                 err = "no point" + (f" ({'; '.join(reasons)})" if reasons else "")
             else:
+                if "confidence" in pts:
+                    row["diagnostics_point_confidence"] = float(pts["confidence"].iloc[hit])
                 try:
                     feats, regions = point_features(images, pts.iloc[hit])
                     row.update(feats)

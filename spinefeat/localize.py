@@ -58,6 +58,8 @@ ALONG_MM = tuple(np.arange(-12.0, 12.1, 2.0))
 #: Wider context, followed along the canal curve: is there a disc a level above or below (the sacrum has none)?
 FAR_ANTERIOR_MM = (13.0, 18.0)
 FAR_ALONG_MM = tuple(d for d in np.arange(-64.0, 64.1, 8.0) if abs(d) >= 16)
+#: The canal's direction is read here along the curve (mm).
+ANGLE_ALONG_MM = (-60.0, -40.0, -20.0, 0.0, 20.0, 40.0, 60.0)
 DET_PARAMS = {"objective": "multiclass", "num_class": 6, "learning_rate": 0.1, "num_leaves": 31,
               "min_data_in_leaf": 40, "feature_fraction": 0.8, "verbose": -1, "seed": 0, "deterministic": True,
               "force_col_wise": True}
@@ -77,6 +79,8 @@ def _norm(img: np.ndarray) -> np.ndarray:
 TOPHAT_WIDTH_MM = 25.0
 #: A column this close (mm, along its row) to air is the subcutaneous fat of the back, not the canal.
 MIN_BODY_DEPTH_MM = 15.0
+#: A CSF piece is brighter than its row's background by this share of the image's 99.5th percentile top-hat.
+CSF_CUT = 0.3
 
 
 def _row_tophat(x: np.ndarray, dc: float, width_mm: float = TOPHAT_WIDTH_MM) -> np.ndarray:
@@ -124,28 +128,65 @@ def _join_pieces(pieces: dict[int, tuple[np.ndarray, np.ndarray]], seed: int, dr
     return chain_ids
 
 
-def csf_column(img: np.ndarray, pixel_spacing_mm, *, cut: float = 0.3, follow: bool = True) -> tuple[np.ndarray, float]:
+def beside_periodicity(x: np.ndarray, mask: np.ndarray, dr: float, dc: float, *,
+                       period_mm: tuple[float, float] = (20.0, 50.0)) -> float:
+    """How periodic the tissue 5-25 mm beside a column is along it, on its more periodic side (0..1).
+
+    Beside the canal, vertebral bodies and discs alternate every 25-45 mm:
+    the largest normalised autocorrelation of the detrended intensity profile
+    (1 mm steps along the rows) at a lag in ``period_mm``.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) < 2 or np.ptp(rows) * dr < 2 * period_mm[0]:
+        return 0.0
+    r = np.arange(rows[0], rows[-1] + 1, 1.0 / dr)
+    cen = np.interp(r, rows, [np.flatnonzero(mask[q]).mean() for q in rows])
+    best = 0.0
+    for side in (-1.0, 1.0):
+        cols = cen[:, None] + side * np.arange(5.0, 25.1, 5.0)[None, :] / dc
+        p = ndi.map_coordinates(x, [np.repeat(r[:, None], cols.shape[1], 1), cols], order=1, mode="nearest").mean(1)
+        p = p - ndi.uniform_filter1d(p, 61, mode="nearest")
+        den = float(np.sum(p * p))
+        if den <= 0:
+            continue
+        for lag in range(int(period_mm[0]), min(int(period_mm[1]), len(p) - 10) + 1):
+            best = max(best, float(np.sum(p[:-lag] * p[lag:]) / den))
+    return best
+
+
+def csf_column(img: np.ndarray, pixel_spacing_mm, *, cut: float = CSF_CUT, follow: bool = True) -> tuple[np.ndarray, float]:
     """The CSF column: bright, vertically elongated components standing out of their rows, inside the body.
 
     Brightness is read against each row's background (:func:`_row_tophat`), so
     neither the field of view's centre nor the brightest tissue matters; pieces
     within :data:`MIN_BODY_DEPTH_MM` of air (the fat under the skin of the
-    back) are kept only when nothing deeper is found. The longest piece seeds
-    the column; other pieces join it, nearest first, when they lie within 8 mm
+    back) are kept only when nothing deeper is found. Each of the longest
+    pieces seeds a chain; other pieces join it, nearest first, when they lie within 8 mm
     of a line through the 40 mm of column next to them and start within 50 mm
     of it (the column breaks where a canal is tight, and curves with the
-    lordosis). Returns the mask and its vertical extent (mm).
+    lordosis); of the chains so formed, the one with the most contrast times
+    the square root of its length, weighted by :func:`beside_periodicity`, is
+    the column. With ``follow`` it goes on along its ridge
+    (:func:`follow_column`). Returns the mask and its vertical extent (mm).
     """
+    seed, th, hi = _seed_column(img, pixel_spacing_mm, cut=cut)
+    mask = _follow(seed, th, hi, pixel_spacing_mm, cut) if follow else seed
+    rows = np.flatnonzero(mask.any(axis=1))
+    return mask, float(np.ptp(rows) * float(pixel_spacing_mm[0])) if len(rows) else 0.0
+
+
+def _seed_column(img: np.ndarray, pixel_spacing_mm, *, cut: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The CSF column's own pieces (see :func:`csf_column`), the row top-hat image and its 99.5th percentile."""
     dr, dc = (float(v) for v in pixel_spacing_mm)
     x = ndi.uniform_filter(_norm(img), size=3)
     th = _row_tophat(x, dc)
     depth = body_depth_mm(x, dc)
     hi = float(np.percentile(th, 99.5))
     if hi <= 0:
-        return np.zeros(img.shape, bool), 0.0
+        return np.zeros(img.shape, bool), th, hi
     lab, n = ndi.label(th > cut * hi)
     if n == 0:
-        return np.zeros(img.shape, bool), 0.0
+        return np.zeros(img.shape, bool), th, hi
     cands, shallow = [], []
     for i, sl in enumerate(ndi.find_objects(lab), start=1):
         h_mm = (sl[0].stop - sl[0].start) * dr
@@ -156,24 +197,29 @@ def csf_column(img: np.ndarray, pixel_spacing_mm, *, cut: float = 0.3, follow: b
             (cands if deep else shallow).append((h_mm, i))
     cands = cands or shallow
     if not cands:
-        return np.zeros(img.shape, bool), 0.0
+        return np.zeros(img.shape, bool), th, hi
     # Each of the longest pieces seeds a chain of the pieces that join it. The column is the chain with
     # the most contrast times the square root of its length: the CSF stands out of its rows more than the
-    # fat along the vertebral bodies or in the back muscles, and a canal broken at tight levels is still long.
+    # fat along the vertebral bodies or in the back muscles, and a canal broken at tight levels is still long;
+    # and it runs along the vertebral column (bodies and discs alternate beside it), a band of fat does not.
     slices = ndi.find_objects(lab)
     pieces = {}
     for _, i in cands:
         r, c = np.nonzero(lab[slices[i - 1]] == i)
         pieces[i] = (r + slices[i - 1][0].start, c + slices[i - 1][1].start)
     chains = [np.isin(lab, _join_pieces(pieces, seed, dr, dc)) for _, seed in sorted(cands)[-6:]]
-    score = [th[m].mean() * np.sqrt(np.ptp(np.flatnonzero(m.any(axis=1))) + 1) for m in chains]
+    score = [th[m].mean() * np.sqrt(np.ptp(np.flatnonzero(m.any(axis=1))) + 1) * (0.5 + beside_periodicity(x, m, dr, dc))
+             for m in chains]
     best = int(np.argmax(score))
-    mask = chains[best]
-    width_mm = float(np.median(mask.sum(axis=1)[mask.any(axis=1)])) * dc
-    if follow:
-        mask = follow_column(th, mask, pixel_spacing_mm, low=0.5 * cut * hi, max_width_mm=max(1.5 * width_mm, 4.0))
-    rows = np.flatnonzero(mask.any(axis=1))
-    return mask, float(np.ptp(rows) * dr) if len(rows) else 0.0
+    return chains[best], th, hi
+
+
+def _follow(seed: np.ndarray, th: np.ndarray, hi: float, pixel_spacing_mm, cut: float) -> np.ndarray:
+    """The seed column continued along the top-hat ridge, at most 1.5 times its median width."""
+    if not seed.any():
+        return seed
+    width_mm = float(np.median(seed.sum(axis=1)[seed.any(axis=1)])) * float(pixel_spacing_mm[1])
+    return follow_column(th, seed, pixel_spacing_mm, low=0.5 * cut * hi, max_width_mm=max(1.5 * width_mm, 4.0))
 
 
 def follow_column(ridge: np.ndarray, mask: np.ndarray, pixel_spacing_mm, *, low: float, max_slope: float = 1.2,
@@ -256,7 +302,7 @@ def mid_sagittal(stack: Stack) -> tuple[int, float]:
     cands = list(range(max(0, k // 2 - 4), min(k, k // 2 + 5)))
     area, extent = {}, {}
     for i in cands:
-        mask, extent[i] = csf_column(stack.pixels[i], stack.geometry.pixel_spacing_mm)
+        mask, extent[i] = csf_column(stack.pixels[i], stack.geometry.pixel_spacing_mm, follow=False)
         area[i] = float(mask.sum()) if extent[i] >= 40 else 0.0
     longest = max(extent.values())
     best = max(cands, key=lambda i: (extent[i] >= 0.75 * longest and area[i] > 0, area[i], -abs(i - (k - 1) / 2)))
@@ -288,33 +334,39 @@ def fit_canal(img: np.ndarray, pixel_spacing_mm, iop, *, extend_mm: tuple[float,
     to find it there.
     """
     dr, dc = (float(v) for v in pixel_spacing_mm)
-    mask, extent = csf_column(img, pixel_spacing_mm)
-    if extent < 40:
+    csf, th, hi = _seed_column(img, pixel_spacing_mm, cut=CSF_CUT)
+    mask = _follow(csf, th, hi, pixel_spacing_mm, CSF_CUT)
+    rows_csf = np.flatnonzero(csf.any(axis=1))
+    if len(rows_csf) < 2 or np.ptp(rows_csf) * dr < 40:
         return None
-    rr, cc = np.nonzero(mask)
-    deg = 3 if np.ptp(rr) * dr > 80 else 2
-    coef = np.polyfit(rr, cc, deg)
-    # Robust: refit on pixels near the first fit (drops bright fat beside the column).
-    near = np.abs(cc - np.polyval(coef, rr)) * dc < 10
-    coef = np.polyfit(rr[near], cc[near], deg)
-    top, bottom = rr[near].min(), rr[near].max()
+    # The centre line: each row's median column (a bright blob beside the column does not pull it), rows
+    # without CSF (tight levels) interpolated, smoothed over 10 mm. A real canal bends too much between the
+    # thoracic spine and the sacrum for one polynomial.
+    rows_m = np.flatnonzero(mask.any(axis=1))
+    top, bottom = int(rows_m[0]), int(rows_m[-1])
+    centre = np.interp(np.arange(top, bottom + 1), rows_m, [np.median(np.flatnonzero(mask[r])) for r in rows_m])
+    win = max(3, int(round(10.0 / dr)) | 1)
+    centre = ndi.uniform_filter1d(ndi.median_filter(centre, size=win, mode="nearest"), win, mode="nearest")
+    end = max(2, int(round(15.0 / dr)))
+    slope = [np.polyfit(np.arange(min(end, len(centre))), centre[:end], 1)[0],
+             np.polyfit(np.arange(min(end, len(centre))), centre[-end:], 1)[0]]
     first = max(0.0, top - extend_mm[0] / dr)
     last = min(img.shape[0] - 1.0, bottom + extend_mm[1] / dr)
     dense = np.arange(first, last + 0.01, 0.25)
-    slope = np.polyval(np.polyder(coef), [top, bottom])
-    col = np.where(dense < top, np.polyval(coef, top) + slope[0] * (dense - top),
-                   np.where(dense > bottom, np.polyval(coef, bottom) + slope[1] * (dense - bottom),
-                            np.polyval(coef, dense)))
+    col = np.where(dense < top, centre[0] + slope[0] * (dense - top),
+                   np.where(dense > bottom, centre[-1] + slope[1] * (dense - bottom),
+                            np.interp(dense, np.arange(top, bottom + 1), centre)))
     ds = np.hypot(0.25 * dr, np.gradient(col) * dc)
     s = np.concatenate([[0.0], np.cumsum(ds[1:])])
     targets = np.arange(0.0, s[-1], STEP_MM)
     rows = np.interp(targets, s, dense)
     cols = np.interp(targets, s, col)
-    width = np.array([mask[int(round(r)), :].sum() * dc for r in rows])
+    # Width and end are the CSF's own (the sac), not the canal's continuation along its ridge.
+    width = np.array([csf[int(round(r)), :].sum() * dc for r in rows])
     f_r, _, _ = orientation_axes(iop)
     # LPS +y is posterior: anterior is the column direction with F_r . y < 0.
     anterior = -1.0 if f_r[1] > 0 else 1.0
-    return Canal(rows, cols, targets, width, float(np.interp(bottom, dense, s)), anterior)
+    return Canal(rows, cols, targets, width, float(np.interp(rows_csf[-1], dense, s)), anterior)
 
 
 def sample_features(img: np.ndarray, pixel_spacing_mm, canal: Canal) -> np.ndarray:
@@ -345,7 +397,17 @@ def sample_features(img: np.ndarray, pixel_spacing_mm, canal: Canal) -> np.ndarr
     rel = prof - prof.reshape(len(canal.rows), len(ANTERIOR_MM), len(ALONG_MM)).mean(axis=2).repeat(len(ALONG_MM), 1)
     # Where along the image: fields of view are centred on the lumbar spine (real layouts put L3/L4 near the middle).
     pos = np.stack([canal.end_mm - canal.s_mm, canal.width_mm, (canal.rows - (h - 1) / 2) * dr], 1)
-    return np.concatenate([prof, rel, centre, np.array(far).T, pos], axis=1).astype(np.float32)
+    # The canal's direction (degrees from the image's vertical, positive leaning anterior going down) here and
+    # along it: the lordosis peaks at L3-L4 and the canal turns back behind the sacrum.
+    angle = np.degrees(np.arctan2(canal.anterior * np.gradient(canal.cols) * dc, np.gradient(canal.rows) * dr))
+    turn = []
+    for d in ANGLE_ALONG_MM:
+        j = np.arange(n) + int(round(d / STEP_MM))
+        ok = (j >= 0) & (j < n)
+        v = np.full(n, np.nan, np.float32)
+        v[ok] = angle[j[ok]]
+        turn.append(v)
+    return np.concatenate([prof, rel, centre, np.array(far).T, pos, np.array(turn).T], axis=1).astype(np.float32)
 
 
 def chain(logp: np.ndarray, s_mm: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, float]:
@@ -388,6 +450,7 @@ class Localizer:
     gaps: np.ndarray                         # (4, 2) mm
     offsets: dict = field(default_factory=dict)   # condition -> level -> [dx, dy, dz] from the spinal point
     sac_offsets: dict = field(default_factory=dict)  # recess condition -> level -> [dx, dy, dz] from the axial sac centre
+    trained_on: dict = field(default_factory=dict)   # what the detector learnt from (studies, SPIDER patients)
 
     def save(self, out: Path) -> None:
         out = Path(out)
@@ -396,7 +459,8 @@ class Localizer:
 
         write_text(out / "localizer.txt", self.detector.model_to_string())
         write_json(out / "localizer.json", {"gaps_mm": self.gaps.tolist(), "offsets_mm": self.offsets,
-                                            "sac_offsets_mm": self.sac_offsets, "step_mm": STEP_MM})
+                                            "sac_offsets_mm": self.sac_offsets, "step_mm": STEP_MM,
+                                            "trained_on": self.trained_on})
 
     @property
     def fingerprint(self) -> str:
@@ -411,7 +475,8 @@ class Localizer:
         from .models import load_localizer_files
 
         detector, meta = load_localizer_files(models)   # hashes checked against manifest.json
-        return cls(detector, np.array(meta["gaps_mm"]), meta["offsets_mm"], meta.get("sac_offsets_mm", {}))
+        return cls(detector, np.array(meta["gaps_mm"]), meta["offsets_mm"], meta.get("sac_offsets_mm", {}),
+                   meta.get("trained_on", {}))
 
     def find_discs(self, stack: Stack) -> tuple[int, float, np.ndarray, np.ndarray]:
         """Mid-sagittal slice, the midline's offset from it (mm), the five disc (row, col) on it, a confidence per level."""
@@ -449,15 +514,49 @@ def _label_xyz(images, point) -> np.ndarray:
     return st.geometry.to_patient(k, float(point["y"]), float(point["x"]))
 
 
-def train_localizer(root: Path, points: pd.DataFrame, *, jobs: int = 1, progress=None) -> Localizer:
-    """Learn the detector, the level spacing and the offsets of the other points from labelled studies."""
+def disc_samples(img: np.ndarray, pixel_spacing_mm, iop, disc_rc) -> tuple[np.ndarray, np.ndarray] | None:
+    """Detector training samples of one sagittal slice: the features of every canal sample and its class,
+    the level (1..5, L1/L2 first) of the disc point ``disc_rc[k]`` (row, col) for the samples within
+    :data:`DISC_RADIUS_MM` along the curve of the sample nearest that point (when the curve passes within
+    10 mm of it), else 0. None when no canal is found."""
+    canal = fit_canal(img, pixel_spacing_mm, iop)
+    if canal is None:
+        return None
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    y = np.zeros(len(canal.rows), int)
+    for li, (r, c) in enumerate(disc_rc):
+        # The disc's place on the curve: its nearest sample, when the curve passes within 10 mm of the point.
+        d = np.hypot((canal.rows - r) * dr, (canal.cols - c) * dc)
+        if d.min() <= 10.0:
+            y[np.abs(canal.s_mm - canal.s_mm[np.argmin(d)]) <= DISC_RADIUS_MM] = li + 1
+    return sample_features(img, pixel_spacing_mm, canal), y
+
+
+def fit_detector(xs: list[np.ndarray], ys: list[np.ndarray], *, jobs: int = 1) -> lgb.Booster:
+    """The disc detector on the samples of many slices (every disc sample weighs as ten background ones)."""
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    return lgb.train(dict(DET_PARAMS, num_threads=jobs), lgb.Dataset(x, y, weight=np.where(y > 0, 10.0, 1.0)), 200)
+
+
+def gap_stats(gaps: list[np.ndarray]) -> np.ndarray:
+    """(4, 2) mean and sd (mm, at least 2) of the distances between neighbouring discs."""
+    g = np.array(gaps)
+    return np.stack([g.mean(axis=0), np.maximum(g.std(axis=0), 2.0)], axis=1)
+
+
+def rsna_samples(root: Path, points: pd.DataFrame, *, progress=None) -> dict:
+    """Everything the localiser learns from a labelled Kaggle-layout folder: detector samples (``x``, ``y``
+    lists), disc gaps (mm), offsets of the other points from the spinal point and of the recesses from the
+    axial sac centre (condition -> level -> list of [dx, dy, dz])."""
     folder = DataFolder(root)
     ser = folder.series("train")
-    xs, ys, gaps = [], [], []
-    offsets: dict[str, dict[str, list]] = {c: {lv: [] for lv in LEVELS} for c in CONDITIONS[1:]}
-    sac_offsets: dict[str, dict[str, list]] = {c: {lv: [] for lv in LEVELS} for c in RECESSES}
+    out = {"x": [], "y": [], "gaps": [], "studies": 0,
+           "offsets": {c: {lv: [] for lv in LEVELS} for c in CONDITIONS[1:]},
+           "sac_offsets": {c: {lv: [] for lv in LEVELS} for c in RECESSES}}
     study_ids = sorted(points["study_id"].unique())
     for n, sid in enumerate(study_ids):
+        if progress is not None:
+            progress(n, len(study_ids))
         pts = points[points["study_id"] == sid]
         sp = pts[pts["condition"] == "spinal_canal_stenosis"].set_index("level")
         if len(sp) < 5 or sp["series_id"].nunique() != 1:
@@ -467,50 +566,60 @@ def train_localizer(root: Path, points: pd.DataFrame, *, jobs: int = 1, progress
             (stack,) = images.stacks(int(sp["series_id"].iloc[0]))[:1]
             spine_xyz = {lv: _label_xyz(images, sp.loc[lv]) for lv in LEVELS}
             k = stack.slice_of_instance(int(sp["instance_number"].iloc[0]))
-            img = stack.pixels[k]
-            canal = fit_canal(img, stack.geometry.pixel_spacing_mm, stack.geometry.iop)
+            got = disc_samples(stack.pixels[k], stack.geometry.pixel_spacing_mm, stack.geometry.iop,
+                               [(sp.loc[lv, "y"], sp.loc[lv, "x"]) for lv in LEVELS])
         except (SpinefeatError, ValueError, KeyError) as exc:
             log.warning("study %s skipped for the localiser: %s", sid, exc)
             continue
-        if canal is None:
+        if got is None:
             continue
-        f = sample_features(img, stack.geometry.pixel_spacing_mm, canal)
-        # Label of each sample: the disc whose labelled point is within DISC_RADIUS_MM (in mm on the slice).
-        dr, dc = stack.geometry.pixel_spacing_mm
-        y = np.zeros(len(canal.rows), int)
-        for li, lv in enumerate(LEVELS):
-            d = np.hypot((canal.rows - sp.loc[lv, "y"]) * dr, (canal.cols - sp.loc[lv, "x"]) * dc)
-            y[d <= DISC_RADIUS_MM] = li + 1
-        xs.append(f)
-        ys.append(y)
+        out["x"].append(got[0])
+        out["y"].append(got[1])
+        out["studies"] += 1
         z = np.array([spine_xyz[lv] for lv in LEVELS])
-        gaps.append(np.linalg.norm(np.diff(z, axis=0), axis=1))
+        out["gaps"].append(np.linalg.norm(np.diff(z, axis=0), axis=1))
         for cond in CONDITIONS[1:]:
             for _, p in pts[pts["condition"] == cond].iterrows():
                 try:
                     xyz = _label_xyz(images, p)
-                    offsets[cond][p["level"]].append((xyz - spine_xyz[p["level"]]).tolist())
+                    out["offsets"][cond][p["level"]].append((xyz - spine_xyz[p["level"]]).tolist())
                     if cond in RECESSES:
                         centre = sac_centre(*images.locate(p["series_id"], p["instance_number"]),
                                             spine_xyz[p["level"]], keep_lateral=True)
                         if centre is not None:
-                            sac_offsets[cond][p["level"]].append((xyz - centre).tolist())
+                            out["sac_offsets"][cond][p["level"]].append((xyz - centre).tolist())
                 except (SpinefeatError, KeyError):
                     pass
-        if progress is not None:
-            progress(n + 1, len(study_ids))
-    if not xs:
+    if progress is not None:
+        progress(len(study_ids), len(study_ids))
+    return out
+
+
+def train_localizer(root: Path, points: pd.DataFrame, *, spider: Path | None = None, jobs: int = 1,
+                    progress=None) -> Localizer:
+    """Learn the detector, the level spacing and the offsets of the other points from labelled studies,
+    and with ``spider`` (a SPIDER folder, :mod:`spinefeat.spider`) the detector and the spacing also from
+    its real sagittal T2 and disc masks."""
+    got = rsna_samples(root, points, progress=progress)
+    trained_on = {"studies": got["studies"]}
+    if spider is not None:
+        from .spider import read_spider, spider_samples
+
+        patients = read_spider(spider)
+        for p in patients:
+            xs, ys, gaps = spider_samples(p)
+            got["x"] += xs
+            got["y"] += ys
+            got["gaps"] += gaps
+        trained_on["spider_patients"] = [p.patient for p in patients]
+    if not got["x"]:
         raise SpinefeatError("no study could train the localiser (need five spinal points on one sagittal slice)")
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    # Balance: every disc sample counts as much as ten background samples.
-    w = np.where(y > 0, 10.0, 1.0)
-    det = lgb.train(dict(DET_PARAMS, num_threads=jobs), lgb.Dataset(x, y, weight=w), 200)
-    g = np.array(gaps)
-    gap_stats = np.stack([g.mean(axis=0), np.maximum(g.std(axis=0), 2.0)], axis=1)
+
     def medians(table):
         return {c: {lv: np.median(np.array(v), axis=0).tolist() for lv, v in d.items() if v} for c, d in table.items()}
 
-    return Localizer(det, gap_stats, medians(offsets), medians(sac_offsets))
+    return Localizer(fit_detector(got["x"], got["y"], jobs=jobs), gap_stats(got["gaps"]), medians(got["offsets"]),
+                     medians(got["sac_offsets"]), trained_on)
 
 
 #: A keyhole counts as the foramen seen on a slice when its area (mm2) is in this range.
@@ -772,8 +881,22 @@ def point_errors(root: Path, predicted: pd.DataFrame, truth: pd.DataFrame, *, sp
             else:
                 slice_off = 99
             out.append({"study_id": sid, "condition": r.condition, "level": r.level, "error_mm": float(d),
-                        "wrong_level": bool(others and min(others) < d), "slice_offset": int(slice_off)})
+                        "wrong_level": bool(others and min(others) < d), "slice_offset": int(slice_off),
+                        "confidence": float(getattr(r, "confidence", np.nan))})
     return pd.DataFrame(out)
+
+
+def confidence_auc(err: pd.DataFrame, *, threshold_mm: float = 6.0) -> float:
+    """How well a point's confidence ranks its error: the AUC of ``1 - confidence`` for an error over
+    ``threshold_mm`` (0.5 is chance, 1 every large error is less confident than every small one). NaN
+    when the points have no confidence or all errors fall on one side of the threshold."""
+    ok = err.dropna(subset=["confidence"]) if "confidence" in err else err.iloc[0:0]
+    bad = (ok["error_mm"] > threshold_mm).to_numpy()
+    if bad.all() or not bad.any():
+        return float("nan")
+    rank = (-ok["confidence"]).rank().to_numpy()              # ties share their mean rank
+    n1, n0 = int(bad.sum()), int((~bad).sum())
+    return float((rank[bad].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def summarize_errors(err: pd.DataFrame) -> pd.DataFrame:

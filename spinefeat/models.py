@@ -271,7 +271,8 @@ class Graders:
         """25 rows per study of ``features`` (submission order) and the fallback log.
 
         Rows without a measured point (``diagnostics_error`` set) fall back to
-        the trained priors; the log says which and why.
+        the trained priors; the log says which and why, and lists the graded rows whose localised
+        point has a confidence under :data:`LOW_POINT_CONFIDENCE`.
         """
         man = self.manifest
         parts, fallback = [], []
@@ -292,6 +293,12 @@ class Graders:
                 if rid not in have:
                     rows.append({"row_id": rid, **dict(zip(CLASS_COLUMNS, man["priors"][t]))})
                     fallback.append({"row_id": rid, "reason": why.get(rid) or "no feature row"})
+        # Graded rows whose point the localiser placed with little confidence are listed too: their grade
+        # may be read at the wrong place.
+        conf = features.get("diagnostics_point_confidence", pd.Series(np.nan, index=features.index))
+        for rid, c in zip(features["row_id"], conf):
+            if rid in have and c < LOW_POINT_CONFIDENCE:
+                fallback.append({"row_id": rid, "reason": f"{LOW_CONFIDENCE_REASON} ({c:.2f} < {LOW_POINT_CONFIDENCE})"})
         sub = pd.concat([pred, pd.DataFrame(rows)], ignore_index=True) if rows else pred
         sub = sharpen_any_severe(sub, man["beta"])
         order = [f"{int(s)}_{t}" for s in pd.unique(features["study_id"]) for t in TARGETS]
@@ -299,6 +306,9 @@ class Graders:
         return sub, pd.DataFrame(fallback, columns=["row_id", "reason"])
 
 
+#: A localised point under this confidence is listed in predict's fallback log (graded, not replaced).
+LOW_POINT_CONFIDENCE = 0.5
+LOW_CONFIDENCE_REASON = "graded at a low-confidence point"
 #: Files a models folder needs besides the graders, hashed in the manifest when present.
 LOCALIZER_FILES = ("localizer.txt", "localizer.json")
 #: Fields of the CV summary that are timings: kept out of the manifest (and its fingerprint) in timings.json.

@@ -54,7 +54,7 @@ class LocalisedPoints:
 
 
 def train_all(data: Path, out: Path, *, folds: int = 5, jobs: int = 1, seed: int = 0, points: str = "both",
-              label_features: pd.DataFrame | None = None, step=None, scheduler=None) -> dict:
+              label_features: pd.DataFrame | None = None, step=None, scheduler=None, spider: Path | None = None) -> dict:
     """Learn the localiser and the graders from a labelled folder; write them to ``out``.
 
     ``points``: ``labels`` fits the graders at the label points; ``both``
@@ -62,7 +62,8 @@ def train_all(data: Path, out: Path, *, folds: int = 5, jobs: int = 1, seed: int
     studies, as at test time, with the label-point rows as augmentation, and
     reports CV at the localised points. ``step(name, done, total)`` reports
     progress. Feature tables are cached under ``out``. With ``scheduler`` (a Dask scheduler address) the
-    extractions and the localisation of the training studies run on that cluster.
+    extractions and the localisation of the training studies run on that cluster. With ``spider`` (a
+    SPIDER folder) the localiser's disc detector also learns from its real sagittal T2 and disc masks.
     """
     out = Path(out)
     # Everything is built in a staging folder and swapped in at the end: a killed run leaves the old
@@ -75,7 +76,8 @@ def train_all(data: Path, out: Path, *, folds: int = 5, jobs: int = 1, seed: int
             label_features = extract(data, labels, split="train", cache=out / "features.cache", jobs=jobs,
                                      scheduler=scheduler, progress=lambda n, t: report("extracting at the label points", n, t))
         write_parquet(work / "train_features.parquet", label_features)
-        loc = train_localizer(data, labels, jobs=jobs, progress=lambda n, t: report("learning the localiser", n, t))
+        loc = train_localizer(data, labels, spider=spider, jobs=jobs,
+                              progress=lambda n, t: report("learning the localiser", n, t))
         loc.save(work)
         augment = None
         features = label_features

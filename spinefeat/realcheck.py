@@ -512,3 +512,12 @@ def markdown_table(result: dict) -> str:
                      f"{r['measurements_only']:.3f} | {r['cv']:.3f} | {peer} | {rho} | "
                      f"{q['found']:.2f} / {q['weak']:.2f} / {q['failed']:.2f} |")
     return head + "\n".join(lines) + "\n"
+
+
+def _spider_localisation(folder: Path, jobs: int) -> dict:
+    from .spider import check_spider
+
+    return check_spider(folder, jobs=jobs)
+
+
+SPIDER_CHECKS["localisation"] = _spider_localisation

@@ -123,10 +123,16 @@ def disc_points(labels: np.ndarray, *, pixel_spacing_mm: float = PIXEL_MM, min_a
         u = np.linalg.svd(np.stack([rr, cc], 1) - c0, full_matrices=False)[2][0]   # long axis (row, col)
         v = line - c0
         perp = np.abs(v[:, 0] * u[1] - v[:, 1] * u[0])      # distance of centre-line points from the axis
-        near = np.abs(v @ u) < 60.0 / pixel_spacing_mm
-        if not near.any():
-            continue
-        j = np.flatnonzero(near)[np.argmin(perp[near])]
+        along = np.abs(v @ u)
+        # The nearest crossing: the axis of the lowest disc also meets the sacral canal, further along.
+        cross = np.flatnonzero(perp <= 1.5)
+        if len(cross):
+            j = cross[np.argmin(along[cross])]
+        else:
+            near = np.flatnonzero(along < 60.0 / pixel_spacing_mm)
+            if not len(near):
+                continue
+            j = near[np.argmin(perp[near])]
         pts.append(line[j])
     return np.array(sorted(pts, key=lambda p: p[0])).reshape(-1, 2)
 
@@ -207,3 +213,82 @@ def _summary(rows: list[dict]) -> dict:
                         "level_swaps": int(sum(r["level_swap"] for r in discs)), "patients": len(discs),
                         "failed": [r["patient"] for r in rows if "error" in r]}
     return out
+
+
+def widest_slice(p: SpiderPatient) -> int:
+    """The slice with the most canal in its mask (the true mid-sagittal slice)."""
+    return int(np.argmax((p.masks == CANAL).sum(axis=(1, 2))))
+
+
+def spider_samples(p: SpiderPatient, *, around: int = 1) -> tuple[list, list, list]:
+    """Detector samples of one patient (on the widest canal slice and ``around`` slices either side: the
+    localiser's mid-sagittal pick is rarely exact) and its disc gaps (mm). Discs above L1/L2 are background:
+    the detector learns to count from the sacrum."""
+    from .localize import disc_samples
+
+    xs, ys, gaps = [], [], []
+    w = widest_slice(p)
+    g = p.stack.geometry
+    for k in range(max(0, w - around), min(g.n_slices, w + around + 1)):
+        truth = lumbar_disc_points(p.masks[k])
+        if truth is None:
+            continue
+        got = disc_samples(p.stack.pixels[k], g.pixel_spacing_mm, g.iop, truth)
+        if got is None:
+            continue
+        xs.append(got[0])
+        ys.append(got[1])
+        if k == w:
+            gaps.append(np.linalg.norm(np.diff(truth, axis=0) * g.pixel_spacing_mm, axis=1))
+    return xs, ys, gaps
+
+
+def spider_folds(patients: list[SpiderPatient], folds: int) -> list[list[int]]:
+    """Patient indices of each fold (every ``folds``-th patient in name order)."""
+    return [list(range(f, len(patients), folds)) for f in range(folds)]
+
+
+def check_spider(folder: Path, *, localizer=None, folds: int = 4, base=None, jobs: int = 1, progress=None) -> dict:
+    """The SPIDER check: per-patient rows and the summary (JSON keys ``sagittal_canal``, ``discs``, ...).
+
+    The discs are detected by ``localizer`` when given (a patient it was
+    trained on is marked ``in_training``), else leave-patients-out: ``folds``
+    detectors, each trained on the other folds' patients plus ``base`` (the
+    samples of :func:`~spinefeat.localize.rsna_samples`, e.g. phantoms), so no
+    patient is scored by a detector that saw it.
+    """
+    from .localize import Localizer, fit_detector, gap_stats
+
+    patients = read_spider(folder)
+    rows = []
+    for n, p in enumerate(patients):
+        rows.append(canal_row(p))
+        if progress is not None:
+            progress(n + 1, 2 * len(patients))
+    samples = None
+    if localizer is None:
+        samples = [spider_samples(p) for p in patients]
+    done = len(patients)
+    for f, test in enumerate(spider_folds(patients, 1 if localizer is not None else folds)):
+        if localizer is None:
+            train = [i for i in range(len(patients)) if i not in test]
+            xs = [x for i in train for x in samples[i][0]] + list(base["x"] if base else [])
+            ys = [y for i in train for y in samples[i][1]] + list(base["y"] if base else [])
+            gaps = [g for i in train for g in samples[i][2]] + list(base["gaps"] if base else [])
+            loc = Localizer(fit_detector(xs, ys, jobs=jobs), gap_stats(gaps))
+        else:
+            loc = localizer
+        seen = set(loc.trained_on.get("spider_patients", [])) if localizer is not None else set()
+        for i in test:
+            r = disc_row(patients[i], loc)
+            r["in_training"] = patients[i].patient in seen
+            r["fold"] = f if localizer is None else None
+            rows[i].update(r)
+            done += 1
+            if progress is not None:
+                progress(done, 2 * len(patients))
+    summary = _summary(rows)
+    summary["discs"]["detector"] = ("given localiser" if localizer is not None else
+                                    f"leave-patients-out, {folds} folds" + (", plus the given training folder" if base else ""))
+    summary["discs"]["patients_in_training"] = int(sum(r.get("in_training", False) for r in rows))
+    return {"patients": rows, **summary}

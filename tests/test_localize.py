@@ -219,3 +219,19 @@ def test_predict_path_decodes_each_series_once_and_matches_localise_then_extract
     assert sorted(calls) == sorted(set(calls)) and len(calls) == (series.study_id == sid).sum()
     cols = [c for c in apart.columns if not c.startswith("diagnostics_")]
     pd.testing.assert_frame_equal(shared[cols], apart[cols])
+
+
+def test_confidence_auc_ranks_large_errors_by_low_confidence():
+    import pandas as pd
+
+    from spinefeat.localize import confidence_auc
+
+    err = pd.DataFrame({"error_mm": [1, 2, 3, 10, 20], "confidence": [0.9, 0.8, 0.3, 0.2, 0.1]})
+    assert confidence_auc(err) == pytest.approx(1.0)            # both large errors least confident
+    err["confidence"] = [0.1, 0.2, 0.3, 0.8, 0.9]
+    assert confidence_auc(err) == pytest.approx(0.0)
+    err["confidence"] = [0.5, 0.9, 0.5, 0.5, 0.9]
+    # (large, small) pairs, less confident wins: 10 (0.5) vs 0.5, 0.9, 0.5 -> tie, win, tie;
+    # 20 (0.9) vs 0.5, 0.9, 0.5 -> lose, tie, lose
+    assert confidence_auc(err) == pytest.approx((0.5 + 1 + 0.5 + 0 + 0.5 + 0) / 6)
+    assert np.isnan(confidence_auc(err.assign(error_mm=1.0)))

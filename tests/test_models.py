@@ -89,3 +89,27 @@ def test_predict_without_points_or_localiser_is_a_clear_error(trained, cohort, t
     shutil.copytree(trained, bare, ignore=shutil.ignore_patterns("*.cache", "localizer.*"))
     res = CliRunner().invoke(app, ["predict", str(cohort), "--models", str(bare), "--out", str(tmp_path / "s.csv")])
     assert res.exit_code == 3 and "localizer" in res.output
+
+
+def test_predict_lists_graded_rows_at_low_confidence_points(trained, cohort, tmp_path):
+    from spinefeat.dataset import read_coordinates
+
+    pts = read_coordinates(cohort / "truth" / "test_label_coordinates.csv")
+    pts["confidence"] = 0.9
+    low = pts.index[:3]
+    pts.loc[low, "confidence"] = 0.1
+    coords = tmp_path / "pts.csv"
+    pts.to_csv(coords, index=False)
+    out = tmp_path / "sub.csv"
+    res = CliRunner().invoke(app, ["predict", str(cohort), "--models", str(trained), "--out", str(out),
+                                   "--coords", str(coords)])
+    assert res.exit_code == 0, res.output
+    fb = pd.read_csv(tmp_path / "sub.fallback.csv")
+    want = {f"{r.study_id}_{r.condition}_{r.level}" for r in pts.loc[low].itertuples()}
+    flagged = set(fb.row_id[fb.reason.str.startswith(models.LOW_CONFIDENCE_REASON)])
+    assert flagged == want
+    # graded, not replaced by the priors: the row differs from its prior
+    sub = pd.read_csv(out).set_index("row_id")
+    man = json.loads((trained / "manifest.json").read_text())
+    rid = sorted(want)[0]
+    assert not np.allclose(sub.loc[rid].to_numpy(), man["priors"][rid.split("_", 1)[1]])
