@@ -718,7 +718,7 @@ def features() -> None:
     from rich.table import Table
 
     from .features import table
-    from .features import profile, texture  # noqa: F401  (register their families)
+    from .features import axial, profile, texture  # noqa: F401  (register their families)
 
     t = Table("name", "unit", "definition")
     for row in table():

@@ -27,7 +27,7 @@ import pandas as pd
 from . import __version__
 from .dataset import CLASS_COLUMNS, LEVELS, SEVERITIES, SEVERITY_WEIGHTS
 from .errors import DataError
-from .extract import QUALITY_CODE, add_relative_features, region_features
+from .extract import QUALITY_CODE, STANDARD_IOP, add_relative_features, region_features
 
 log = logging.getLogger(__name__)
 
@@ -235,16 +235,22 @@ def sagittal_series_rows(folder: Path, points: pd.DataFrame) -> list[dict]:
     return out
 
 
-def sac_seed(points_on_crop: pd.DataFrame) -> tuple[float, float] | None:
-    """Where the dural sac is seeded on an axial crop: midway between its left and right recess points.
+def sac_seed(points_on_crop: pd.DataFrame, *, pixel_spacing_mm, image_shape) -> tuple[float, float] | None:
+    """Where the dural sac is seeded on an axial crop: from its left and right recess points
+    (:func:`spinefeat.segment.canal.axial_sac_seed`, the crop in the standard axial orientation).
 
-    None when the crop does not hold both (the sac lies between the recesses; one point alone does not
-    say where the midline is).
+    None when the crop does not hold both (one point alone does not say where the midline is).
     """
+    from .geometry import axial_directions
+    from .segment.canal import axial_sac_seed
+
     sides = points_on_crop.drop_duplicates("condition")
     if len(sides) < 2:
         return None
-    return float(sides["y_crop"].mean()), float(sides["x_crop"].mean())
+    back, _ = axial_directions(STANDARD_IOP["canal_ax"])
+    seed, _ = axial_sac_seed(sides[["y_crop", "x_crop"]].to_numpy(float), pixel_spacing_mm=pixel_spacing_mm,
+                             image_shape=image_shape, posterior_rc=back)
+    return seed
 
 
 def axial_series_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame,
@@ -266,9 +272,10 @@ def axial_series_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame,
             row.update(series_id=int(crop.series_id), image=crop.image, seed_row=seed[0], seed_col=seed[1],
                        diagnostics_pixel_spacing_mm=float(ps[0]), diagnostics_series_high=high)
             sub.append(_guarded(row, lambda: {
-                **region_features("recess", img, seed, pixel_spacing_mm=ps, series_high=high)[0],
+                **region_features("recess", img, seed, pixel_spacing_mm=ps, series_high=high,
+                                  side=row["context_side"])[0],
                 **raw_patch(img, seed, half_px=AXIAL_PATCH_HALF_PX, series_high=high)}))
-        seed = sac_seed(pts)
+        seed = sac_seed(pts, pixel_spacing_mm=ps, image_shape=img.shape)
         levels = pts["level"].unique()
         level = levels[0] if len(levels) == 1 else crop.level_of_slice
         if seed is None or (crop.study_id, level) not in grade:

@@ -5,25 +5,61 @@ from __future__ import annotations
 import numpy as np
 from skimage.morphology import convex_hull_image
 
-from .common import FAILED, FOUND, WEAK, Segmentation, blank_reason, bright_region, crop_mm, extent_mm, finish, \
-    normalise, open_crop
+from .common import FAILED, FOUND, WEAK, Segmentation, axis_lengths_mm, blank_reason, bright_region, crop_mm, \
+    extent_along_mm, finish, normalise, open_crop
 
 NAN = float("nan")
-AXIAL_KEYS = ("area_mm2", "ap_diameter_mm", "transverse_diameter_mm", "csf_fraction", "solidity")
+AXIAL_KEYS = ("area_mm2", "ap_diameter_mm", "transverse_diameter_mm", "equivalent_diameter_mm", "feret_max_mm",
+              "minor_axis_mm", "csf_fraction", "solidity")
 SAGITTAL_KEYS = ("ap_width_mm", "ap_width_above_mm", "ap_width_below_mm", "width_ratio")
+#: Where the sac's centre lies behind the line joining the two recess points, in units of their distance
+#: (the recess points mark the sac's antero-lateral corners; anatomy, not fitted to grades).
+SAC_BEHIND_RECESS = 0.2
+#: A typical distance between the left and right recess points (mm), for a slice holding only one.
+RECESS_DISTANCE_MM = 17.0
 
 
-def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, crop_size_mm: float = 40.0,
-                      spacing_mm: float = 0.25) -> Segmentation:
+def axial_sac_seed(recess_rc, *, pixel_spacing_mm, image_shape,
+                   posterior_rc=(1.0, 0.0)) -> tuple[tuple[float, float], float]:
+    """Seed of the dural sac on an axial slice from the labelled (or localised) recess points on it.
+
+    With both recesses: their midpoint moved :data:`SAC_BEHIND_RECESS` of their distance towards the
+    patient's back (``posterior_rc``, from :func:`spinefeat.geometry.axial_directions`). With one: the
+    point moved behind by the same share of :data:`RECESS_DISTANCE_MM`, left-right at the image centre.
+    With none: the image centre. A few mm of error in the points moves the seed by less than that, and
+    the sac is searched within 4 mm of it. Returns the seed (row, col) and the recess distance in mm
+    (NaN unless both points are given): a scale of the canal measured on the image itself.
+    """
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    pts = np.asarray(recess_rc, float).reshape(-1, 2)
+    pr, pc = posterior_rc
+    if len(pts) >= 2:
+        d_mm = float(np.hypot((pts[0, 0] - pts[1, 0]) * dr, (pts[0, 1] - pts[1, 1]) * dc))
+        mid = pts[:2].mean(axis=0)
+        shift = SAC_BEHIND_RECESS * d_mm
+        return (float(mid[0] + shift * pr / dr), float(mid[1] + shift * pc / dc)), d_mm
+    if len(pts) == 1:
+        shift = SAC_BEHIND_RECESS * RECESS_DISTANCE_MM
+        return (float(pts[0, 0] + shift * pr / dr), (image_shape[1] - 1) / 2), NAN
+    return ((image_shape[0] - 1) / 2, (image_shape[1] - 1) / 2), NAN
+
+
+def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_rc=(1.0, 0.0),
+                      crop_size_mm: float = 40.0, spacing_mm: float = 0.25) -> Segmentation:
     """The dural sac (bright CSF, rootlet holes filled) around a seed on an axial T2 slice.
 
     The sac is the convex hull of the CSF component nearest the seed and the
     CSF pieces within 2 mm of it (clumped rootlets split the CSF).
-    Returns a :class:`Segmentation` with ``area_mm2``, ``ap_diameter_mm``
-    (along image rows), ``transverse_diameter_mm``, ``csf_fraction`` (share of
-    the filled sac that is bright CSF, low when rootlets clump) and
-    ``solidity``. A blank or saturated crop, or no bright structure within
-    4 mm of the seed, is ``failed``.
+    Returns a :class:`Segmentation` with ``area_mm2``, ``ap_diameter_mm`` and
+    ``transverse_diameter_mm`` (extents towards the patient's back,
+    ``posterior_rc`` from the orientation tags, and across it),
+    ``equivalent_diameter_mm`` (of the circle of the same area, whatever the
+    orientation) with ``feret_max_mm`` and ``minor_axis_mm`` (largest
+    caliper diameter, minor axis of the ellipse of the same moments),
+    ``csf_fraction`` (share of the filled sac that is bright CSF, low when
+    rootlets clump) and ``solidity``. What fills it is sampled by
+    :func:`spinefeat.features.axial.sac_profile`. A blank or saturated
+    crop, or no bright structure within 4 mm of the seed, is ``failed``.
 
     Examples
     --------
@@ -38,18 +74,23 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, crop_size
     if fail is not None:
         return fail
     x = normalise(crop, hi_pct=99.5)
+    back = tuple(float(v) for v in posterior_rc)
+    across = (-back[1], back[0])
     mask, info = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)), join_mm=2.0)
     if not mask.any():
-        fail.notes.append("no bright structure near the seed")
-        return fail
+        return Segmentation(mask, {k: NAN for k in AXIAL_KEYS}, FAILED, spacing_mm, origin,
+                            ["no bright structure near the seed"])
     # Rootlets lie against the dependent (posterior) wall and notch the CSF from
     # outside, where hole filling cannot reach; the sac itself is nearly convex.
     hull = convex_hull_image(mask)
     solidity = float(mask.sum() / max(hull.sum(), 1))
     mask = hull
-    ap, tr = extent_mm(mask, spacing_mm)
-    meas = {"area_mm2": float(mask.sum()) * spacing_mm ** 2, "ap_diameter_mm": ap, "transverse_diameter_mm": tr,
-            "csf_fraction": float(info["bright"][mask].mean()), "solidity": solidity}
+    area = float(mask.sum()) * spacing_mm ** 2
+    feret, _, minor = axis_lengths_mm(mask, spacing_mm)
+    meas = {"area_mm2": area, "ap_diameter_mm": extent_along_mm(mask, spacing_mm, back),
+            "transverse_diameter_mm": extent_along_mm(mask, spacing_mm, across),
+            "equivalent_diameter_mm": float(2 * np.sqrt(area / np.pi)), "feret_max_mm": feret,
+            "minor_axis_mm": minor, "csf_fraction": float(info["bright"][mask].mean()), "solidity": solidity}
     return finish(mask, meas, spacing_mm, origin, min_area_mm2=5.0)
 
 
