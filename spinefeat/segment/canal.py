@@ -45,11 +45,14 @@ def axial_sac_seed(recess_rc, *, pixel_spacing_mm, image_shape,
 
 
 def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_rc=(1.0, 0.0),
-                      crop_size_mm: float = 40.0, spacing_mm: float = 0.25) -> Segmentation:
+                      crop_size_mm: float = 28.0, spacing_mm: float = 0.25) -> Segmentation:
     """The dural sac (bright CSF, rootlet holes filled) around a seed on an axial T2 slice.
 
     The sac is the convex hull of the CSF component nearest the seed and the
-    CSF pieces within 2 mm of it (clumped rootlets split the CSF).
+    CSF pieces within 2 mm of it (clumped rootlets split the CSF), within a
+    ``crop_size_mm`` square: an adult sac is under about 25 mm across, so a
+    mask reaching the border has leaked (into facet fluid or paraspinal fat)
+    and is flagged ``weak``.
     Returns a :class:`Segmentation` with ``area_mm2``, ``ap_diameter_mm`` and
     ``transverse_diameter_mm`` (extents towards the patient's back,
     ``posterior_rc`` from the orientation tags, and across it),
