@@ -48,7 +48,7 @@ FOLDS = 5
 TERMS = ("foraminal", "subarticular", "spinal")
 REGION_OF_TERM = {"foraminal": "foramen", "subarticular": "recess", "spinal": "canal_ax"}
 #: The measurement each term's Spearman target is held to (the one a reader's grade should follow).
-MAIN_MEASUREMENT = {"foraminal": "foramen_shape_area_mm2", "subarticular": "recess_shape_depth_mm",
+MAIN_MEASUREMENT = {"foraminal": "foramen_shape_fat_area_mm2", "subarticular": "recess_shape_depth_mm",
                     "spinal": "canal_ax_shape_area_mm2"}
 SEVERITY_CODE = {s: i for i, s in enumerate(SEVERITIES)}
 
@@ -338,7 +338,7 @@ def feature_sets(df: pd.DataFrame, term: str) -> dict[str, list[str]]:
     context = [c for c in ("context_level_index", "context_side") if c in df and df[c].nunique() > 1]
     usable = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and df[c].notna().any()
               and c not in ("study_id", "series_id", "severity", "seed_row", "seed_col")
-              and not c.startswith(("diagnostics_", "patch_"))]
+              and not c.startswith(("diagnostics_", "patch_", "oof_"))]
     shape = [c for c in usable if c.startswith(f"{region}_shape_") and not c.endswith(("_rel_study", "_rel_side"))]
     patch = [c for c in df.columns if c.startswith("patch_")]
     return {"full": usable, "measurements_only": shape + context, "patch_baseline": patch + context}

@@ -50,7 +50,9 @@ SHAPE_DEFINITIONS = {
         "ap_width_mm": "AP width at the disc", "ap_width_above_mm": "AP width 17 mm above",
         "ap_width_below_mm": "AP width 17 mm below", "width_ratio": "width at the disc over the mean of above and below"}),
     "foramen": ("foraminal fat keyhole on the sagittal T1 slice of the point", {
-        "area_mm2": "area (fat and root)", "height_mm": "cranio-caudal extent (directions from the orientation tags)",
+        "area_mm2": "area (fat and root)", "fat_area_mm2": "area of its fat (the pieces around the root)",
+        "fat_within_mm2": "area of all fat within 8 mm of the point (above the keyhole's half-way level)",
+        "height_mm": "cranio-caudal extent (directions from the orientation tags)",
         "width_mm": "antero-posterior extent (directions from the orientation tags)",
         "narrowest_width_mm": "narrowest AP width over its cranio-caudal middle", "fat_fraction": "share that is bright fat",
         "root_area_mm2": "area of the dark root inside", "fat_up_mm": "fat above the root",
@@ -87,7 +89,8 @@ register("context_side", "+1 left, -1 right, 0 for the spinal canal", "1")
 RELATIVE = {
     "spinal_canal_stenosis": [shape_name("canal_ax", "area_mm2"), shape_name("canal_ax", "ap_diameter_mm"),
                               shape_name("canal_sag", "ap_width_mm")],
-    "neural_foraminal_narrowing": [shape_name("foramen", k) for k in ("area_mm2", "height_mm", "width_mm", "min_fat_mm")],
+    "neural_foraminal_narrowing": [shape_name("foramen", k) for k in ("area_mm2", "fat_area_mm2", "height_mm", "width_mm",
+                                                                      "min_fat_mm")],
     "subarticular_stenosis": [shape_name("recess", k) for k in ("area_mm2", "depth_mm", "lateral_extent_mm")]
     + ["recess_profile_point"],
 }
