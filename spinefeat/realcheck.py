@@ -453,10 +453,13 @@ def write_overlays(folder: Path, scored: pd.DataFrame, term: str, out: Path, *, 
 
 
 def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None, spider: Path | None = None,
-               peer_files=(), out: Path, jobs: int = 1, overlays: int = 0, progress=None) -> dict:
+               peer_files=(), out: Path, jobs: int = 1, overlays: int = 0, phantom: Path | None = None,
+               progress=None) -> dict:
     """Measure, grade in CV and score every term whose folder is given; write ``OUT/real_check.json`` and
     ``OUT/real_check.md`` (and the feature tables with out-of-fold predictions as parquet). With
-    ``overlays`` > 0, ``OUT/worst_<term>.png`` draws that many rows with the largest out-of-fold loss."""
+    ``overlays`` > 0, ``OUT/worst_<term>.png`` draws that many rows with the largest out-of-fold loss. With
+    ``phantom`` (an ``extract`` feature table of a phantom cohort), ``OUT/real_vs_phantom.png`` puts the
+    same measurements' distributions side by side."""
     t0 = time.perf_counter()
     out = Path(out)
     # Read (and so check) every folder before the long work starts.
@@ -490,6 +493,10 @@ def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None,
             write_overlays(sagittal_t1 if term == "foraminal" else axial_t2, scored, term, out, worst=overlays)
         if progress is not None:
             progress("grading in CV", i + 1, len(tables))
+    if phantom is not None:
+        from .report import write_real_vs_phantom
+
+        write_real_vs_phantom(tables, pd.read_parquet(phantom), out / "real_vs_phantom.png")
     if spider is not None:
         result["spider"] = {name: fn(Path(spider), jobs) for name, fn in SPIDER_CHECKS.items()} or None
     seconds["total"] = time.perf_counter() - t0

@@ -53,7 +53,10 @@ TISSUES = ("air", "fat", "muscle", "marrow", "cortex", "annulus", "nucleus", "cs
            "ligament", "posterior_bone", "viscera", "vessel", "joint_fluid")
 #: Relative signal per tissue for T1, T2 and STIR (CSF on T2 = 1).
 CONTRAST = {
-    "T1": np.array([0.0, 0.95, 0.30, 0.60, 0.04, 0.28, 0.33, 0.10, 0.36, 0.90, 0.22, 0.52, 0.24, 0.04, 0.12]),
+    # T1 soft tissue and marrow about 1.3 x brighter against fat than first drawn: on real Sagittal T1 slices
+    # the foramen's fat peak is about twice the tissue around it (median 1.98 over 4,935 foramina, phantoms
+    # 2.66) and the root about 0.6 of the fat (phantoms 0.76); reports/real_check/real_vs_phantom.png.
+    "T1": np.array([0.0, 0.95, 0.39, 0.78, 0.04, 0.36, 0.43, 0.10, 0.47, 0.90, 0.29, 0.68, 0.24, 0.04, 0.12]),
     "T2": np.array([0.0, 0.82, 0.19, 0.42, 0.04, 0.15, 0.78, 1.00, 0.26, 0.70, 0.11, 0.36, 0.24, 0.04, 0.80]),
     "STIR": np.array([0.0, 0.07, 0.24, 0.20, 0.04, 0.18, 0.82, 1.00, 0.30, 0.07, 0.13, 0.18, 0.45, 0.04, 0.85]),
 }

@@ -51,7 +51,7 @@ SHAPE_DEFINITIONS = {
         "ap_width_below_mm": "AP width 17 mm below", "width_ratio": "width at the disc over the mean of above and below"}),
     "foramen": ("foraminal fat keyhole on the sagittal T1 slice of the point", {
         "area_mm2": "area (fat and root)", "fat_area_mm2": "area of its fat (the pieces around the root)",
-        "fat_within_mm2": "area of all fat within 8 mm of the point (above the keyhole's half-way level)",
+        "fat_within_mm2": "area of all fat within the keyhole ellipse (semi-axes 11 mm cranio-caudal, 7 mm antero-posterior) around the point",
         "height_mm": "cranio-caudal extent (directions from the orientation tags)",
         "width_mm": "antero-posterior extent (directions from the orientation tags)",
         "narrowest_width_mm": "narrowest AP width over its cranio-caudal middle", "fat_fraction": "share that is bright fat",

@@ -16,9 +16,10 @@ KEYS = ("area_mm2", "fat_area_mm2", "fat_within_mm2", "height_mm", "width_mm", "
 FAT_LEVEL = 0.40
 #: Fat thinner than this around the root counts as lost in that direction (mm).
 FAT_LOST_MM = 1.0
-#: The keyhole is looked for within this distance of the point: about half a normal foramen's height
-#: (15-20 mm). Marrow of the pedicles and bodies is as bright as fat on T1 and, on coarse slices, joins it.
-KEYHOLE_RADIUS_MM = 8.0
+#: The keyhole is looked for within this ellipse around the point (cranio-caudal, antero-posterior
+#: semi-axes, mm): a normal foramen is 15-20 mm tall and 8-10 mm wide, and the point can sit anywhere in it.
+#: Marrow of the pedicles and bodies is as bright as fat on T1 and, on coarse slices, joins it.
+KEYHOLE_SEMI_AXES_MM = (11.0, 7.0)
 
 
 def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float | None = None, iop=None,
@@ -27,13 +28,13 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
 
     Fat is whatever is brighter than half-way between the crop's median
     tissue and the brightest fat (95th percentile) within
-    :data:`KEYHOLE_RADIUS_MM` of the point; the keyhole is the convex hull of
+    the ellipse :data:`KEYHOLE_SEMI_AXES_MM` around the point; the keyhole is the convex hull of
     the fat pieces reaching within 4 mm of the point (the root fills the hole
     between them). The rule is free of scale and offset, so it holds on any
     scanner's contrast and on windowed 8-bit exports.
 
     Measurements: ``area_mm2`` of the keyhole, ``fat_area_mm2`` (its fat),
-    ``fat_within_mm2`` (all fat within the radius), ``height_mm`` (cranio-caudal
+    ``fat_within_mm2`` (all fat within the ellipse), ``height_mm`` (cranio-caudal
     extent), ``width_mm`` (antero-posterior extent), ``narrowest_width_mm``
     over its middle (cranio-caudally), ``fat_fraction``, ``root_area_mm2``,
     the fat thickness from the root to the keyhole's edge up, down, front and
@@ -67,8 +68,8 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     # Fat is the tissue brighter than half-way between the crop's typical tissue (its median: marrow,
     # disc, muscle) and the brightest fat near the point; scale- and offset-free, so it holds on any
     # scanner's contrast and on windowed 8-bit exports.
-    d_mm = np.hypot(yy - (n - 1) / 2, xx - (n - 1) / 2) * spacing_mm
-    within = d_mm <= KEYHOLE_RADIUS_MM
+    a, b = KEYHOLE_SEMI_AXES_MM
+    within = ((yy - (n - 1) / 2) * spacing_mm / a) ** 2 + ((xx - (n - 1) / 2) * spacing_mm / b) ** 2 <= 1
     tissue = float(np.median(crop))
     peak = float(np.percentile(crop[within], 95))
     if peak - tissue <= 1e-6 * max(abs(peak), 1.0):
