@@ -359,6 +359,10 @@ REAL_VS_PHANTOM = (
     ("foraminal", "roi_intensity_p50"), ("foraminal", "roi_texture_glcm_contrast"),
     ("subarticular", "recess_shape_depth_mm"), ("subarticular", "recess_shape_area_mm2"),
     ("spinal", "canal_ax_shape_area_mm2"), ("spinal", "canal_ax_shape_csf_fraction"),
+    ("subarticular", "recess_profile_point"), ("subarticular", "recess_profile_peak_3mm"),
+    ("subarticular", "recess_profile_lateral_4mm"), ("subarticular", "roi_texture_glcm_contrast"),
+    ("spinal", "canal_ax_profile_peak_4mm"), ("spinal", "canal_ax_profile_sac_mean"),
+    ("spinal", "canal_ax_profile_ap_6mm"), ("spinal", "canal_ax_shape_transverse_diameter_mm"),
 )
 _TERM_CONDITIONS = {"foraminal": "neural_foraminal_narrowing", "subarticular": "subarticular_stenosis",
                     "spinal": "spinal_canal_stenosis"}

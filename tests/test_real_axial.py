@@ -10,8 +10,9 @@ from spinefeat.geometry import axial_directions
 from spinefeat.segment import measure_recess, segment_axial_sac
 from spinefeat.segment.canal import SAC_BEHIND_RECESS, axial_sac_seed
 
-#: A fixed subset of the share's axial crops: the studies with the smallest ids.
-SUBSET_STUDIES = 70
+#: A fixed subset of the share's axial crops: the studies with the smallest ids (about half the share: with
+#: fewer, the spinal rows hold a handful of Severe grades and the CV is noise).
+SUBSET_STUDIES = 100
 
 
 def test_axial_directions_follow_the_orientation_tags():
@@ -101,7 +102,7 @@ def axial_rows(axial_subset):
 def test_real_recess_depth_and_sac_area_carry_the_grade(axial_rows):
     sub, spi = axial_rows
     sub, spi = sub[sub.severity >= 0], spi[spi.severity >= 0]
-    assert len(sub) > 300 and len(spi) > 100
+    assert len(sub) > 500 and len(spi) > 180
     # On the whole share: recess depth -0.46, sac area -0.38 (README); this subset must show the same sign
     # and a clear strength.
     assert sub["recess_shape_depth_mm"].corr(sub["severity"], method="spearman") < -0.35
@@ -114,7 +115,8 @@ def test_real_axial_cv_beats_the_constant(axial_rows):
     sub, spi = axial_rows
     res_sub, _ = evaluate_term(sub, "subarticular", jobs=2)
     res_spi, _ = evaluate_term(spi, "spinal", jobs=2)
-    # Margins: on the whole share the gaps are 0.44 (subarticular) and 0.36 (spinal).
-    assert res_sub["cv"] < res_sub["constant"] - 0.2
-    assert res_spi["cv"] < res_spi["constant"] - 0.1
-    assert res_sub["measurements_only"] < res_sub["constant"] - 0.1
+    # Margins: on the whole share the gaps to the constant are 0.44 (subarticular), 0.37 (spinal) and 0.32
+    # (subarticular, mm measurements alone); on this subset 0.39, 0.26 and 0.34.
+    assert res_sub["cv"] < res_sub["constant"] - 0.25
+    assert res_spi["cv"] < res_spi["constant"] - 0.15
+    assert res_sub["measurements_only"] < res_sub["constant"] - 0.2
