@@ -235,7 +235,7 @@ def sagittal_series_rows(folder: Path, points: pd.DataFrame) -> list[dict]:
     return out
 
 
-def sac_seed(points_on_crop: pd.DataFrame, *, pixel_spacing_mm, image_shape) -> tuple[float, float] | None:
+def sac_seed(points_on_crop: pd.DataFrame, *, pixel_spacing_mm) -> tuple[float, float] | None:
     """Where the dural sac is seeded on an axial crop: from its left and right recess points
     (:func:`spinefeat.segment.canal.axial_sac_seed`, the crop in the standard axial orientation).
 
@@ -248,9 +248,8 @@ def sac_seed(points_on_crop: pd.DataFrame, *, pixel_spacing_mm, image_shape) -> 
     if len(sides) < 2:
         return None
     back, _ = axial_directions(STANDARD_IOP["canal_ax"])
-    seed, _ = axial_sac_seed(sides[["y_crop", "x_crop"]].to_numpy(float), pixel_spacing_mm=pixel_spacing_mm,
-                             image_shape=image_shape, posterior_rc=back)
-    return seed
+    return axial_sac_seed(sides[["y_crop", "x_crop"]].to_numpy(float), pixel_spacing_mm=pixel_spacing_mm,
+                          posterior_rc=back)
 
 
 def axial_series_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame,
@@ -275,7 +274,7 @@ def axial_series_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame,
                 **region_features("recess", img, seed, pixel_spacing_mm=ps, series_high=high,
                                   side=row["context_side"])[0],
                 **raw_patch(img, seed, half_px=AXIAL_PATCH_HALF_PX, series_high=high)}))
-        seed = sac_seed(pts, pixel_spacing_mm=ps, image_shape=img.shape)
+        seed = sac_seed(pts, pixel_spacing_mm=ps)
         levels = pts["level"].unique()
         level = levels[0] if len(levels) == 1 else crop.level_of_slice
         if seed is None or (crop.study_id, level) not in grade:

@@ -27,14 +27,13 @@ def test_axial_directions_follow_the_orientation_tags():
 
 def test_sac_seed_lies_behind_the_recess_points():
     ps = (0.5, 0.5)
-    seed, d_mm = axial_sac_seed([(40, 30), (40, 70)], pixel_spacing_mm=ps, image_shape=(100, 100))
-    assert d_mm == pytest.approx(20.0)
+    seed = axial_sac_seed([(40, 30), (40, 70)], pixel_spacing_mm=ps)       # 20 mm apart
     assert seed == pytest.approx((40 + SAC_BEHIND_RECESS * 20.0 / 0.5, 50))
     # the patient's back towards increasing columns: the seed moves along the columns
-    seed, _ = axial_sac_seed([(30, 40), (70, 40)], pixel_spacing_mm=ps, image_shape=(100, 100), posterior_rc=(0, 1))
-    assert seed[0] == pytest.approx(50) and seed[1] > 40
-    seed, d_mm = axial_sac_seed(np.zeros((0, 2)), pixel_spacing_mm=ps, image_shape=(101, 81))
-    assert seed == (50, 40) and np.isnan(d_mm)
+    seed = axial_sac_seed([(30, 40), (70, 40)], pixel_spacing_mm=ps, posterior_rc=(0, 1))
+    assert seed == pytest.approx((50, 40 + SAC_BEHIND_RECESS * 20.0 / 0.5))
+    with pytest.raises(ValueError, match="two recess points"):
+        axial_sac_seed([(40, 30)], pixel_spacing_mm=ps)
 
 
 def _ellipse(n, sp, a_mm, b_mm, angle_deg, value=1.0, bg=0.1):

@@ -15,33 +15,23 @@ SAGITTAL_KEYS = ("ap_width_mm", "ap_width_above_mm", "ap_width_below_mm", "width
 #: Where the sac's centre lies behind the line joining the two recess points, in units of their distance
 #: (the recess points mark the sac's antero-lateral corners; anatomy, not fitted to grades).
 SAC_BEHIND_RECESS = 0.2
-#: A typical distance between the left and right recess points (mm), for a slice holding only one.
-RECESS_DISTANCE_MM = 17.0
 
 
-def axial_sac_seed(recess_rc, *, pixel_spacing_mm, image_shape,
-                   posterior_rc=(1.0, 0.0)) -> tuple[tuple[float, float], float]:
-    """Seed of the dural sac on an axial slice from the labelled (or localised) recess points on it.
+def axial_sac_seed(recess_rc, *, pixel_spacing_mm, posterior_rc=(1.0, 0.0)) -> tuple[float, float]:
+    """Seed (row, col) of the dural sac on an axial slice from its left and right recess points.
 
-    With both recesses: their midpoint moved :data:`SAC_BEHIND_RECESS` of their distance towards the
-    patient's back (``posterior_rc``, from :func:`spinefeat.geometry.axial_directions`). With one: the
-    point moved behind by the same share of :data:`RECESS_DISTANCE_MM`, left-right at the image centre.
-    With none: the image centre. A few mm of error in the points moves the seed by less than that, and
-    the sac is searched within 4 mm of it. Returns the seed (row, col) and the recess distance in mm
-    (NaN unless both points are given): a scale of the canal measured on the image itself.
+    Their midpoint moved :data:`SAC_BEHIND_RECESS` of their distance towards the patient's back
+    (``posterior_rc``, from :func:`spinefeat.geometry.axial_directions`). A few mm of error in the points
+    moves the seed by less than that, and the sac is searched within 4 mm of it.
     """
-    dr, dc = (float(v) for v in pixel_spacing_mm)
     pts = np.asarray(recess_rc, float).reshape(-1, 2)
-    pr, pc = posterior_rc
-    if len(pts) >= 2:
-        d_mm = float(np.hypot((pts[0, 0] - pts[1, 0]) * dr, (pts[0, 1] - pts[1, 1]) * dc))
-        mid = pts[:2].mean(axis=0)
-        shift = SAC_BEHIND_RECESS * d_mm
-        return (float(mid[0] + shift * pr / dr), float(mid[1] + shift * pc / dc)), d_mm
-    if len(pts) == 1:
-        shift = SAC_BEHIND_RECESS * RECESS_DISTANCE_MM
-        return (float(pts[0, 0] + shift * pr / dr), (image_shape[1] - 1) / 2), NAN
-    return ((image_shape[0] - 1) / 2, (image_shape[1] - 1) / 2), NAN
+    if len(pts) != 2:
+        raise ValueError(f"the sac is seeded from two recess points (left and right), got {len(pts)}")
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    d_mm = float(np.hypot((pts[0, 0] - pts[1, 0]) * dr, (pts[0, 1] - pts[1, 1]) * dc))
+    mid = pts.mean(axis=0)
+    shift = SAC_BEHIND_RECESS * d_mm
+    return float(mid[0] + shift * posterior_rc[0] / dr), float(mid[1] + shift * posterior_rc[1] / dc)
 
 
 def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_rc=(1.0, 0.0),

@@ -243,6 +243,7 @@ def axis_lengths_mm(mask: np.ndarray, spacing_mm: float) -> tuple[float, float, 
     return (float(p.feret_diameter_max) * spacing_mm, float(p.axis_major_length) * spacing_mm,
             float(p.axis_minor_length) * spacing_mm)
 
+
 def extent_along_mm(mask: np.ndarray, spacing_mm: float, direction_rc) -> float:
     """Extent of a mask along a unit (row, col) direction, in mm (a Feret diameter at that angle)."""
     if not mask.any():
