@@ -723,7 +723,7 @@ def features() -> None:
     from rich.table import Table
 
     from .features import table
-    from .features import profile, texture  # noqa: F401  (register their families)
+    from .features import axial, profile, texture  # noqa: F401  (register their families)
 
     t = Table("name", "unit", "definition")
     for row in table():
@@ -806,6 +806,9 @@ def real_check(
     jobs: Annotated[int, typer.Option(min=1, help="Series measured in parallel; LightGBM threads.")] = 1,
     overlays: Annotated[int, typer.Option(min=0, help="Draw the N rows of each term with the largest "
                                                       "out-of-fold loss to OUT/worst_<term>.png.")] = 0,
+    phantom: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False,
+                       help="Feature table (extract) of a phantom cohort: draw the same measurements on real "
+                            "images and phantoms side by side to OUT/real_vs_phantom.png.")] = None,
 ) -> None:
     """Measure real images at their labelled points with the project's segmenters and score its graders
     in study-grouped 5-fold CV against the best constant, a raw-patch yardstick and a peer."""
@@ -839,7 +842,7 @@ def real_check(
 
             res = realcheck.real_check(sagittal_t1=sagittal_t1, axial_t2=axial_t2, spider=spider,
                                        peer_files=peer, out=out, jobs=jobs,
-                                       overlays=overlays, progress=progress)
+                                       overlays=overlays, phantom=phantom, progress=progress)
     except SpinefeatError as exc:
         _fail(exc)
     typer.echo(realcheck.markdown_table(res))

@@ -23,10 +23,11 @@ from .dataset import CONDITION_SERIES, CONDITIONS, LEVELS, DataFolder
 from .dicom import Stack
 from .errors import SpinefeatError
 from .features import RELATIVE, shape_name
+from .features.axial import recess_profile, sac_profile
 from .features.profile import foramen_profile
 from .io import inside, write_bytes, write_parquet
 from .features.texture import ROI_MM, ROI_SPACING_MM, roi_features
-from .geometry import orientation_axes, project_to_stacks
+from .geometry import axial_directions, project_to_stacks
 from .images import StudyImages
 from .segment import FAILED, FOUND, Segmentation, measure_recess, measure_sagittal_canal, segment_axial_sac, \
     segment_foramen
@@ -66,22 +67,26 @@ def _shape(region: str, seg: Segmentation) -> dict[str, float]:
 
 
 def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float,
-                    iop=None) -> tuple[dict[str, float], Segmentation]:
+                    iop=None, side: float = 0.0, roi: bool = True) -> tuple[dict[str, float], Segmentation]:
     """One region's shape features (segmenter at the seed) and the intensity/texture crop around the seed.
 
     The one path from pixels to features: ``extract`` calls it on DICOM slices with their PixelSpacing and
     ImageOrientationPatient, ``real-check`` on the real slices and crops with an estimated spacing and the
-    standard orientation of their plane. ``region`` is ``foramen``, ``recess``, ``canal_ax`` or ``canal_sag``.
+    standard orientation of their plane. ``region`` is ``foramen``, ``recess``, ``canal_ax`` or ``canal_sag``;
+    ``side`` (+1 left, -1 right) orients a recess's lateral direction; ``roi=False`` leaves out the
+    intensity/texture crop (the axial sac of a spinal row, whose crop is the sagittal point's).
     """
     iop = STANDARD_IOP[region] if iop is None else iop
     if region == "foramen":
         seg = segment_foramen(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, series_high=series_high, iop=iop)
-    elif region == "recess":
-        _, f_c, _ = orientation_axes(iop)
-        seg = measure_recess(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm,
-                             posterior_sign=float(np.sign(f_c[1]) or 1.0))
-    elif region == "canal_ax":
-        seg = segment_axial_sac(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm)
+    elif region in ("recess", "canal_ax"):
+        back, left = axial_directions(iop)
+        if region == "recess":
+            out = left if side >= 0 else (-left[0], -left[1])
+            seg = measure_recess(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, posterior_rc=back,
+                                 lateral_rc=out)
+        else:
+            seg = segment_axial_sac(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, posterior_rc=back)
     elif region == "canal_sag":
         seg = measure_sagittal_canal(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm)
     else:
@@ -90,8 +95,16 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
     if region == "foramen":
         feats.update(foramen_profile(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, series_high=series_high,
                                      iop=iop))
-    roi, _ = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=ROI_MM, spacing_mm=ROI_SPACING_MM)
-    feats.update(roi_features(roi, series_high=series_high))
+    elif region == "recess":
+        feats.update(recess_profile(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, series_high=series_high,
+                                    posterior_rc=back, lateral_rc=out))
+    elif region == "canal_ax":
+        feats.update(sac_profile(image, seed_rc, seg, pixel_spacing_mm=pixel_spacing_mm, series_high=series_high,
+                                 posterior_rc=back, left_rc=left))
+    if roi:
+        crop, _ = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=ROI_MM,
+                          spacing_mm=ROI_SPACING_MM)
+        feats.update(roi_features(crop, series_high=series_high))
     return feats, seg
 
 
@@ -104,7 +117,9 @@ def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tu
     ps = st.geometry.pixel_spacing_mm
     high = images.series_high(point["series_id"])
     region = "canal_sag" if cond == "spinal_canal_stenosis" else ("foramen" if "foraminal" in cond else "recess")
-    feats, seg = region_features(region, img, seed, pixel_spacing_mm=ps, series_high=high, iop=st.geometry.iop)
+    side = 1.0 if cond.startswith("left") else -1.0
+    feats, seg = region_features(region, img, seed, pixel_spacing_mm=ps, series_high=high, iop=st.geometry.iop,
+                                 side=side)
     regions = [(region, st, k, seg, seed)]
     if cond == "spinal_canal_stenosis":
         xyz = st.geometry.to_patient(k, seed[0], seed[1])
@@ -114,12 +129,13 @@ def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tu
             pr = project_to_stacks(xyz, [s.geometry for s in stacks])
             key = (not pr["in_image"], abs(pr["distance_mm"]))
             if best is None or key < best[0]:
-                best = (key, stacks[pr["stack"]], pr)
+                best = (key, stacks[pr["stack"]], pr, sid)
         if best is not None and best[2]["in_image"]:
             ax, pr = best[1], best[2]
-            seg_ax = segment_axial_sac(ax.pixels[pr["slice"]], (pr["row"], pr["col"]),
-                                       pixel_spacing_mm=ax.geometry.pixel_spacing_mm)
-            feats.update(_shape("canal_ax", seg_ax))
+            sac, seg_ax = region_features("canal_ax", ax.pixels[pr["slice"]], (pr["row"], pr["col"]),
+                                          pixel_spacing_mm=ax.geometry.pixel_spacing_mm,
+                                          series_high=images.series_high(best[3]), iop=ax.geometry.iop, roi=False)
+            feats.update(sac)
             feats["canal_ax_offset_mm"] = float(abs(pr["distance_mm"]))
             regions.append(("canal_ax", ax, pr["slice"], seg_ax, (pr["row"], pr["col"])))
     return feats, regions

@@ -277,3 +277,19 @@ def column_x_mm(ipp, iop, pixel_spacing, n_cols: int, *, row: float = 0.0) -> np
 def side_of(x_mm, midline_x_mm) -> np.ndarray:
     """``'left'`` where a patient x is left of (greater than) the midline, else ``'right'``."""
     return np.where(np.asarray(x_mm, dtype=float) > float(midline_x_mm), "left", "right")
+
+
+def axial_directions(iop) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Unit (row, col) image directions towards the patient's back (+y) and left (+x) on an axial slice.
+
+    From ImageOrientationPatient only: moving one row goes along ``F_c``, one column along ``F_r``, so
+    the in-plane direction of a patient axis ``a`` is ``(F_c[a], F_r[a])`` (normalised). A slice that
+    holds no component of an axis gets the image default ((1, 0) back, (0, 1) left).
+    """
+    f_r, f_c, _ = orientation_axes(iop)
+    out = []
+    for axis, default in ((1, (1.0, 0.0)), (0, (0.0, 1.0))):
+        v = np.array([f_c[axis], f_r[axis]])
+        n = float(np.linalg.norm(v))
+        out.append(tuple(float(a) for a in v / n) if n > 1e-3 else default)
+    return out[0], out[1]

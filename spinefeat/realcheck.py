@@ -27,7 +27,7 @@ import pandas as pd
 from . import __version__
 from .dataset import CLASS_COLUMNS, LEVELS, SEVERITIES, SEVERITY_WEIGHTS
 from .errors import DataError
-from .extract import QUALITY_CODE, add_relative_features, region_features
+from .extract import QUALITY_CODE, STANDARD_IOP, add_relative_features, region_features
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ FOLDS = 5
 TERMS = ("foraminal", "subarticular", "spinal")
 REGION_OF_TERM = {"foraminal": "foramen", "subarticular": "recess", "spinal": "canal_ax"}
 #: The measurement each term's Spearman target is held to (the one a reader's grade should follow).
-MAIN_MEASUREMENT = {"foraminal": "foramen_shape_area_mm2", "subarticular": "recess_shape_depth_mm",
+MAIN_MEASUREMENT = {"foraminal": "foramen_shape_fat_area_mm2", "subarticular": "recess_shape_depth_mm",
                     "spinal": "canal_ax_shape_area_mm2"}
 SEVERITY_CODE = {s: i for i, s in enumerate(SEVERITIES)}
 
@@ -235,16 +235,21 @@ def sagittal_series_rows(folder: Path, points: pd.DataFrame) -> list[dict]:
     return out
 
 
-def sac_seed(points_on_crop: pd.DataFrame) -> tuple[float, float] | None:
-    """Where the dural sac is seeded on an axial crop: midway between its left and right recess points.
+def sac_seed(points_on_crop: pd.DataFrame, *, pixel_spacing_mm) -> tuple[float, float] | None:
+    """Where the dural sac is seeded on an axial crop: from its left and right recess points
+    (:func:`spinefeat.segment.canal.axial_sac_seed`, the crop in the standard axial orientation).
 
-    None when the crop does not hold both (the sac lies between the recesses; one point alone does not
-    say where the midline is).
+    None when the crop does not hold both (one point alone does not say where the midline is).
     """
+    from .geometry import axial_directions
+    from .segment.canal import axial_sac_seed
+
     sides = points_on_crop.drop_duplicates("condition")
     if len(sides) < 2:
         return None
-    return float(sides["y_crop"].mean()), float(sides["x_crop"].mean())
+    back, _ = axial_directions(STANDARD_IOP["canal_ax"])
+    return axial_sac_seed(sides[["y_crop", "x_crop"]].to_numpy(float), pixel_spacing_mm=pixel_spacing_mm,
+                          posterior_rc=back)
 
 
 def axial_series_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame,
@@ -266,9 +271,10 @@ def axial_series_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame,
             row.update(series_id=int(crop.series_id), image=crop.image, seed_row=seed[0], seed_col=seed[1],
                        diagnostics_pixel_spacing_mm=float(ps[0]), diagnostics_series_high=high)
             sub.append(_guarded(row, lambda: {
-                **region_features("recess", img, seed, pixel_spacing_mm=ps, series_high=high)[0],
+                **region_features("recess", img, seed, pixel_spacing_mm=ps, series_high=high,
+                                  side=row["context_side"])[0],
                 **raw_patch(img, seed, half_px=AXIAL_PATCH_HALF_PX, series_high=high)}))
-        seed = sac_seed(pts)
+        seed = sac_seed(pts, pixel_spacing_mm=ps)
         levels = pts["level"].unique()
         level = levels[0] if len(levels) == 1 else crop.level_of_slice
         if seed is None or (crop.study_id, level) not in grade:
@@ -331,7 +337,7 @@ def feature_sets(df: pd.DataFrame, term: str) -> dict[str, list[str]]:
     context = [c for c in ("context_level_index", "context_side") if c in df and df[c].nunique() > 1]
     usable = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and df[c].notna().any()
               and c not in ("study_id", "series_id", "severity", "seed_row", "seed_col")
-              and not c.startswith(("diagnostics_", "patch_"))]
+              and not c.startswith(("diagnostics_", "patch_", "oof_"))]
     shape = [c for c in usable if c.startswith(f"{region}_shape_") and not c.endswith(("_rel_study", "_rel_side"))]
     patch = [c for c in df.columns if c.startswith("patch_")]
     return {"full": usable, "measurements_only": shape + context, "patch_baseline": patch + context}
@@ -446,10 +452,13 @@ def write_overlays(folder: Path, scored: pd.DataFrame, term: str, out: Path, *, 
 
 
 def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None, spider: Path | None = None,
-               peer_files=(), out: Path, jobs: int = 1, overlays: int = 0, progress=None) -> dict:
+               peer_files=(), out: Path, jobs: int = 1, overlays: int = 0, phantom: Path | None = None,
+               progress=None) -> dict:
     """Measure, grade in CV and score every term whose folder is given; write ``OUT/real_check.json`` and
     ``OUT/real_check.md`` (and the feature tables with out-of-fold predictions as parquet). With
-    ``overlays`` > 0, ``OUT/worst_<term>.png`` draws that many rows with the largest out-of-fold loss."""
+    ``overlays`` > 0, ``OUT/worst_<term>.png`` draws that many rows with the largest out-of-fold loss. With
+    ``phantom`` (an ``extract`` feature table of a phantom cohort), ``OUT/real_vs_phantom.png`` puts the
+    same measurements' distributions side by side."""
     t0 = time.perf_counter()
     out = Path(out)
     # Read (and so check) every folder before the long work starts.
@@ -483,6 +492,10 @@ def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None,
             write_overlays(sagittal_t1 if term == "foraminal" else axial_t2, scored, term, out, worst=overlays)
         if progress is not None:
             progress("grading in CV", i + 1, len(tables))
+    if phantom is not None:
+        from .report import write_real_vs_phantom
+
+        write_real_vs_phantom(tables, pd.read_parquet(phantom), out / "real_vs_phantom.png")
     if spider is not None:
         result["spider"] = {name: fn(Path(spider), jobs) for name, fn in SPIDER_CHECKS.items()} or None
     seconds["total"] = time.perf_counter() - t0

@@ -349,3 +349,61 @@ def write_report(out: Path, *, manifest: dict, oof: pd.DataFrame, train: pd.Data
                 + "".join(rows) + "</table><p><a href='index.html'>cohort</a></p>")
         (out / f"study_{sid}.html").write_text(_page(f"study {sid}", page))
     return out / "index.html"
+
+
+#: The measurements drawn side by side on real images and on phantoms: (term, column).
+REAL_VS_PHANTOM = (
+    ("foraminal", "foramen_shape_fat_area_mm2"), ("foraminal", "foramen_shape_area_mm2"),
+    ("foraminal", "foramen_shape_height_mm"), ("foraminal", "foramen_shape_fat_level"),
+    ("foraminal", "foramen_profile_peak_to_local"), ("foraminal", "foramen_profile_centre_to_peak"),
+    ("foraminal", "roi_intensity_p50"), ("foraminal", "roi_texture_glcm_contrast"),
+    ("subarticular", "recess_shape_depth_mm"), ("subarticular", "recess_shape_area_mm2"),
+    ("spinal", "canal_ax_shape_area_mm2"), ("spinal", "canal_ax_shape_csf_fraction"),
+    ("subarticular", "recess_profile_point"), ("subarticular", "recess_profile_peak_3mm"),
+    ("subarticular", "recess_profile_lateral_4mm"), ("subarticular", "roi_texture_glcm_contrast"),
+    ("spinal", "canal_ax_profile_peak_4mm"), ("spinal", "canal_ax_profile_sac_mean"),
+    ("spinal", "canal_ax_profile_ap_6mm"), ("spinal", "canal_ax_shape_transverse_diameter_mm"),
+)
+_TERM_CONDITIONS = {"foraminal": "neural_foraminal_narrowing", "subarticular": "subarticular_stenosis",
+                    "spinal": "spinal_canal_stenosis"}
+
+
+def write_real_vs_phantom(real: dict[str, pd.DataFrame], phantom: pd.DataFrame, out: Path) -> Path:
+    """Histograms of the same measurements on real images (``real``: term -> real-check table) and on
+    phantoms (an ``extract`` table), one panel each, with both medians; per-grade medians in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(t, c) for t, c in REAL_VS_PHANTOM if t in real and c in real[t]]
+    cols = 4
+    fig, axes = plt.subplots((len(panels) + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.0 * ((len(panels) + cols - 1) // cols)),
+                             squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    for ax, (term, col) in zip(axes.ravel(), panels):
+        r = real[term][col].dropna().to_numpy(float)
+        ph = phantom.loc[phantom["condition"].str.contains(_TERM_CONDITIONS[term]), col].dropna().to_numpy(float) \
+            if col in phantom else np.array([])
+        both = np.concatenate([r, ph]) if len(ph) else r
+        if not len(both):
+            ax.set_title(f"{col}\n(no values)", fontsize=8)
+            continue
+        lo, hi = np.percentile(both, [1, 99])
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, 30)
+        ax.hist(np.clip(r, lo, hi), bins=bins, density=True, alpha=0.55, color="tab:blue",
+                label=f"real n={len(r)} med {np.median(r):.2f}")
+        if len(ph):
+            ax.hist(np.clip(ph, lo, hi), bins=bins, density=True, alpha=0.55, color="tab:orange",
+                    label=f"phantom n={len(ph)} med {np.median(ph):.2f}")
+        ax.set_title(f"{term}: {col}", fontsize=8)
+        ax.legend(fontsize=6)
+        ax.tick_params(labelsize=6)
+    fig.suptitle("The same measurements on real RSNA images (real-check) and on phantoms (extract)", fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -38,14 +38,21 @@ def _unit(key: str) -> str:
 
 SHAPE_DEFINITIONS = {
     "canal_ax": ("dural sac on the axial T2 slice at the level (convex hull of its CSF)", {
-        "area_mm2": "cross-sectional area", "ap_diameter_mm": "antero-posterior extent",
-        "transverse_diameter_mm": "left-right extent", "csf_fraction": "share of the sac that is bright CSF",
+        "area_mm2": "cross-sectional area",
+        "ap_diameter_mm": "antero-posterior extent (direction from the orientation tags)",
+        "transverse_diameter_mm": "left-right extent (direction from the orientation tags)",
+        "equivalent_diameter_mm": "diameter of the circle of the same area (any orientation)",
+        "feret_max_mm": "largest Feret (caliper) diameter, any orientation",
+        "minor_axis_mm": "minor axis of the ellipse with the same second moments",
+        "csf_fraction": "share of the sac that is bright CSF",
         "solidity": "CSF area over its convex hull (low when rootlets clump)"}),
     "canal_sag": ("CSF column on the sagittal T2 slice of the point", {
         "ap_width_mm": "AP width at the disc", "ap_width_above_mm": "AP width 17 mm above",
         "ap_width_below_mm": "AP width 17 mm below", "width_ratio": "width at the disc over the mean of above and below"}),
     "foramen": ("foraminal fat keyhole on the sagittal T1 slice of the point", {
-        "area_mm2": "area (fat and root)", "height_mm": "cranio-caudal extent (directions from the orientation tags)",
+        "area_mm2": "area (fat and root)", "fat_area_mm2": "area of its fat (the pieces around the root)",
+        "fat_within_mm2": "area of all fat within the keyhole ellipse (semi-axes 11 mm cranio-caudal, 7 mm antero-posterior) around the point",
+        "height_mm": "cranio-caudal extent (directions from the orientation tags)",
         "width_mm": "antero-posterior extent (directions from the orientation tags)",
         "narrowest_width_mm": "narrowest AP width over its cranio-caudal middle", "fat_fraction": "share that is bright fat",
         "root_area_mm2": "area of the dark root inside", "fat_up_mm": "fat above the root",
@@ -57,8 +64,10 @@ SHAPE_DEFINITIONS = {
         "major_axis_mm": "major axis of the ellipse with the same second moments",
         "minor_axis_mm": "minor axis of the ellipse with the same second moments"}),
     "recess": ("bright space of the lateral recess on the axial T2 slice of the point", {
-        "area_mm2": "area within a 16 mm crop", "depth_mm": "antero-posterior depth through the point",
-        "lateral_extent_mm": "left-right extent through the point", "csf_fraction": "bright share",
+        "area_mm2": "area within a 16 mm crop",
+        "depth_mm": "antero-posterior depth through the point (direction from the orientation tags)",
+        "lateral_extent_mm": "medial-lateral extent through the point (direction from the orientation tags)",
+        "csf_fraction": "bright share",
         "lf_thickness_mm": "dark band (ligamentum flavum, facet) behind the recess",
         "dark_fraction": "share of the crop darker than the half-maximum"}),
 }
@@ -80,8 +89,10 @@ register("context_side", "+1 left, -1 right, 0 for the spinal canal", "1")
 RELATIVE = {
     "spinal_canal_stenosis": [shape_name("canal_ax", "area_mm2"), shape_name("canal_ax", "ap_diameter_mm"),
                               shape_name("canal_sag", "ap_width_mm")],
-    "neural_foraminal_narrowing": [shape_name("foramen", k) for k in ("area_mm2", "height_mm", "width_mm", "min_fat_mm")],
-    "subarticular_stenosis": [shape_name("recess", k) for k in ("area_mm2", "depth_mm", "lateral_extent_mm")],
+    "neural_foraminal_narrowing": [shape_name("foramen", k) for k in ("area_mm2", "fat_area_mm2", "height_mm", "width_mm",
+                                                                      "min_fat_mm")],
+    "subarticular_stenosis": [shape_name("recess", k) for k in ("area_mm2", "depth_mm", "lateral_extent_mm")]
+    + ["recess_profile_point"],
 }
 for _group, _names in RELATIVE.items():
     for _n in _names:

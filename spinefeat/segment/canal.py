@@ -5,25 +5,54 @@ from __future__ import annotations
 import numpy as np
 from skimage.morphology import convex_hull_image
 
-from .common import FAILED, FOUND, WEAK, Segmentation, blank_reason, bright_region, crop_mm, extent_mm, finish, \
-    normalise, open_crop
+from .common import FAILED, FOUND, WEAK, Segmentation, axis_lengths_mm, blank_reason, bright_region, crop_mm, \
+    extent_along_mm, finish, normalise, open_crop
 
 NAN = float("nan")
-AXIAL_KEYS = ("area_mm2", "ap_diameter_mm", "transverse_diameter_mm", "csf_fraction", "solidity")
+AXIAL_KEYS = ("area_mm2", "ap_diameter_mm", "transverse_diameter_mm", "equivalent_diameter_mm", "feret_max_mm",
+              "minor_axis_mm", "csf_fraction", "solidity")
 SAGITTAL_KEYS = ("ap_width_mm", "ap_width_above_mm", "ap_width_below_mm", "width_ratio")
+#: Where the sac's centre lies behind the line joining the two recess points, in units of their distance
+#: (the recess points mark the sac's antero-lateral corners; anatomy, not fitted to grades).
+SAC_BEHIND_RECESS = 0.2
 
 
-def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, crop_size_mm: float = 40.0,
-                      spacing_mm: float = 0.25) -> Segmentation:
+def axial_sac_seed(recess_rc, *, pixel_spacing_mm, posterior_rc=(1.0, 0.0)) -> tuple[float, float]:
+    """Seed (row, col) of the dural sac on an axial slice from its left and right recess points.
+
+    Their midpoint moved :data:`SAC_BEHIND_RECESS` of their distance towards the patient's back
+    (``posterior_rc``, from :func:`spinefeat.geometry.axial_directions`). A few mm of error in the points
+    moves the seed by less than that, and the sac is searched within 4 mm of it.
+    """
+    pts = np.asarray(recess_rc, float).reshape(-1, 2)
+    if len(pts) != 2:
+        raise ValueError(f"the sac is seeded from two recess points (left and right), got {len(pts)}")
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    d_mm = float(np.hypot((pts[0, 0] - pts[1, 0]) * dr, (pts[0, 1] - pts[1, 1]) * dc))
+    mid = pts.mean(axis=0)
+    shift = SAC_BEHIND_RECESS * d_mm
+    return float(mid[0] + shift * posterior_rc[0] / dr), float(mid[1] + shift * posterior_rc[1] / dc)
+
+
+def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_rc=(1.0, 0.0),
+                      crop_size_mm: float = 28.0, spacing_mm: float = 0.25) -> Segmentation:
     """The dural sac (bright CSF, rootlet holes filled) around a seed on an axial T2 slice.
 
     The sac is the convex hull of the CSF component nearest the seed and the
-    CSF pieces within 2 mm of it (clumped rootlets split the CSF).
-    Returns a :class:`Segmentation` with ``area_mm2``, ``ap_diameter_mm``
-    (along image rows), ``transverse_diameter_mm``, ``csf_fraction`` (share of
-    the filled sac that is bright CSF, low when rootlets clump) and
-    ``solidity``. A blank or saturated crop, or no bright structure within
-    4 mm of the seed, is ``failed``.
+    CSF pieces within 2 mm of it (clumped rootlets split the CSF), within a
+    ``crop_size_mm`` square: an adult sac is under about 25 mm across, so a
+    mask reaching the border has leaked (into facet fluid or paraspinal fat)
+    and is flagged ``weak``.
+    Returns a :class:`Segmentation` with ``area_mm2``, ``ap_diameter_mm`` and
+    ``transverse_diameter_mm`` (extents towards the patient's back,
+    ``posterior_rc`` from the orientation tags, and across it),
+    ``equivalent_diameter_mm`` (of the circle of the same area, whatever the
+    orientation) with ``feret_max_mm`` and ``minor_axis_mm`` (largest
+    caliper diameter, minor axis of the ellipse of the same moments),
+    ``csf_fraction`` (share of the filled sac that is bright CSF, low when
+    rootlets clump) and ``solidity``. What fills it is sampled by
+    :func:`spinefeat.features.axial.sac_profile`. A blank or saturated
+    crop, or no bright structure within 4 mm of the seed, is ``failed``.
 
     Examples
     --------
@@ -38,18 +67,23 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, crop_size
     if fail is not None:
         return fail
     x = normalise(crop, hi_pct=99.5)
+    back = tuple(float(v) for v in posterior_rc)
+    across = (-back[1], back[0])
     mask, info = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)), join_mm=2.0)
     if not mask.any():
-        fail.notes.append("no bright structure near the seed")
-        return fail
+        return Segmentation(mask, {k: NAN for k in AXIAL_KEYS}, FAILED, spacing_mm, origin,
+                            ["no bright structure near the seed"])
     # Rootlets lie against the dependent (posterior) wall and notch the CSF from
     # outside, where hole filling cannot reach; the sac itself is nearly convex.
     hull = convex_hull_image(mask)
     solidity = float(mask.sum() / max(hull.sum(), 1))
     mask = hull
-    ap, tr = extent_mm(mask, spacing_mm)
-    meas = {"area_mm2": float(mask.sum()) * spacing_mm ** 2, "ap_diameter_mm": ap, "transverse_diameter_mm": tr,
-            "csf_fraction": float(info["bright"][mask].mean()), "solidity": solidity}
+    area = float(mask.sum()) * spacing_mm ** 2
+    feret, _, minor = axis_lengths_mm(mask, spacing_mm)
+    meas = {"area_mm2": area, "ap_diameter_mm": extent_along_mm(mask, spacing_mm, back),
+            "transverse_diameter_mm": extent_along_mm(mask, spacing_mm, across),
+            "equivalent_diameter_mm": float(2 * np.sqrt(area / np.pi)), "feret_max_mm": feret,
+            "minor_axis_mm": minor, "csf_fraction": float(info["bright"][mask].mean()), "solidity": solidity}
     return finish(mask, meas, spacing_mm, origin, min_area_mm2=5.0)
 
 

@@ -242,3 +242,47 @@ def axis_lengths_mm(mask: np.ndarray, spacing_mm: float) -> tuple[float, float, 
     p = regionprops(mask.astype(np.uint8))[0]
     return (float(p.feret_diameter_max) * spacing_mm, float(p.axis_major_length) * spacing_mm,
             float(p.axis_minor_length) * spacing_mm)
+
+
+def extent_along_mm(mask: np.ndarray, spacing_mm: float, direction_rc) -> float:
+    """Extent of a mask along a unit (row, col) direction, in mm (a Feret diameter at that angle)."""
+    if not mask.any():
+        return float("nan")
+    rr, cc = np.nonzero(mask)
+    t = rr * direction_rc[0] + cc * direction_rc[1]
+    # +1 pixel: the extent of pixel areas, not of their centres (as extent_mm).
+    return float(t.max() - t.min() + 1) * spacing_mm
+
+
+def run_along_mm(mask: np.ndarray, r: float, c: float, direction_rc, spacing_mm: float) -> float:
+    """Length (mm) of the run of True through (r, c) along a unit (row, col) direction, both ways."""
+    total = 0
+    for sign in (1, -1):
+        k = 1 if sign == 1 else 0      # (r, c) itself is counted once, on the forward walk
+        while True:
+            i = int(round(r + sign * k * direction_rc[0]))
+            j = int(round(c + sign * k * direction_rc[1]))
+            if not (0 <= i < mask.shape[0] and 0 <= j < mask.shape[1]) or not mask[i, j]:
+                break
+            total += 1
+            k += 1
+    return total * spacing_mm
+
+
+def profile(x: np.ndarray, centre_rc, direction_rc, offsets_mm, *, spacing_mm: float,
+            half_width_mm: float = 1.0) -> np.ndarray:
+    """Mean of ``x`` in small squares (side ``2 * half_width_mm``) at ``offsets_mm`` along a direction from a centre.
+
+    NaN where a square leaves the crop. Gives intensity profiles across a structure in anatomical
+    directions, whatever the image orientation.
+    """
+    h = max(int(round(half_width_mm / spacing_mm)), 0)
+    out = []
+    for off in offsets_mm:
+        i = int(round(centre_rc[0] + off / spacing_mm * direction_rc[0]))
+        j = int(round(centre_rc[1] + off / spacing_mm * direction_rc[1]))
+        if i - h < 0 or j - h < 0 or i + h >= x.shape[0] or j + h >= x.shape[1]:
+            out.append(float("nan"))
+        else:
+            out.append(float(x[i - h:i + h + 1, j - h:j + h + 1].mean()))
+    return np.asarray(out)

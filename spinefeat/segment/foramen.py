@@ -6,24 +6,35 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image
 
-from .common import FOUND, Segmentation, View, axis_lengths_mm, bright_region, extent_mm, finish, normalise, \
-    open_crop
+from .common import FAILED, FOUND, Segmentation, View, axis_lengths_mm, extent_mm, finish, open_crop
 
 NAN = float("nan")
-KEYS = ("area_mm2", "height_mm", "width_mm", "narrowest_width_mm", "fat_fraction", "root_area_mm2",
+KEYS = ("area_mm2", "fat_area_mm2", "fat_within_mm2", "height_mm", "width_mm", "narrowest_width_mm", "fat_fraction", "root_area_mm2",
         "fat_up_mm", "fat_down_mm", "fat_front_mm", "fat_back_mm", "min_fat_mm", "n_directions_lost", "fat_level",
         "feret_max_mm", "major_axis_mm", "minor_axis_mm")
 #: Brightest tissue near the point under this share of the series' fat level: no foraminal fat left.
 FAT_LEVEL = 0.40
 #: Fat thinner than this around the root counts as lost in that direction (mm).
 FAT_LOST_MM = 1.0
+#: The keyhole is looked for within this ellipse around the point (cranio-caudal, antero-posterior
+#: semi-axes, mm): a normal foramen is 15-20 mm tall and 8-10 mm wide, and the point can sit anywhere in it.
+#: Marrow of the pedicles and bodies is as bright as fat on T1 and, on coarse slices, joins it.
+KEYHOLE_SEMI_AXES_MM = (11.0, 7.0)
 
 
 def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float | None = None, iop=None,
                     crop_size_mm: float = 32.0, spacing_mm: float = 0.25) -> Segmentation:
     """Segment the foraminal fat (root hole filled) around a seed on a sagittal T1 slice.
 
-    Measurements: ``area_mm2`` of the keyhole, ``height_mm`` (cranio-caudal
+    Fat is whatever is brighter than half-way between the crop's median
+    tissue and the brightest fat (95th percentile) within
+    the ellipse :data:`KEYHOLE_SEMI_AXES_MM` around the point; the keyhole is the convex hull of
+    the fat pieces reaching within 4 mm of the point (the root fills the hole
+    between them). The rule is free of scale and offset, so it holds on any
+    scanner's contrast and on windowed 8-bit exports.
+
+    Measurements: ``area_mm2`` of the keyhole, ``fat_area_mm2`` (its fat),
+    ``fat_within_mm2`` (all fat within the ellipse), ``height_mm`` (cranio-caudal
     extent), ``width_mm`` (antero-posterior extent), ``narrowest_width_mm``
     over its middle (cranio-caudally), ``fat_fraction``, ``root_area_mm2``,
     the fat thickness from the root to the keyhole's edge up, down, front and
@@ -54,19 +65,28 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
         meas = {k: 0.0 for k in KEYS}
         meas.update(n_directions_lost=4.0, fat_level=fat_level, root_area_mm2=NAN, narrowest_width_mm=0.0)
         return Segmentation(np.zeros(crop.shape, bool), meas, FOUND, spacing_mm, origin, ["no fat left"])
-    x = normalise(crop, hi_pct=99.5)
-    mask, info = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)),
-                               search_mm=4.0, strict=0.8)
-    if not mask.any():
-        fail.notes.append("no fat near the seed")
-        return fail
-    # The root splits the fat ring into pieces: the keyhole is the convex hull of
-    # every fat piece reaching within the search radius of the point.
-    above = x >= info["threshold"]
+    # Fat is the tissue brighter than half-way between the crop's typical tissue (its median: marrow,
+    # disc, muscle) and the brightest fat near the point; scale- and offset-free, so it holds on any
+    # scanner's contrast and on windowed 8-bit exports.
+    a, b = KEYHOLE_SEMI_AXES_MM
+    within = ((yy - (n - 1) / 2) * spacing_mm / a) ** 2 + ((xx - (n - 1) / 2) * spacing_mm / b) ** 2 <= 1
+    tissue = float(np.median(crop))
+    peak = float(np.percentile(crop[within], 95))
+    if peak - tissue <= 1e-6 * max(abs(peak), 1.0):
+        return Segmentation(np.zeros(crop.shape, bool), {k: NAN for k in KEYS}, FAILED, spacing_mm, origin,
+                            ["no contrast near the seed"])
+    threshold = tissue + 0.5 * (peak - tissue)
+    above = (crop >= threshold) & within
+    # The root splits the fat ring into pieces: the keyhole is the convex hull of every fat piece
+    # reaching within 4 mm of the point, as far as the keyhole reaches.
     lab, _ = ndi.label(above)
-    pieces = np.isin(lab, np.unique(lab[near & above])) & above
-    mask = convex_hull_image(pieces | mask)
-    fat = above & mask
+    keep = np.unique(lab[near & above])
+    pieces = np.isin(lab, keep[keep > 0])
+    if not pieces.any():
+        return Segmentation(np.zeros(crop.shape, bool), {k: NAN for k in KEYS}, FAILED, spacing_mm, origin,
+                            ["no fat near the seed"])
+    mask = convex_hull_image(pieces)
+    fat = pieces
     root = mask & ~fat
     h, w = extent_mm(mask, spacing_mm)
     rows = np.flatnonzero(mask.any(axis=1))
@@ -98,6 +118,8 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     feret, major, minor = axis_lengths_mm(mask, spacing_mm)
     meas = {"area_mm2": float(mask.sum()) * spacing_mm ** 2, "height_mm": h, "width_mm": w,
             "narrowest_width_mm": narrow, "fat_fraction": float(fat.sum() / mask.sum()),
+            "fat_area_mm2": float(fat.sum()) * spacing_mm ** 2,
+            "fat_within_mm2": float(((crop >= threshold) & within).sum()) * spacing_mm ** 2,
             "root_area_mm2": root_area, "fat_up_mm": up, "fat_down_mm": down, "fat_front_mm": front,
             "fat_back_mm": back, "min_fat_mm": float(dirs.min()), "n_directions_lost": float((dirs < FAT_LOST_MM).sum()),
             "fat_level": fat_level, "feret_max_mm": feret, "major_axis_mm": major, "minor_axis_mm": minor}
