@@ -99,9 +99,17 @@ def test_wrong_layouts_exit_3_with_the_reason(tmp_path):
     assert res.exit_code == 3 and "crops.csv is missing" in res.output
 
 
-def test_spider_without_its_check_says_not_available(tmp_path):
+def test_spider_without_its_check_says_not_available(tmp_path, monkeypatch):
+    from spinefeat import realcheck
+
+    monkeypatch.setattr(realcheck, "SPIDER_CHECKS", {})
     res = _run("--spider", tmp_path, "--out", tmp_path / "o")
     assert res.exit_code == 2 and "not available" in res.output
+
+
+def test_spider_folder_in_the_wrong_layout_is_a_data_error(tmp_path):
+    res = _run("--spider", tmp_path, "--out", tmp_path / "o")
+    assert res.exit_code == 3 and "not a SPIDER folder" in " ".join(res.output.split())
 
 
 # ---------------------------------------------------------------- on the share
