@@ -21,17 +21,18 @@ import pandas as pd
 from . import __version__
 from .dataset import CONDITION_SERIES, CONDITIONS, LEVELS, DataFolder
 from .dicom import Stack
-from .errors import SpinefeatError
+from .errors import GeometryError, SpinefeatError
 from .features import RELATIVE, shape_name
 from .features.axial import recess_profile, sac_profile
 from .features.profile import foramen_profile
 from .io import inside, write_bytes, write_parquet
 from .features.texture import ROI_MM, ROI_SPACING_MM, roi_features
-from .geometry import axial_directions, project_to_stacks
+from .geometry import axial_directions
 from .images import StudyImages
 from .segment import FAILED, FOUND, Segmentation, measure_recess, measure_sagittal_canal, segment_axial_sac, \
     segment_foramen
 from .segment.common import crop_mm
+from .series import project_to_series
 
 log = logging.getLogger(__name__)
 QUALITY_CODE = {FAILED: 0.0, "weak": 1.0, FOUND: 2.0}
@@ -109,7 +110,10 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
 
 
 def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tuple[str, Stack, int, Segmentation, tuple]]]:
-    """Features of one labelled point, and what was segmented (for overlays)."""
+    """Features of one labelled point, and what was segmented (for overlays).
+
+    A region that could not be measured (the axial sac when the point cannot move to an Axial T2 series)
+    is NaN, and ``diagnostics_note`` says why."""
     cond = point["condition"]
     st, k = images.locate(point["series_id"], point["instance_number"], _sop_uid(point))
     img = st.pixels[k]
@@ -120,24 +124,29 @@ def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tu
     side = 1.0 if cond.startswith("left") else -1.0
     feats, seg = region_features(region, img, seed, pixel_spacing_mm=ps, series_high=high, iop=st.geometry.iop,
                                  side=side)
-    regions = [(region, st, k, seg, seed)]
+    regions, notes = [(region, st, k, seg, seed)], []
     if cond == "spinal_canal_stenosis":
         xyz = st.geometry.to_patient(k, seed[0], seed[1])
-        best = None
-        for sid in images.series_of("Axial T2"):
-            stacks = images.stacks(sid)
-            pr = project_to_stacks(xyz, [s.geometry for s in stacks])
-            key = (not pr["in_image"], abs(pr["distance_mm"]))
-            if best is None or key < best[0]:
-                best = (key, stacks[pr["stack"]], pr, sid)
-        if best is not None and best[2]["in_image"]:
-            ax, pr = best[1], best[2]
+        axial = images.series_of("Axial T2")
+        pr = {"in_image": False}
+        if axial:
+            try:
+                ax_sid, ax, pr = project_to_series(xyz, images, axial,
+                                                   frame_of_reference=st.geometry.frame_of_reference)
+            except GeometryError as exc:
+                notes.append(f"canal_ax not measured: {exc}")
+            else:
+                if not pr["in_image"]:
+                    notes.append("canal_ax not measured: the point is outside every Axial T2 stack")
+        if pr["in_image"]:
             sac, seg_ax = region_features("canal_ax", ax.pixels[pr["slice"]], (pr["row"], pr["col"]),
                                           pixel_spacing_mm=ax.geometry.pixel_spacing_mm,
-                                          series_high=images.series_high(best[3]), iop=ax.geometry.iop, roi=False)
+                                          series_high=images.series_high(ax_sid), iop=ax.geometry.iop, roi=False)
             feats.update(sac)
             feats["canal_ax_offset_mm"] = float(abs(pr["distance_mm"]))
             regions.append(("canal_ax", ax, pr["slice"], seg_ax, (pr["row"], pr["col"])))
+    if notes:
+        feats["diagnostics_note"] = "; ".join(notes)
     return feats, regions
 
 
@@ -168,7 +177,8 @@ def extract_study(root: Path, split: str, study_id: int, series: pd.DataFrame, p
     for cond in CONDITIONS:
         for level in LEVELS:
             row = {"study_id": int(study_id), "condition": cond, "level": level,
-                   "row_id": f"{int(study_id)}_{cond}_{level}", "split": split, **_context(cond, level)}
+                   "row_id": f"{int(study_id)}_{cond}_{level}", "split": split, **_context(cond, level),
+                   "diagnostics_note": ""}
             hit = first.get((cond, level))
             err = ""
             if hit is None:

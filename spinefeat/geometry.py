@@ -233,7 +233,7 @@ class StackGeometry:
         }
 
 
-def project_to_stacks(xyz, stacks: list[StackGeometry], *, frame_of_reference: str | None = None) -> dict:
+def project_to_stacks(xyz, stacks: list[StackGeometry], *, frame_of_reference: str) -> dict:
     """Project one patient point onto the best of several stacks.
 
     The stack chosen is the one whose nearest slice is closest in the
@@ -241,17 +241,20 @@ def project_to_stacks(xyz, stacks: list[StackGeometry], *, frame_of_reference: s
     image, when any). Returns the :meth:`StackGeometry.project` fields for the
     point as scalars plus ``stack`` (index into ``stacks``).
 
+    ``frame_of_reference`` is the FrameOfReferenceUID the point was found in
+    (required: every caller states it); ``""`` matches only stacks without one.
+
     Raises
     ------
     GeometryError
-        When ``frame_of_reference`` is given and a stack has another one:
-        points only transfer between series of the same frame.
+        When a stack has another frame of reference: points only transfer
+        between series of the same frame.
     """
     if not stacks:
         raise GeometryError("no stacks to project onto")
     best = None
     for i, st in enumerate(stacks):
-        if frame_of_reference and st.frame_of_reference and st.frame_of_reference != frame_of_reference:
+        if st.frame_of_reference != frame_of_reference:
             raise GeometryError("cannot project between different FrameOfReferenceUIDs")
         p = {k: v[0] for k, v in st.project(xyz).items()}
         key = (not bool(p["in_image"]), abs(float(p["distance_mm"])))

@@ -42,9 +42,10 @@ from scipy import ndimage as ndi
 
 from .dataset import CONDITION_SERIES, CONDITIONS, LEVELS, DataFolder
 from .dicom import Stack
-from .errors import SpinefeatError
+from .errors import GeometryError, SpinefeatError
 from .geometry import orientation_axes, project_to_stacks
 from .images import StudyImages
+from .series import project_to_series, series_for_levels
 
 log = logging.getLogger(__name__)
 RECESSES = ("left_subarticular_stenosis", "right_subarticular_stenosis")
@@ -724,13 +725,15 @@ def _axial_midline_mm(images, series: pd.DataFrame, study_id: int, stack: Stack,
     n = stack.geometry.normal
     dists: dict[int, list[float]] = {}
     for sid in _series_desc(series, study_id, "Axial T2"):
-        stacks = images.stacks(sid)
         for li, (r, c) in enumerate(rc):
             xyz = stack.geometry.to_patient(k, r, c)
-            pr = project_to_stacks(xyz, [s.geometry for s in stacks])
+            try:
+                _, ax, pr = project_to_series(xyz, images, [sid], frame_of_reference=stack.geometry.frame_of_reference)
+            except GeometryError:       # another frame: this series tells nothing about the midline
+                break
             if not pr["in_image"]:
                 continue
-            centre = sac_centre(stacks[pr["stack"]], pr["slice"], xyz)
+            centre = sac_centre(ax, pr["slice"], xyz)
             if centre is not None:
                 dists.setdefault(li, []).append(float((centre - stack.geometry.positions_mm[k]) @ n))
     return {li: float(np.median(v)) for li, v in dists.items()}
@@ -767,22 +770,30 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
     :class:`~spinefeat.images.StudyImages` (its decoded series)."""
     images = images or StudyImages(DataFolder(root), split, study_id, series)
     rows, missing = [], []
-    t2 = _series_desc(series, study_id, CONDITION_SERIES["spinal_canal_stenosis"])
-    if not t2:
-        return [], ["no Sagittal T2/STIR series: no levels found"]
-    stack = max(images.stacks(t2[0]), key=lambda s: s.geometry.n_slices)
+    levels = series_for_levels(images)
+    if levels is None:
+        return [], ["no sagittal series: no levels found"]
+    stack, frame = levels.stack, levels.stack.geometry.frame_of_reference
+    log.info("study %s: levels found on %s", study_id, levels.reason)
     k, shift_mm, rc, conf = loc.find_discs(stack)
     # The axial sac centres show where the midline is at each level; the spinal point of a level goes
     # on the sagittal slice nearest to its midline point (tilted planes cross slices along the spine).
     t_mm = np.linalg.norm((rc - rc[0]) * np.asarray(stack.geometry.pixel_spacing_mm), axis=1)
     d = midline_offsets_mm(_axial_midline_mm(images, series, study_id, stack, k, rc), t_mm, shift_mm)
     midline = {}
+    on_t2 = levels.description == CONDITION_SERIES["spinal_canal_stenosis"]
     for li, lv in enumerate(LEVELS):
         midline[lv] = stack.geometry.to_patient(k, rc[li, 0], rc[li, 1]) + d[li] * stack.geometry.normal
-        pr = project_to_stacks(midline[lv], [stack.geometry])
-        rows.append({"study_id": study_id, "series_id": t2[0], "instance_number": int(stack.instance_numbers[pr["slice"]]),
+        if not on_t2:
+            continue
+        pr = project_to_stacks(midline[lv], [stack.geometry], frame_of_reference=frame)
+        rows.append({"study_id": study_id, "series_id": levels.series_id,
+                     "instance_number": int(stack.instance_numbers[pr["slice"]]),
                      "condition": "spinal_canal_stenosis", "level": lv, "x": float(pr["col"]), "y": float(pr["row"]),
                      "confidence": float(conf[li]), "sop_instance_uid": stack.sop_uid(pr["slice"])})
+    if not on_t2:
+        missing.append(f"spinal_canal_stenosis: no {CONDITION_SERIES['spinal_canal_stenosis']} series to read the "
+                       f"canal on (levels found on {levels.reason})")
     sacs: dict[tuple, np.ndarray | None] = {}
     for cond in CONDITIONS[1:]:
         desc = CONDITION_SERIES[cond]
@@ -795,14 +806,11 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
                 missing.append(f"{cond} {lv}: no training point to learn its offset from")
                 continue
             xyz = midline[lv] + np.asarray(loc.offsets[cond][lv])
-            best = None
-            for sid in sids:
-                stacks = images.stacks(sid)
-                pr = project_to_stacks(xyz, [s.geometry for s in stacks])
-                key = (not pr["in_image"], abs(pr["distance_mm"]))
-                if best is None or key < best[0]:
-                    best = (key, sid, stacks[pr["stack"]], pr)
-            _, sid, st, pr = best
+            try:
+                sid, st, pr = project_to_series(xyz, images, sids, frame_of_reference=frame)
+            except GeometryError as exc:
+                missing.append(f"{cond} {lv}: {exc}")
+                continue
             if not pr["in_image"]:
                 missing.append(f"{cond} {lv}: outside the {desc} series")
                 continue

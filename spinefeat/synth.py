@@ -816,7 +816,7 @@ def synth_study(root: Path, split: str, study_id: int, seed: int, index: int, *,
     pts = label_points(ph)
     for (cond, lv), xyz in pts.items():
         series_id, plan = ser_geo[CONDITION_SERIES[cond]]
-        p = project_to_stacks(xyz, plan.stacks)
+        p = project_to_stacks(xyz, plan.stacks, frame_of_reference=plan.stacks[0].frame_of_reference)
         coords.append({"study_id": study_id, "series_id": series_id,
                        "instance_number": plan.instance_order[p["stack"]][p["slice"]],
                        "condition": cond, "level": lv, "x": p["col"], "y": p["row"],

@@ -59,7 +59,7 @@ def test_spinal_point_projects_to_its_disc_on_both_axial_layouts(want_per_disc):
     for (cond, lv), xyz in synth.label_points(ph).items():
         if cond != "spinal_canal_stenosis":
             continue
-        pr = project_to_stacks(xyz, stacks)
+        pr = project_to_stacks(xyz, stacks, frame_of_reference=stacks[0].frame_of_reference)
         geo = stacks[pr["stack"]]
         assert pr["in_image"] and abs(pr["distance_mm"]) <= geo.slice_spacing_mm / 2 + 1e-6
         if want_per_disc:

@@ -104,7 +104,7 @@ def test_phantom_canal_area_matches_truth(cohort):
         stacks = load_series(cohort / "train_images" / str(study_id) / str(ax_id))
         for rec in grp.itertuples():
             p = sag.geometry.to_patient(sag.slice_of_instance(rec.instance_number), rec.y, rec.x)
-            pr = project_to_stacks(p, [s.geometry for s in stacks])
+            pr = project_to_stacks(p, [s.geometry for s in stacks], frame_of_reference=sag.geometry.frame_of_reference)
             st = stacks[pr["stack"]]
             seg = segment_axial_sac(st.pixels[pr["slice"]], (pr["row"], pr["col"]),
                                     pixel_spacing_mm=st.geometry.pixel_spacing_mm)

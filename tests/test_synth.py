@@ -74,7 +74,7 @@ def test_sagittal_spinal_point_projects_onto_axial_within_half_spacing_of_disc(c
         for rec in grp.itertuples():
             k = sag.slice_of_instance(rec.instance_number)
             p = sag.geometry.to_patient(k, rec.y, rec.x)
-            res = project_to_stacks(p, ax)
+            res = project_to_stacks(p, ax, frame_of_reference=sag.geometry.frame_of_reference)
             geo = ax[res["stack"]]
             # The disc's mid-plane at the canal: where the phantom's spinal point is.
             di = synth.LUMBAR_DISC0 + ds.LEVELS.index(rec.level)
