@@ -547,11 +547,11 @@ def gap_stats(gaps: list[np.ndarray]) -> np.ndarray:
 
 def rsna_samples(root: Path, points: pd.DataFrame, *, progress=None) -> dict:
     """Everything the localiser learns from a labelled Kaggle-layout folder: detector samples (``x``, ``y``
-    lists), disc gaps (mm), offsets of the other points from the spinal point and of the recesses from the
-    axial sac centre (condition -> level -> list of [dx, dy, dz])."""
+    lists, with the study of each in ``owner``), disc gaps (mm), offsets of the other points from the spinal
+    point and of the recesses from the axial sac centre (condition -> level -> list of (study, [dx, dy, dz])).""" 
     folder = DataFolder(root)
     ser = folder.series("train")
-    out = {"x": [], "y": [], "gaps": [], "studies": 0,
+    out = {"x": [], "y": [], "gaps": [], "owner": [], "studies": 0,
            "offsets": {c: {lv: [] for lv in LEVELS} for c in CONDITIONS[1:]},
            "sac_offsets": {c: {lv: [] for lv in LEVELS} for c in RECESSES}}
     study_ids = sorted(points["study_id"].unique())
@@ -576,6 +576,7 @@ def rsna_samples(root: Path, points: pd.DataFrame, *, progress=None) -> dict:
             continue
         out["x"].append(got[0])
         out["y"].append(got[1])
+        out["owner"].append(int(sid))
         out["studies"] += 1
         z = np.array([spine_xyz[lv] for lv in LEVELS])
         out["gaps"].append(np.linalg.norm(np.diff(z, axis=0), axis=1))
@@ -583,12 +584,12 @@ def rsna_samples(root: Path, points: pd.DataFrame, *, progress=None) -> dict:
             for _, p in pts[pts["condition"] == cond].iterrows():
                 try:
                     xyz = _label_xyz(images, p)
-                    out["offsets"][cond][p["level"]].append((xyz - spine_xyz[p["level"]]).tolist())
+                    out["offsets"][cond][p["level"]].append((int(sid), (xyz - spine_xyz[p["level"]]).tolist()))
                     if cond in RECESSES:
                         centre = sac_centre(*images.locate(p["series_id"], p["instance_number"]),
                                             spine_xyz[p["level"]], keep_lateral=True)
                         if centre is not None:
-                            out["sac_offsets"][cond][p["level"]].append((xyz - centre).tolist())
+                            out["sac_offsets"][cond][p["level"]].append((int(sid), (xyz - centre).tolist()))
                 except (SpinefeatError, KeyError):
                     pass
     if progress is not None:
@@ -601,7 +602,17 @@ def train_localizer(root: Path, points: pd.DataFrame, *, spider: Path | None = N
     """Learn the detector, the level spacing and the offsets of the other points from labelled studies,
     and with ``spider`` (a SPIDER folder, :mod:`spinefeat.spider`) the detector and the spacing also from
     its real sagittal T2 and disc masks."""
+    return train_localizers(root, points, spider=spider, jobs=jobs, progress=progress)[0]
+
+
+def train_localizers(root: Path, points: pd.DataFrame, *, folds: dict[int, int] | None = None,
+                     spider: Path | None = None, jobs: int = 1,
+                     progress=None) -> tuple[Localizer, dict[int, Localizer]]:
+    """:func:`train_localizer` on all studies, and with ``folds`` (study -> fold) one localiser per fold
+    learnt without that fold's studies (to cross-fit: each study localised by a localiser that never saw
+    it; SPIDER patients, never scored, serve every fold). Each study is read once."""
     got = rsna_samples(root, points, progress=progress)
+    owner = list(got["owner"])
     trained_on = {"studies": got["studies"]}
     if spider is not None:
         from .spider import read_spider, spider_samples
@@ -612,15 +623,27 @@ def train_localizer(root: Path, points: pd.DataFrame, *, spider: Path | None = N
             got["x"] += xs
             got["y"] += ys
             got["gaps"] += gaps
+            owner += [None] * len(xs)
         trained_on["spider_patients"] = [p.patient for p in patients]
-    if not got["x"]:
-        raise SpinefeatError("no study could train the localiser (need five spinal points on one sagittal slice)")
+    # A SPIDER slice may carry no gap (gaps and samples are then not one to one): gaps keep their own owners.
+    gap_owner = list(got["owner"]) + [None] * (len(got["gaps"]) - len(got["owner"]))
 
-    def medians(table):
-        return {c: {lv: np.median(np.array(v), axis=0).tolist() for lv, v in d.items() if v} for c, d in table.items()}
+    def fit(keep) -> Localizer:
+        use = [i for i, sid in enumerate(owner) if sid is None or keep(sid)]
+        if not use:
+            raise SpinefeatError("no study could train the localiser (need five spinal points on one sagittal slice)")
 
-    return Localizer(fit_detector(got["x"], got["y"], jobs=jobs), gap_stats(got["gaps"]), medians(got["offsets"]),
-                     medians(got["sac_offsets"]), trained_on)
+        def medians(table):
+            return {c: {lv: np.median(np.array([o for sid, o in v if keep(sid)]), axis=0).tolist()
+                        for lv, v in d.items() if any(keep(sid) for sid, _ in v)} for c, d in table.items()}
+
+        gaps = [g for g, sid in zip(got["gaps"], gap_owner) if sid is None or keep(sid)]
+        return Localizer(fit_detector([got["x"][i] for i in use], [got["y"][i] for i in use], jobs=jobs),
+                         gap_stats(gaps), medians(got["offsets"]), medians(got["sac_offsets"]),
+                         dict(trained_on, studies=sum(1 for sid in got["owner"] if keep(sid))))
+
+    by_fold = {k: fit(lambda sid, k=k: folds.get(sid) != k) for k in sorted(set((folds or {}).values()))}
+    return fit(lambda sid: True), by_fold
 
 
 #: A keyhole counts as the foramen seen on a slice when its area (mm2) is in this range.

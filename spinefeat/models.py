@@ -2,10 +2,12 @@
 
 One multiclass model per condition (the spinal canal, the neural foramina, the
 subarticular recesses), level and side as features. Trained with the metric's
-sample weights 1/2/4 in study-grouped folds, early stopping on the weighted loss
-of an inner split of each fold's training studies (never on the fold itself). Out-of-fold predictions then fit a temperature per condition and a
-sharpening of each study's largest spinal severe probability (the
-any_severe_spinal term). Models are LightGBM text files; the manifest holds
+sample weights 1/2/4 in study-grouped folds stratified on each study's worst grade,
+early stopping on the weighted loss of an inner split of each fold's training
+studies (never on the fold itself). That inner split also fits the fold's
+temperature per condition and its sharpening of each study's largest spinal
+severe probability (the any_severe_spinal term): the calibration is nested, and
+the deployed one is refitted on all out-of-fold rows. Models are LightGBM text files; the manifest holds
 feature lists, class order, parameters, versions, file hashes and the
 training-table fingerprint. No pickle.
 """
@@ -79,11 +81,73 @@ def _wll(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.sum(w * -np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1))) / w.sum())
 
 
-def fit_temperature(y: np.ndarray, raw: np.ndarray) -> float:
-    """Temperature T minimising the weighted log loss of ``softmax(raw / T)``."""
-    grid = np.exp(np.linspace(np.log(0.4), np.log(2.5), 61))
-    losses = [_wll(y, _softmax(raw / t)) for t in grid]
-    return float(grid[int(np.argmin(losses))])
+#: Bounds of the temperature search (a temperature outside them means the model is badly off, not a fit).
+TEMPERATURE_BOUNDS = (0.2, 5.0)
+#: Bounds of the any-severe sharpening (log odds added to each study's largest spinal severe probability).
+BETA_BOUNDS = (0.0, 3.0)
+
+
+def _bounded_min(loss, lo: float, hi: float, what: str, *, warn_low: bool = True) -> float:
+    """Minimiser of a scalar ``loss`` on ``[lo, hi]`` (scipy's bounded Brent); a warning when it sits on a bound."""
+    from scipy.optimize import minimize_scalar
+
+    res = minimize_scalar(loss, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
+    x = float(res.x)
+    tol = 1e-3 * (hi - lo)
+    if x >= hi - tol or (warn_low and x <= lo + tol):
+        log.warning("%s sits on the bound of its search [%g, %g]: %g", what, lo, hi, x)
+    return x
+
+
+def fit_temperature(y: np.ndarray, raw: np.ndarray, *, what: str = "temperature") -> float:
+    """Temperature T minimising the weighted log loss of ``softmax(raw / T)`` (searched on log T, bounded)."""
+    lo, hi = np.log(TEMPERATURE_BOUNDS)
+    return float(np.exp(_bounded_min(lambda lt: _wll(y, _softmax(raw / np.exp(lt))), lo, hi, what)))
+
+
+def fit_sharpening(rows: pd.DataFrame, proba: np.ndarray, *, what: str = "any-severe sharpening") -> float:
+    """The sharpening ``beta`` (see :func:`sharpen_any_severe`) minimising the spinal and any_severe_spinal terms.
+
+    ``rows``: spinal rows with ``study_id, condition, level, row_id, severity``; ``proba`` their (n, 3)
+    probabilities. No spinal row: 0.
+    """
+    if rows.empty:
+        return 0.0
+    joined = rows[["study_id", "condition", "level", "row_id", "severity"]].reset_index(drop=True).assign(group="spinal")
+    sub = to_submission(rows, proba)
+
+    def loss(beta):
+        sharp = sharpen_any_severe(sub, beta)
+        return score_joined(joined.assign(**{c: sharp[c].to_numpy() for c in CLASS_COLUMNS}))["score"]
+
+    return _bounded_min(loss, *BETA_BOUNDS, what, warn_low=False)
+
+
+def worst_grades(train: pd.DataFrame) -> pd.Series:
+    """Each study's worst scored grade (0/1/2; -1 when nothing is scored), indexed by study id."""
+    long = labels_long(train)
+    return long.groupby("study_id")["severity"].max()
+
+
+def stratified_folds(studies, worst: pd.Series, folds: int, seed: int) -> dict[int, int]:
+    """Fold of each study: ``StratifiedGroupKFold`` on the study's worst grade, the study as the group.
+
+    Stratifying keeps the rare Severe studies (and so the any_severe_spinal term) spread over the folds.
+    """
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    studies = np.asarray(sorted(int(s) for s in studies))
+    y = worst.reindex(studies).fillna(-1).to_numpy(int)
+    out = {}
+    with warnings.catch_warnings():
+        # "the least populated class has fewer members than folds": expected on small cohorts.
+        warnings.simplefilter("ignore", UserWarning)
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        for k, (_, test) in enumerate(splitter.split(studies, y, groups=studies)):
+            out.update({int(s): k for s in studies[test]})
+    return out
 
 
 def sharpen_any_severe(sub: pd.DataFrame, beta: float) -> pd.DataFrame:
@@ -162,8 +226,16 @@ def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner: np.ndarray
 
 
 def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: int = 1, seed: int = 0,
-        augment: pd.DataFrame | None = None, progress=None) -> dict:
+        augment: pd.DataFrame | None = None, fold_of: dict[int, int] | None = None, progress=None) -> dict:
     """Cross-validate and fit the three graders.
+
+    Folds are :func:`stratified_folds` (``StratifiedGroupKFold`` on each study's
+    worst grade) unless ``fold_of`` (study -> fold) is given, as the pipeline
+    does when it cross-fits the localiser on the same folds. In each fold a
+    stratified share of the training studies stops the boosting early and fits
+    that fold's temperature and any-severe sharpening; the scored fold chooses
+    nothing, so every CV number is one nobody tuned on. The deployed
+    temperature and sharpening are fitted on all out-of-fold rows.
 
     ``augment`` (optional) holds more feature rows of the same studies (for
     example at the label points when ``features`` are at the localiser's
@@ -171,9 +243,9 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
     out-of-fold rows, so the CV score stays that of ``features``.
 
     Returns a dict with ``boosters`` (group -> Booster fitted on all rows),
-    ``columns``, ``temperature``, ``beta``, ``oof`` (calibrated submission
-    rows), ``cv`` (scores per step) and ``priors`` (per-target class
-    frequencies times the weights, the fallback).
+    ``columns``, ``temperature``, ``beta`` (deployed), ``oof`` (nested-calibrated
+    submission rows with their ``fold``), ``cv`` (scores per step and how they were obtained) and
+    ``priors`` (per-target class frequencies times the weights, the fallback).
     """
     rows = training_rows(features, train)
     extra = training_rows(augment, train) if augment is not None else rows.iloc[:0]
@@ -182,12 +254,26 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
     studies = np.array(sorted(rows["study_id"].unique()))
     if len(studies) < folds:
         raise SpinefeatError(f"{len(studies)} labelled studies: need at least {folds} for {folds}-fold CV")
-    fold_of, inner_of = study_folds(studies, folds=folds, seed=seed)
+    worst = worst_grades(train)
+    given_folds = fold_of is not None
+    if fold_of is None:
+        fold_of = stratified_folds(studies, worst, folds, seed)
+    lost = [int(s) for s in studies if int(s) not in fold_of]
+    if lost:
+        raise SpinefeatError(f"study {lost[0]} has feature rows but no fold")
+    # Per fold: the training studies that stop the boosting early and fit the fold's calibration.
+    held = {}
+    for k in range(folds):
+        part = [int(s) for s in studies if fold_of[int(s)] != k]
+        inner = stratified_folds(part, worst, min(folds, len(part)), seed + 1 + k)
+        held[k] = np.array([s for s in part if inner[s] == 0])
     params = dict(PARAMS, num_threads=jobs, seed=seed)
     out = {"boosters": {}, "columns": {}, "temperature": {}, "rounds": {}, "params": params}
-    raw_oof_parts = []
+    fold_temperature: dict[str, list[float]] = {}
+    oof_parts, spinal_held = [], {}
     final_seconds = 0.0
     t0 = time.perf_counter()
+    n_steps = len(MODEL_GROUPS) * (folds + 1)
     for gi, group in enumerate(MODEL_GROUPS):
         g = rows[rows["condition"].isin(MODEL_GROUPS[group])].reset_index(drop=True)
         ga = extra[extra["condition"].isin(MODEL_GROUPS[group]) & extra["study_id"].isin(fold_of)]
@@ -196,28 +282,53 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         both = pd.concat([g, ga.reindex(columns=g.columns)], ignore_index=True)
         x, y = both[cols].to_numpy(np.float32), both["severity"].to_numpy(int)
         w = np.asarray(SEVERITY_WEIGHTS)[y]
+        study = both["study_id"].to_numpy()
         fold = both["study_id"].map(fold_of).to_numpy()
         main = np.arange(len(both)) < n_main
-        inner = both["study_id"].map(inner_of).to_numpy()
-        on_fold = None if progress is None else \
-            (lambda k, gi=gi: progress(gi * folds + k + 1, len(MODEL_GROUPS) * folds + len(MODEL_GROUPS)))
-        raw, best = grouped_cv(x, y, fold, inner, cols=cols, params=params, folds=folds, scored=main,
-                               on_fold=on_fold)
+        raw = np.zeros((len(both), 3))
+        cal = np.zeros((len(both), 3))
+        best, temps = [], []
+        for k in range(folds):
+            va = (fold == k) & main
+            inner = np.isin(study, held[k])
+            es, tr = inner & main, (fold != k) & ~inner
+            dtr = lgb.Dataset(x[tr], y[tr], weight=w[tr], feature_name=cols, free_raw_data=False)
+            des = lgb.Dataset(x[es], y[es], weight=w[es], reference=dtr)
+            b = lgb.train(params, dtr, MAX_ROUNDS, valid_sets=[des],
+                          callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
+            best.append(b.best_iteration)
+            raw[va] = b.predict(x[va], num_iteration=b.best_iteration, raw_score=True)
+            # Nested calibration: the fold's temperature from its held-out training studies only.
+            raw_es = b.predict(x[es], num_iteration=b.best_iteration, raw_score=True)
+            temps.append(fit_temperature(y[es], raw_es, what=f"{group} temperature (fold {k})"))
+            cal[va] = _softmax(raw[va] / temps[-1])
+            if group == "spinal":
+                spinal_held[k] = (both[es], _softmax(raw_es / temps[-1]))
+            if progress is not None:
+                progress(gi * folds + k + 1, n_steps)
         rounds = max(int(np.mean(best) * 1.1), 10)
         t_fit = time.perf_counter()
         out["boosters"][group] = lgb.train(params, lgb.Dataset(x, y, weight=w, feature_name=cols), rounds)
         final_seconds += time.perf_counter() - t_fit
         out["columns"][group], out["rounds"][group] = cols, rounds
-        out["temperature"][group] = fit_temperature(y[main], raw[main])
-        raw_oof_parts.append((g, raw[main], group))
+        out["temperature"][group] = fit_temperature(y[main], raw[main], what=f"{group} temperature (deployed)")
+        fold_temperature[group] = temps
+        oof_parts.append((g, raw[main], cal[main], fold[main], group))
         if progress is not None:
-            progress(len(MODEL_GROUPS) * folds + gi + 1, len(MODEL_GROUPS) * folds + len(MODEL_GROUPS))
-    # Scores of each step, on the same out-of-fold rows.
-    raw_sub = pd.concat([to_submission(g, _softmax(r)) for g, r, _ in raw_oof_parts], ignore_index=True)
-    cal_sub = pd.concat([to_submission(g, _softmax(r / out["temperature"][grp])) for g, r, grp in raw_oof_parts],
-                        ignore_index=True)
-    joined_rows = pd.concat([g[["study_id", "condition", "level", "row_id", "severity"]] for g, _, _ in raw_oof_parts],
+            progress(len(MODEL_GROUPS) * folds + gi + 1, n_steps)
+    raw_sub = pd.concat([to_submission(g, _softmax(r)) for g, r, _, _, _ in oof_parts], ignore_index=True)
+    cal_sub = pd.concat([to_submission(g, c) for g, _, c, _, _ in oof_parts], ignore_index=True)
+    joined_rows = pd.concat([g[["study_id", "condition", "level", "row_id", "severity"]] for g, *_ in oof_parts],
                             ignore_index=True)
+    # Nested sharpening: each fold's studies sharpened with the beta fitted on that fold's held-out training studies.
+    fold_beta = [fit_sharpening(*spinal_held[k], what=f"any-severe sharpening (fold {k})") if k in spinal_held
+                 else 0.0 for k in range(folds)]
+    study_fold = cal_sub["row_id"].str.split("_").str[0].astype(int).map(fold_of).to_numpy()
+    final = pd.concat([sharpen_any_severe(cal_sub[study_fold == k], fold_beta[k]) for k in range(folds)])
+    final = final.loc[cal_sub.index]
+    sp = next(((g, r) for g, r, _, _, grp in oof_parts if grp == "spinal"), None)
+    out["beta"] = fit_sharpening(sp[0], _softmax(sp[1] / out["temperature"]["spinal"]),
+                                 what="any-severe sharpening (deployed)") if sp is not None else 0.0
 
     def scored(sub):
         from .metric import condition_group
@@ -226,18 +337,29 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         df["group"] = df["condition"].map(condition_group)
         return score_joined(df)
 
-    betas = np.linspace(0.0, 2.0, 21)
-    beta_scores = [scored(sharpen_any_severe(cal_sub, b))["score"] for b in betas]
-    out["beta"] = float(betas[int(np.argmin(beta_scores))])
-    final = sharpen_any_severe(cal_sub, out["beta"])
     priors = _priors(train)
     const = pd.DataFrame([{"row_id": r, **dict(zip(CLASS_COLUMNS, priors[r.split("_", 1)[1]]))}
                           for r in joined_rows["row_id"]])
     out["cv"] = {"raw": scored(raw_sub), "temperature": scored(cal_sub), "sharpened": scored(final),
                  "constant_in_sample": scored(const), "folds": folds, "seconds": time.perf_counter() - t0,
                  "seconds_final_fit": final_seconds,
-                 "rows": int(len(joined_rows)), "studies": int(len(studies))}
-    out["oof"] = final
+                 "rows": int(len(joined_rows)), "studies": int(len(studies)),
+                 "method": {
+                     "folds": (f"{folds} folds given by the caller" if given_folds else
+                               f"{folds} folds: StratifiedGroupKFold on each study's worst grade, grouped by study"),
+                     "fold_seed": seed, "lightgbm_seed": seed,
+                     "early_stopping": "per fold, a stratified 1/folds share of its training studies "
+                                       "(StratifiedGroupKFold, seed fold_seed + 1 + fold); the scored fold chooses "
+                                       "nothing",
+                     "calibration": "nested: per fold, a temperature per condition group (bounded scalar minimiser "
+                                    f"on log T, T in {list(TEMPERATURE_BOUNDS)}) and the any-severe sharpening "
+                                    f"(beta in {list(BETA_BOUNDS)}) fitted on that fold's early-stopping studies, "
+                                    "then applied to the fold",
+                     "deployed_calibration": "temperature and sharpening refitted on all out-of-fold rows",
+                     "constant_in_sample": "per-target class frequencies times 1/2/4 of all labelled studies",
+                     "fold_temperature": fold_temperature, "fold_beta": fold_beta,
+                 }}
+    out["oof"] = final.assign(fold=study_fold)
     out["priors"] = priors
     out["fingerprint"] = fingerprint_frame(rows)
     return out

@@ -8,9 +8,13 @@ import pandas as pd
 
 from .dataset import DataFolder
 from .extract import extract, points_from_labels
-from .io import write_csv, write_parquet
-from .localize import COORD_COLUMNS, Localizer, localize, localize_study, train_localizer
-from .models import fit, save, staged_models_dir
+from .io import write_parquet
+from .errors import SpinefeatError
+from .localize import COORD_COLUMNS, Localizer, localize_study, train_localizers
+from .models import fit, save, staged_models_dir, stratified_folds, worst_grades
+
+
+_LOADED: dict[str, Localizer] = {}      # per worker process: the localiser last received
 
 
 _LOADED: dict[str, Localizer] = {}      # per worker process: the localiser last received
@@ -60,10 +64,13 @@ def train_all(data: Path, out: Path, *, folds: int = 5, jobs: int = 1, seed: int
     ``points``: ``labels`` fits the graders at the label points; ``both``
     (default) fits them at the points the localiser finds on the training
     studies, as at test time, with the label-point rows as augmentation, and
-    reports CV at the localised points. ``step(name, done, total)`` reports
-    progress. Feature tables are cached under ``out``. With ``scheduler`` (a Dask scheduler address) the
-    extractions and the localisation of the training studies run on that cluster. With ``spider`` (a
-    SPIDER folder) the localiser's disc detector also learns from its real sagittal T2 and disc masks.
+    reports CV at the localised points. Those points are cross-fitted: each
+    fold's studies are localised (and measured, on one decoding) by a localiser
+    learnt on the other folds, the graders' CV folds; the saved localiser learns
+    from every study. ``step(name, done, total)`` reports progress. Feature
+    tables are cached under ``out``. With ``scheduler`` (a Dask scheduler address)
+    the extractions run on that cluster. With ``spider`` (a SPIDER folder) the
+    localisers' disc detector also learns from its real sagittal T2 and disc masks.
     """
     out = Path(out)
     # Everything is built in a staging folder and swapped in at the end: a killed run leaves the old
@@ -71,26 +78,40 @@ def train_all(data: Path, out: Path, *, folds: int = 5, jobs: int = 1, seed: int
     with staged_models_dir(out) as work:
         folder = DataFolder(data)
         report = step or (lambda *a: None)
+        train = folder.train()
         labels = points_from_labels(folder)
         if label_features is None:
             label_features = extract(data, labels, split="train", cache=out / "features.cache", jobs=jobs,
                                      scheduler=scheduler, progress=lambda n, t: report("extracting at the label points", n, t))
         write_parquet(work / "train_features.parquet", label_features)
-        loc = train_localizer(data, labels, spider=spider, jobs=jobs,
-                              progress=lambda n, t: report("learning the localiser", n, t))
+        labelled = sorted(int(s) for s in set(label_features["study_id"]) & set(train.index))
+        if len(labelled) < folds:
+            raise SpinefeatError(f"{len(labelled)} labelled studies: need at least {folds} for {folds}-fold CV")
+        fold_of = stratified_folds(labelled, worst_grades(train), folds, seed)
+        loc, fold_locs = train_localizers(data, labels, folds=fold_of if points == "both" else None, spider=spider,
+                                          jobs=jobs, progress=lambda n, t: report("learning the localisers", n, t))
         loc.save(work)
         augment = None
         features = label_features
         if points == "both":
-            found, _ = localize(loc, data, split="train", jobs=jobs, scheduler=scheduler,
-                                progress=lambda n, t: report("localising the training studies", n, t))
-            write_csv(work / "train_points_localised.csv", found)
-            features = extract(data, found, split="train", cache=out / "features_localised.cache", jobs=jobs,
-                               scheduler=scheduler, progress=lambda n, t: report("extracting at the localised points", n, t))
+            parts = []
+            for k, loc_k in fold_locs.items():
+                ids = [s for s in labelled if fold_of[s] == k]
+                what = f"localising and extracting fold {k + 1}/{folds} with the other folds' localiser"
+                parts.append(extract(data, LocalisedPoints(loc_k), split="train", studies=ids,
+                                     cache=out / "features_crossfit.cache" / str(k), jobs=jobs, scheduler=scheduler,
+                                     progress=lambda n, t, what=what: report(what, n, t)))
+            features = pd.concat(parts, ignore_index=True).sort_values(["study_id", "condition", "level"])
             write_parquet(work / "train_features_localised.parquet", features)
             augment = label_features
-        result = fit(features, folder.train(), folds=folds, jobs=jobs, seed=seed, augment=augment,
+        result = fit(features, train, folds=folds, jobs=jobs, seed=seed, augment=augment, fold_of=fold_of,
                      progress=lambda n, t: report("fitting graders", n, t))
+        method = result["cv"]["method"]
+        method["folds"] = (f"{folds} folds: StratifiedGroupKFold on each study's worst grade, grouped by study "
+                           "(shared by the localisers and the graders)")
+        method["points"] = ("localised: each fold's studies localised and measured by a localiser learnt on the "
+                            "other folds (cross-fitted); label-point rows of the training folds as augmentation"
+                            if points == "both" else "the label points")
         result["cv"]["points"] = points
         save(result, work)
     return result

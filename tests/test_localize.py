@@ -235,3 +235,18 @@ def test_confidence_auc_ranks_large_errors_by_low_confidence():
     # 20 (0.9) vs 0.5, 0.9, 0.5 -> lose, tie, lose
     assert confidence_auc(err) == pytest.approx((0.5 + 1 + 0.5 + 0 + 0.5 + 0) / 6)
     assert np.isnan(confidence_auc(err.assign(error_mm=1.0)))
+
+
+def test_fold_localisers_learn_only_from_the_other_folds(cohort):
+    """Cross-fitting: the localiser of fold k is the one learnt on the other folds' studies alone."""
+    from spinefeat.dataset import DataFolder
+    from spinefeat.extract import points_from_labels
+    from spinefeat.localize import train_localizer, train_localizers
+
+    pts = points_from_labels(DataFolder(cohort))
+    folds = {int(s): i % 2 for i, s in enumerate(sorted(pts.study_id.unique()))}
+    everyone, by_fold = train_localizers(cohort, pts, folds=folds)
+    alone = train_localizer(cohort, pts[pts.study_id.map(folds) == 1])
+    assert set(by_fold) == {0, 1}
+    assert by_fold[0].fingerprint == alone.fingerprint            # same detector, spacing and offsets
+    assert len({everyone.fingerprint, by_fold[0].fingerprint, by_fold[1].fingerprint}) == 3

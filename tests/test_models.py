@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from spinefeat import models
 from spinefeat.cli import app
-from spinefeat.dataset import TARGETS
+from spinefeat.dataset import CONDITIONS, LEVELS, SEVERITIES, TARGETS, TRAIN_COLUMNS
 from spinefeat.errors import SpinefeatError
 
 
@@ -18,6 +18,72 @@ def test_temperature_recovers_a_known_scale():
     p = models._softmax(logits)
     y = np.array([rng.choice(3, p=pi) for pi in p])
     assert models.fit_temperature(y, logits * 2.0) == pytest.approx(2.0, rel=0.1)
+
+
+def test_temperature_search_is_bounded_and_says_when_it_sits_on_a_bound(caplog):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 1.5, (3000, 3))
+    y = np.array([rng.choice(3, p=pi) for pi in models._softmax(logits)])
+    with caplog.at_level("WARNING", logger="spinefeat.models"):
+        t = models.fit_temperature(y, logits * 50.0)          # the true temperature, 50, is outside the search
+    assert t == pytest.approx(models.TEMPERATURE_BOUNDS[1], rel=1e-3)
+    assert "bound" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spinefeat.models"):
+        assert models.fit_temperature(y, logits * 1.3) == pytest.approx(1.3, rel=0.1)
+    assert caplog.text == ""
+
+
+def _table(n_studies=40, seed=0):
+    """A feature table with one informative column and its wide labels (severity drawn 70/20/10 %)."""
+    rng = np.random.default_rng(seed)
+    rows, labels = [], {}
+    for i in range(n_studies):
+        sid = 1000 + i
+        labels[sid] = {}
+        for cond in CONDITIONS:
+            for li, lv in enumerate(LEVELS):
+                sev = int(rng.choice(3, p=[0.7, 0.2, 0.1]))
+                labels[sid][f"{cond}_{lv}"] = SEVERITIES[sev]
+                rows.append({"study_id": sid, "condition": cond, "level": lv, "row_id": f"{sid}_{cond}_{lv}",
+                             "split": "train", "signal": sev + rng.normal(0, 0.8), "noise": rng.normal(),
+                             "context_level_index": float(li)})
+    train = pd.DataFrame.from_dict(labels, orient="index")[list(TRAIN_COLUMNS)]
+    train.index.name = "study_id"
+    return pd.DataFrame(rows), train
+
+
+def test_a_folds_calibrated_predictions_do_not_depend_on_its_own_labels():
+    """Nested calibration: the temperature and sharpening applied to a fold are fitted without it, so
+    relabelling the fold's studies leaves its out-of-fold probabilities exactly as they were."""
+    feats, train = _table()
+    fold_of = {sid: i % 4 for i, sid in enumerate(sorted(train.index))}
+    a = models.fit(feats, train, folds=4, fold_of=fold_of)
+    flipped = train.copy()
+    fold0 = [s for s, k in fold_of.items() if k == 0]
+    flipped.loc[fold0] = flipped.loc[fold0].replace({"Normal/Mild": "Severe", "Severe": "Normal/Mild"})
+    b = models.fit(feats, flipped, folds=4, fold_of=fold_of)
+    cols = ["normal_mild", "moderate", "severe"]
+    in0 = a["oof"]["fold"] == 0
+    assert in0.sum() == 25 * len(fold0)
+    pd.testing.assert_frame_equal(a["oof"][in0].reset_index(drop=True), b["oof"][in0].reset_index(drop=True))
+    assert not np.allclose(a["oof"].loc[~in0, cols], b["oof"].loc[~in0, cols])   # the other folds did learn from them
+    m = a["cv"]["method"]
+    assert "nested" in m["calibration"] and len(m["fold_beta"]) == 4
+    assert all(len(t) == 4 for t in m["fold_temperature"].values())
+
+
+def test_folds_spread_the_studies_with_a_severe_grade():
+    feats, train = _table(n_studies=50, seed=2)
+    worst = models.worst_grades(train)
+    res = models.fit(feats, train, folds=5, seed=3)
+    fold = res["oof"].assign(study_id=res["oof"].row_id.str.split("_").str[0].astype(int)) \
+        .groupby("study_id").fold.first()
+    for grade in (0, 1, 2):
+        counts = np.bincount(fold[worst.reindex(fold.index) == grade], minlength=5)
+        if counts.sum() >= 5:
+            assert counts.max() - counts.min() <= 1, (grade, counts)
+    assert "StratifiedGroupKFold" in res["cv"]["method"]["folds"]
 
 
 def test_sharpening_touches_only_the_largest_spinal_severe_row():
@@ -38,7 +104,10 @@ def test_train_writes_text_models_and_manifest(trained):
     for info in man["models"].values():
         assert (trained / info["file"]).read_text().startswith("tree")
     assert man["classes"] == ["normal_mild", "moderate", "severe"]
-    assert set(man["cv"]) >= {"raw", "temperature", "sharpened", "constant_in_sample"}
+    assert set(man["cv"]) >= {"raw", "temperature", "sharpened", "constant_in_sample", "method"}
+    cv = json.loads((trained / "cv.json").read_text())
+    assert "cross-fitted" in cv["method"]["points"] and "nested" in cv["method"]["calibration"]
+    assert cv["method"]["fold_seed"] == 0 and "StratifiedGroupKFold" in cv["method"]["folds"]
     assert not list(trained.rglob("*.pkl")) and not list(trained.rglob("*.pickle"))
     oof = pd.read_csv(trained / "oof.csv")
     assert np.allclose(oof[["normal_mild", "moderate", "severe"]].sum(axis=1), 1)
