@@ -265,34 +265,15 @@ def extract(
     _batch_exit(len(_failed_studies(df)), df["study_id"].nunique(), strict)
 
 
-def _localizer(models: Optional[Path]):
-    """The localiser saved with the models; a usage error when no models folder was given."""
-    if models is None:
-        from .errors import UsageError
-
-        raise UsageError("finding the points needs the localiser: give --models (or --coords FILE)")
-    from .localize import Localizer
-
-    return Localizer.load(models)
-
-
 def _points(folder, coords: Optional[str], split: str, *, models: Optional[Path] = None, jobs: int = 1,
             scheduler: Optional[str] = None):
     """Points to measure at: 'labels', a CSV, or 'predicted' (the localiser saved with the models)."""
-    from .dataset import read_coordinates
-    from .extract import points_from_labels
+    from .pipeline import given_points, load_localizer
 
-    if coords == "labels":
-        if split != "train":
-            from .errors import UsageError
-
-            raise UsageError("only the train split has label coordinates: give --coords FILE or use the "
-                                 "localiser (--coords predicted with --models)")
-        return points_from_labels(folder)
     if coords in (None, "predicted"):
         from .localize import localize
 
-        loc = _localizer(models)
+        loc = load_localizer(models)
         with _progress() as prog:
             task = prog.add_task(f"localising {split} studies", total=None)
             pts, missing = localize(loc, folder.root, split=split, jobs=jobs, scheduler=scheduler,
@@ -300,32 +281,19 @@ def _points(folder, coords: Optional[str], split: str, *, models: Optional[Path]
         if len(missing):
             console.print(f"[yellow]{len(missing)} points could not be placed[/yellow] (e.g. {missing.reason.iloc[0]})")
         return pts
-    return read_coordinates(Path(coords))
-
-
-def _extract_with_progress(data: Path, points, *, split: str, cache: Path, jobs: int, overlays=None,
-                           scheduler: Optional[str] = None):
-    from .extract import extract as run_extract
-
-    with _progress() as prog:
-        task = prog.add_task(f"{'localising and ' if callable(points) else ''}extracting {split} studies", total=None)
-        return run_extract(data, points, split=split, cache=cache, jobs=jobs, overlays=overlays, scheduler=scheduler,
-                           progress=lambda n, t: prog.update(task, completed=n, total=t))
+    return given_points(folder.root, coords, split)
 
 
 def _features(data: Path, coords: Optional[str], split: str, *, models: Optional[Path], cache: Path, jobs: int,
               overlays=None, scheduler: Optional[str] = None):
-    """Features at the points ``coords`` names; 'predicted' (or none) localises each study on the same decoding."""
-    from .dataset import DataFolder
+    """:func:`spinefeat.pipeline.features_at` with a progress bar."""
+    from .pipeline import features_at
 
-    if coords in (None, "predicted"):
-        from .pipeline import LocalisedPoints
-
-        points = LocalisedPoints(_localizer(models))
-    else:
-        points = _points(DataFolder(data), coords, split)
-    return _extract_with_progress(data, points, split=split, cache=cache, jobs=jobs, overlays=overlays,
-                                  scheduler=scheduler)
+    with _progress() as prog:
+        what = f"{'localising and ' if coords in (None, 'predicted') else ''}extracting {split} studies"
+        task = prog.add_task(what, total=None)
+        return features_at(data, coords, split, models=models, cache=cache, jobs=jobs, overlays=overlays,
+                           scheduler=scheduler, progress=lambda n, t: prog.update(task, completed=n, total=t))
 
 
 def _read_table(path: Path):
@@ -338,20 +306,6 @@ def _read_table(path: Path):
         return pd.read_parquet(path)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable parquet table ({type(exc).__name__})") from None
-
-
-def _read_csv_table(path: Path, what: str):
-    """A CSV the code wrote itself (oof.csv ...), or a :class:`DataError` naming it and what to do."""
-    import pandas as pd
-
-    from .errors import DataError
-
-    if not Path(path).is_file():
-        raise DataError(f"{path}: no {what} (train with `spinefeat train`)")
-    try:
-        return pd.read_csv(path)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable {what} ({type(exc).__name__})") from None
 
 
 def _print_cv(cv: dict) -> None:
@@ -466,11 +420,11 @@ def bench(
     graders = found = None
     if models_dir is not None:
         from .models import load
-        from .pipeline import LocalisedPoints
+        from .pipeline import LocalisedPoints, load_localizer
 
         graders = load(models_dir)
         if coords is None:
-            found = LocalisedPoints(_localizer(models_dir))
+            found = LocalisedPoints(load_localizer(models_dir))
     for i, root in enumerate(data):
         folder = DataFolder(root)
         sp = split or ("test" if "test" in folder.splits() else folder.splits()[0])
@@ -523,9 +477,9 @@ def explain(
     graders = load(models_dir)
     folder = DataFolder(data)
     if coords in (None, "predicted"):      # localise this study only, on the decoding it is measured on
-        from .pipeline import LocalisedPoints
+        from .pipeline import LocalisedPoints, load_localizer
 
-        points = LocalisedPoints(_localizer(models_dir))
+        points = LocalisedPoints(load_localizer(models_dir))
     else:
         points = _points(folder, coords, split)
     feats = add_relative_features(extract_study(data, split, study, folder.series(split), points,
@@ -547,24 +501,11 @@ def report(
     overlays: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Overlays from extract.")] = None,
 ) -> None:
     """Write a static HTML report: cohort page (metric, confusion, calibration, importance) and study pages."""
-    from .dataset import DataFolder
-    from .explain import explain_study, global_importance
     from .io import check_output_dir, inside
-    from .models import load
-    from .report import write_report
+    from .pipeline import write_cohort_report
 
     check_output_dir(inside(root, name))
-    graders = load(models_dir)
-    oof = _read_csv_table(models_dir / "oof.csv", "out-of-fold predictions (oof.csv)")
-    feats_path = models_dir / "train_features.parquet"
-    feats = _read_table(feats_path) if feats_path.is_file() else None
-    pages = {}
-    if feats is not None:
-        for sid in list(dict.fromkeys(feats["study_id"]))[:studies]:
-            pages[int(sid)] = explain_study(graders, feats, sid)
-    index = write_report(root / name, manifest=graders.manifest, oof=oof,
-                         train=DataFolder(data).train(), importance=global_importance(graders), studies=pages,
-                         overlays=overlays)
+    index = write_cohort_report(models_dir, data, root / name, studies=studies, overlays=overlays)
     console.print(f"report -> {index}")
 
 
@@ -582,65 +523,23 @@ def demo(
     The held-out studies are graded at the points the localiser finds; the score
     at their true points is shown beside it.
     """
-    from .dataset import DataFolder, read_train
-    from .explain import explain_study, global_importance
-    from .io import check_output_dir, write_csv, write_json
-    from .metric import score
-    from .models import load
-    from .pipeline import train_all
-    from .report import write_report
-    from .synth import synth_cohort
+    from .io import check_output_dir
+    from .pipeline import demo as run_demo
 
     check_output_dir(out)
     check_output_dir(report_dir)
-    t0 = time.perf_counter()
-    cohort, models_dir = out / "cohort", out / "models"
-    if cohort.exists() and any(cohort.iterdir()):
-        console.print(f"[red]error:[/red] {cohort} exists and is not empty; choose a new --out")
+    if (out / "cohort").exists() and any((out / "cohort").iterdir()):
+        console.print(f"[red]error:[/red] {out / 'cohort'} exists and is not empty; choose a new --out")
         raise typer.Exit(EXIT_USAGE)
     with _progress() as prog:
-        task = prog.add_task("1/5 synthesising studies", total=studies + test_studies)
-        synth_cohort(cohort, studies=studies, test_studies=test_studies, seed=seed, jobs=jobs,
-                     progress=lambda n: prog.update(task, completed=n))
-    folder = DataFolder(cohort)
-    with _progress() as prog:
-        task = prog.add_task("2/5 training", total=None)
-        result = train_all(cohort, models_dir, folds=5, jobs=jobs, seed=seed,
-                           step=lambda name, n, t: prog.update(task, description=f"2-3/5 {name}", completed=n,
-                                                               total=t))
-    _print_cv(result["cv"])
-    console.print("4/5 localising and grading the held-out test studies")
-    graders = load(models_dir)
-    test_labels = read_train(cohort / "truth" / "test_labels.csv")
-    overlays = out / "overlays"
-    pts = _points(folder, "predicted", "test", models=models_dir, jobs=jobs)
-    write_csv(out / "test_points.csv", pts)
-    test_feats = _extract_with_progress(cohort, pts, split="test", cache=out / "test_features.cache",
-                                        jobs=jobs, overlays=overlays)
-    sub, _ = graders.predict(test_feats)
-    write_csv(out / "submission.csv", sub)
-    test_scores = score(test_labels, sub)
-    true_pts = _points(folder, str(cohort / "truth" / "test_label_coordinates.csv"), "test")
-    true_feats = _extract_with_progress(cohort, true_pts, split="test", cache=out / "test_true_points.cache",
-                                        jobs=jobs)
-    test_scores_true = score(test_labels, graders.predict(true_feats)[0])
-    console.print("5/5 explaining and writing the report")
-    pages = {int(s): explain_study(graders, test_feats, s) for s in list(dict.fromkeys(test_feats["study_id"]))[:3]}
-    index = write_report(report_dir, manifest=graders.manifest, oof=_read_csv_table(models_dir / "oof.csv", "oof.csv"),
-                         train=folder.train(), importance=global_importance(graders), studies=pages,
-                         overlays=overlays,
-                         test_scores={"points": "predicted", **{k: float(v) for k, v in test_scores.items()}},
-                         test_scores_true={"points": "true", **{k: float(v) for k, v in test_scores_true.items()}},
-                         title="spinefeat demo (synthetic cohort)")
-    wall = time.perf_counter() - t0
-    cv = result["cv"]["sharpened"]
-    summary = {"cv_score": cv["score"], "cv_constant_in_sample": result["cv"]["constant_in_sample"]["score"],
-               "test_score_predicted_points": test_scores["score"], "test_score_true_points": test_scores_true["score"],
-               "test_studies": len(sub) // 25, "wall_seconds": wall, "report": str(index)}
-    write_json(out / "demo.json", summary)
-    console.print(f"[bold]CV score {cv['score']:.3f}[/bold] (best constant {summary['cv_constant_in_sample']:.3f}); "
-                  f"held-out score {test_scores['score']:.3f} at localised points, {test_scores_true['score']:.3f} at true "
-                  f"points ({len(sub) // 25} studies: a small, noisy sample); {wall:.0f} s in all\nreport -> {index}")
+        task = prog.add_task("demo", total=None)
+        res = run_demo(out, report_dir, studies=studies, test_studies=test_studies, jobs=jobs, seed=seed,
+                       step=lambda name, n, t: prog.update(task, description=name, completed=n, total=t))
+    _print_cv(res["cv"])
+    console.print(f"[bold]CV score {res['cv_score']:.3f}[/bold] (best constant {res['cv_constant_in_sample']:.3f}); "
+                  f"held-out score {res['test_score_predicted_points']:.3f} at localised points, "
+                  f"{res['test_score_true_points']:.3f} at true points ({res['test_studies']} studies: a small, noisy "
+                  f"sample); {res['wall_seconds']:.0f} s in all\nreport -> {res['report']}")
 
 
 @command()
@@ -737,10 +636,11 @@ def check_synth(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The cohort folder (with truth/).")],
 ) -> None:
     """Measurement accuracy and grade separation against a synthetic cohort's truth sidecar."""
+    from .pipeline import read_csv_table
     from .report import synth_accuracy
 
     errs, seps = synth_accuracy(_read_table(features_path),
-                                _read_csv_table(data / "truth" / "targets.csv", "truth sidecar (truth/targets.csv)"))
+                                read_csv_table(data / "truth" / "targets.csv", "truth sidecar (truth/targets.csv)"))
     fmt = {"float_format": lambda v: f"{v:.3f}"}
     typer.echo(errs.to_string(index=False, **fmt))
     typer.echo("")

@@ -115,3 +115,127 @@ def train_all(data: Path, out: Path, *, folds: int = 5, jobs: int = 1, seed: int
         result["cv"]["points"] = points
         save(result, work)
     return result
+
+
+def load_localizer(models: Path | None) -> Localizer:
+    """The localiser saved with the models; a usage error when no models folder was given."""
+    if models is None:
+        from .errors import UsageError
+
+        raise UsageError("finding the points needs the localiser: give --models (or --coords FILE)")
+    return Localizer.load(models)
+
+
+def given_points(data: Path, coords: str, split: str) -> pd.DataFrame:
+    """Points given, not found: ``labels`` (the train split's label coordinates) or a coordinate-file CSV."""
+    from .dataset import read_coordinates
+
+    if coords == "labels":
+        if split != "train":
+            from .errors import UsageError
+
+            raise UsageError("only the train split has label coordinates: give --coords FILE or use the "
+                             "localiser (--coords predicted with --models)")
+        return points_from_labels(DataFolder(data))
+    return read_coordinates(Path(coords))
+
+
+def features_at(data: Path, coords: str | None, split: str, *, models: Path | None, cache: Path, jobs: int = 1,
+                overlays: Path | None = None, studies: list[int] | None = None, scheduler=None,
+                progress=None) -> pd.DataFrame:
+    """Feature rows at the points ``coords`` names: ``labels``, a points CSV, or ``predicted``/None (the
+    localiser saved in ``models``, run on each study's own decoding)."""
+    points = LocalisedPoints(load_localizer(models)) if coords in (None, "predicted") else \
+        given_points(data, coords, split)
+    return extract(data, points, split=split, cache=cache, jobs=jobs, overlays=overlays, studies=studies,
+                   scheduler=scheduler, progress=progress)
+
+
+def read_csv_table(path: Path, what: str) -> pd.DataFrame:
+    """A CSV the code wrote itself (oof.csv ...), or a :class:`DataError` naming it and what to do."""
+    from .errors import DataError
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no {what} (train with `spinefeat train`)")
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable {what} ({type(exc).__name__})") from None
+
+
+def write_cohort_report(models: Path, data: Path, out: Path, *, features: pd.DataFrame | None = None,
+                        studies: int = 3, overlays: Path | None = None, test_scores: dict | None = None,
+                        test_scores_true: dict | None = None, title: str = "spinefeat report") -> Path:
+    """The HTML report of trained models: their out-of-fold CV on ``data`` and a page for each of the first
+    ``studies`` studies of ``features`` (default: the models' training table at the label points)."""
+    from .errors import DataError
+    from .explain import explain_study, global_importance
+    from .models import load
+    from .report import write_report
+
+    graders = load(models)
+    oof = read_csv_table(Path(models) / "oof.csv", "out-of-fold predictions (oof.csv)")
+    path = Path(models) / "train_features.parquet"
+    if features is None and path.is_file():
+        try:
+            features = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable parquet table ({type(exc).__name__})") from None
+    pages = {}
+    if features is not None:
+        for sid in list(dict.fromkeys(features["study_id"]))[:studies]:
+            pages[int(sid)] = explain_study(graders, features, sid)
+    return write_report(out, manifest=graders.manifest, oof=oof, train=DataFolder(data).train(),
+                        importance=global_importance(graders), studies=pages, overlays=overlays,
+                        test_scores=test_scores, test_scores_true=test_scores_true, title=title)
+
+
+def demo(out: Path, report_dir: Path, *, studies: int = 50, test_studies: int = 20, jobs: int = 2, seed: int = 0,
+         folds: int = 5, step=None) -> dict:
+    """The whole path on a synthetic cohort through the functions the commands run: synth, train_all,
+    features at the localiser's points (one decoding per study, as `predict`) and at the true points,
+    grading, the metric and write_cohort_report.
+
+    ``out/cohort`` must be new or empty. Writes the cohort, models, ``submission.csv`` and ``demo.json``
+    under ``out`` and the report under ``report_dir``; returns the summary with the CV table under ``cv``.
+    """
+    import time
+
+    from .dataset import read_train
+    from .io import write_csv, write_json
+    from .metric import score
+    from .models import load
+    from .synth import synth_cohort
+
+    report = step or (lambda *a: None)
+    t0 = time.perf_counter()
+    out = Path(out)
+    cohort, models = out / "cohort", out / "models"
+    synth_cohort(cohort, studies=studies, test_studies=test_studies, seed=seed, jobs=jobs,
+                 progress=lambda n: report("1/5 synthesising studies", n, studies + test_studies))
+    result = train_all(cohort, models, folds=folds, jobs=jobs, seed=seed,
+                       step=lambda name, n, t: report(f"2/5 training: {name}", n, t))
+    graders = load(models)
+    test_labels = read_train(cohort / "truth" / "test_labels.csv")
+    overlays = out / "overlays"
+    feats = features_at(cohort, "predicted", "test", models=models, cache=out / "test_features.cache", jobs=jobs,
+                        overlays=overlays, progress=lambda n, t: report("3/5 localising and grading the held-out "
+                                                                         "studies", n, t))
+    sub, _ = graders.predict(feats)
+    write_csv(out / "submission.csv", sub)
+    scores = score(test_labels, sub)
+    true_feats = features_at(cohort, str(cohort / "truth" / "test_label_coordinates.csv"), "test", models=models,
+                             cache=out / "test_true_points.cache", jobs=jobs,
+                             progress=lambda n, t: report("4/5 grading them at their true points", n, t))
+    scores_true = score(test_labels, graders.predict(true_feats)[0])
+    report("5/5 explaining and writing the report", 0, 1)
+    index = write_cohort_report(models, cohort, report_dir, features=feats, overlays=overlays,
+                                test_scores={"points": "predicted", **{k: float(v) for k, v in scores.items()}},
+                                test_scores_true={"points": "true", **{k: float(v) for k, v in scores_true.items()}},
+                                title="spinefeat demo (synthetic cohort)")
+    cv = result["cv"]
+    summary = {"cv_score": cv["sharpened"]["score"], "cv_constant_in_sample": cv["constant_in_sample"]["score"],
+               "test_score_predicted_points": scores["score"], "test_score_true_points": scores_true["score"],
+               "test_studies": len(sub) // 25, "wall_seconds": time.perf_counter() - t0, "report": str(index)}
+    write_json(out / "demo.json", summary)
+    return {**summary, "cv": cv}

@@ -161,35 +161,28 @@ def synth_accuracy(features: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.Data
 # HTML report: a cohort page and a page per study (static, opens from disk)
 # ---------------------------------------------------------------------------
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}td.l{text-align:left}img{max-width:100%}.grid td{width:90px;text-align:center}
-.small{font-size:12px;color:#555}h2{margin-top:32px}"""
+def _templates():
+    """The report's jinja2 environment: templates shipped in ``spinefeat/templates``, every value autoescaped."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    return Environment(loader=PackageLoader("spinefeat", "templates"), autoescape=select_autoescape(default=True),
+                       undefined=StrictUndefined)
 
 
-def _page(title: str, body: str) -> str:
-    import html
-
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
-
-
-def _table(df: pd.DataFrame, *, floats: str = "{:.4f}") -> str:
-    import html
-
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+def _cells(df: pd.DataFrame, *, floats: str = "{:.4f}") -> dict:
+    """A frame as a template table: column names and rows of ``(text, is_number)``."""
     rows = []
     for rec in df.itertuples(index=False):
         cells = []
         for v in rec:
             if isinstance(v, float) and float(v).is_integer() and abs(v) > 10:
-                cells.append(f"<td>{int(v)}</td>")
+                cells.append((str(int(v)), True))
             elif isinstance(v, float):
-                cells.append(f"<td>{floats.format(v)}</td>")
+                cells.append((floats.format(v), True))
             else:
-                cells.append(f"<td class='l'>{html.escape(str(v))}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+                cells.append((str(v), False))
+        rows.append(cells)
+    return {"columns": [str(c) for c in df.columns], "rows": rows}
 
 
 def _plots_cohort(outdir: Path, joined: pd.DataFrame, importance: pd.DataFrame) -> list[str]:
@@ -281,9 +274,10 @@ def write_report(out: Path, *, manifest: dict, oof: pd.DataFrame, train: pd.Data
 
     ``oof`` is an out-of-fold submission scored against ``train``; ``studies``
     maps study ids to :func:`spinefeat.explain.explain_study` tables;
-    ``overlays`` is the folder of per-point PNGs written by ``extract``.
+    ``overlays`` is the folder of per-point PNGs written by ``extract``. Pages
+    are rendered from the templates in ``spinefeat/templates`` with every value
+    escaped.
     """
-    import html
     import shutil
 
     from .dataset import CONDITIONS, LEVELS, labels_long
@@ -291,63 +285,50 @@ def write_report(out: Path, *, manifest: dict, oof: pd.DataFrame, train: pd.Data
 
     out = Path(out)
     (out / "img").mkdir(parents=True, exist_ok=True)
-    joined, missing = join(labels_long(train), oof)
-    from .metric import condition_group
-
-    joined["group"] = joined["condition"].map(condition_group)
+    env = _templates()
+    joined, _ = join(labels_long(train), oof)
     cv = manifest["cv"]
     terms = pd.DataFrame([{"step": s, **{t: cv[s][t] for t in (*TERMS, "score")}}
                           for s in ("constant_in_sample", "raw", "temperature", "sharpened")])
-    body = [f"<p>{cv['folds']}-fold cross-validation over {cv['studies']} studies ({cv['rows']} scored rows), "
-            "study-grouped. <span class='small'>constant_in_sample: per-target class frequencies times the weights "
-            "1/2/4 (the best constant), fitted on all rows.</span></p>", "<h2>Challenge metric</h2>", _table(terms)]
-    if test_scores:
-        rows = [test_scores] + ([test_scores_true] if test_scores_true else [])
-        body += ["<h2>Held-out test split</h2>", _table(pd.DataFrame(rows))]
     const = pd.DataFrame([{"row_id": r, **dict(zip(("normal_mild", "moderate", "severe"),
                                                     manifest["priors"][r.split("_", 1)[1]]))} for r in oof["row_id"]])
+    breakdowns = []
     for by in ("level", "condition"):
         table = breakdown(train, oof, by).merge(
             breakdown(train, const, by)[[by, "log_loss"]].rename(columns={"log_loss": "constant_log_loss"}), on=by)
-        body += [f"<h2>Per {by}</h2>", _table(table)]
-    for name in _plots_cohort(out / "img", joined, importance):
-        body.append(f"<h2>{name.split('.')[0].title()}</h2><img src='img/{name}' alt='{name}'>")
-    body += ["<h2>Top features</h2>", _table(importance.groupby("group").head(8)[["group", "feature", "gain_share", "unit", "definition"]])]
-    if studies:
-        body.append("<h2>Studies</h2><ul>" + "".join(f"<li><a href='study_{s}.html'>study {s}</a></li>" for s in studies)
-                    + "</ul>")
-    (out / "index.html").write_text(_page(title, "".join(body)))
+        breakdowns.append((by, _cells(table)))
+    tests = [t for t in (test_scores, test_scores_true) if t]
+    method = [(k, v) for k, v in cv.get("method", {}).items() if isinstance(v, str)]
+    (out / "index.html").write_text(env.get_template("cohort.html").render(
+        title=title, cv=cv, method=method, terms=_cells(terms), test=_cells(pd.DataFrame(tests)) if tests else None,
+        breakdowns=breakdowns, plots=_plots_cohort(out / "img", joined, importance),
+        features=_cells(importance.groupby("group").head(8)[["group", "feature", "gain_share", "unit", "definition"]]),
+        studies=list(studies or {})))
     for sid, table in (studies or {}).items():
         by_row = table.set_index("row_id")
-        grid = ["<table class='grid'><tr><th></th>" + "".join(f"<th>{lv}</th>" for lv in LEVELS) + "</tr>"]
+        grid = []
         for cond in CONDITIONS:
             cells = []
             for lv in LEVELS:
                 rid = f"{sid}_{cond}_{lv}"
                 if rid in by_row.index:
                     p = by_row.loc[rid, ["normal_mild", "moderate", "severe"]].to_numpy(float)
-                    cells.append(f"<td style='background:{_severity_colour(p)}' title='{p.round(2)}'>"
-                                 f"{by_row.loc[rid, 'grade'].replace('_', '/')}<br>"
-                                 f"<span class='small'>{p[0]:.2f}/{p[1]:.2f}/{p[2]:.2f}</span></td>")
+                    cells.append({"colour": _severity_colour(p), "title": str(p.round(2)),
+                                  "grade": by_row.loc[rid, "grade"].replace("_", "/"),
+                                  "probs": f"{p[0]:.2f}/{p[1]:.2f}/{p[2]:.2f}"})
                 else:
-                    cells.append("<td>prior</td>")
-            grid.append(f"<tr><th>{cond}</th>{''.join(cells)}</tr>")
-        grid.append("</table>")
+                    cells.append(None)
+            grid.append((cond, cells))
         rows = []
         for rec in table.itertuples():
-            drivers = drivers_text(rec.drivers)
-            img = ""
+            image = None
             if overlays is not None and (Path(overlays) / f"{rec.row_id}.png").is_file():
-                shutil.copy(Path(overlays) / f"{rec.row_id}.png", out / "img" / f"{rec.row_id}.png")
-                img = f"<img src='img/{rec.row_id}.png' alt='{rec.row_id}' style='height:120px'>"
-            rows.append(f"<tr><td class='l'>{html.escape(rec.condition)} {rec.level}</td><td>{rec.grade}</td>"
-                        f"<td class='l small'>{html.escape(drivers)}</td><td>{img}</td></tr>")
-        page = ("<p>Predicted grade per target (cell colour: green Normal/Mild to red Severe; "
-                "probabilities N/M, Moderate, Severe).</p>" + "".join(grid)
-                + "<h2>Why: top contributions to the predicted grade's raw score, and the measured regions</h2>"
-                + "<table><tr><th>target</th><th>grade</th><th>drivers (value unit, push)</th><th>overlay</th></tr>"
-                + "".join(rows) + "</table><p><a href='index.html'>cohort</a></p>")
-        (out / f"study_{sid}.html").write_text(_page(f"study {sid}", page))
+                image = f"{rec.row_id}.png"
+                shutil.copy(Path(overlays) / image, out / "img" / image)
+            rows.append({"target": f"{rec.condition} {rec.level}", "grade": rec.grade, "row_id": rec.row_id,
+                         "drivers": drivers_text(rec.drivers), "image": image})
+        (out / f"study_{sid}.html").write_text(env.get_template("study.html").render(
+            title=f"study {sid}", levels=LEVELS, grid=grid, rows=rows))
     return out / "index.html"
 
 

@@ -74,7 +74,7 @@ def test_report_renders_in_a_headless_browser(trained, cohort, tmp_path):
     pages = sorted((root / "t").glob("*.html"))
     assert (root / "t" / "index.html") in pages and len(pages) == 3
     for page in pages:
-        for src in re.findall(r"src='([^']+)'", page.read_text()):
+        for src in re.findall(r"src=[\"']([^\"']+)[\"']", page.read_text()):
             assert (page.parent / src).is_file(), src
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -84,3 +84,30 @@ def test_report_renders_in_a_headless_browser(trained, cohort, tmp_path):
     img = cv2.imread(str(shot), cv2.IMREAD_GRAYSCALE)
     assert img is not None and img.shape == (1600, 1200)
     assert (img < 200).mean() > 0.02 and img.std() > 20        # text, tables and plots, not a blank page
+
+
+def test_report_escapes_every_value(graders, trained, cohort, tmp_path):
+    from spinefeat.dataset import DataFolder
+    from spinefeat.report import write_report
+
+    imp = global_importance(graders)
+    imp.loc[imp.index[0], "definition"] = "<script>alert(1)</script>"
+    manifest = dict(graders.manifest, cv=dict(graders.manifest["cv"], method={"points": "<b>bold</b> & more"}))
+    index = write_report(tmp_path / "r", manifest=manifest, oof=pd.read_csv(trained / "oof.csv"),
+                         train=DataFolder(cohort).train(), importance=imp, title="<i>x</i>")
+    page = index.read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; more" in page and "<title>&lt;i&gt;x&lt;/i&gt;</title>" in page
+
+
+def test_report_templates_ship_as_package_data():
+    """The wheel carries the templates: each file under spinefeat/templates matches a package-data glob."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["spinefeat"]
+    templates = sorted((root / "spinefeat" / "templates").iterdir())
+    assert templates
+    for t in templates:
+        assert any(t.relative_to(root / "spinefeat").match(g) for g in globs), t.name
