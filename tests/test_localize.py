@@ -83,6 +83,24 @@ def test_localize_cli_finds_points_near_the_truth(trained, cohort, tmp_path):
     for _, g in pts[pts.condition == "spinal_canal_stenosis"].groupby("study_id"):
         assert len(g) == 5 and np.abs(np.diff(g.sort_values("level").instance_number)).max() <= 1
         assert g.sort_values("level").y.is_monotonic_increasing or g.sort_values("level").y.is_monotonic_decreasing
+    # near the truth, in patient mm: each predicted pixel through its file's own header, against the
+    # phantom's true 3-D point (independent of check-localize's arithmetic)
+    import pydicom
+
+    from spinefeat.geometry import pixel_to_patient
+
+    true = pd.read_csv(cohort / "truth" / "coordinates_mm.csv").set_index(["study_id", "condition", "level"])
+    err = {}
+    for r in pts.itertuples():
+        h = pydicom.dcmread(cohort / "test_images" / str(r.study_id) / str(r.series_id) / f"{r.instance_number}.dcm",
+                            stop_before_pixels=True)
+        p = pixel_to_patient(r.y, r.x, [float(v) for v in h.ImagePositionPatient],
+                             [float(v) for v in h.ImageOrientationPatient], [float(v) for v in h.PixelSpacing])
+        t = true.loc[(r.study_id, r.condition, r.level), ["x_mm", "y_mm", "z_mm"]].to_numpy(float)
+        err.setdefault(r.condition.split("_")[-2], []).append(float(np.linalg.norm(p - t)))
+    assert len(err["canal"]) == 10 and np.median(err["canal"]) < 5.0
+    assert max(err["canal"]) < 15.0             # discs are 30-40 mm apart: no point on a neighbouring level
+    assert len(err["foraminal"]) >= 15 and np.median(err["foraminal"]) < 8.0
     res = CliRunner().invoke(app, ["check-localize", str(out), str(cohort / "truth" / "test_label_coordinates.csv"),
                                    str(cohort), "--overlays", str(tmp_path / "ov"), "--studies", "1"])
     assert res.exit_code == 0, res.output
