@@ -197,23 +197,26 @@ def study_folds(studies, *, folds: int, seed: int) -> tuple[dict, dict]:
     return fold_of, inner_of
 
 
-def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner: np.ndarray, *, cols: list[str], params: dict,
+def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner, *, cols: list[str], params: dict,
                folds: int, scored: np.ndarray | None = None, on_fold=None) -> tuple[np.ndarray, list[int]]:
     """Out-of-fold raw scores of the grader (LightGBM, weights 1/2/4) in study-grouped folds.
 
-    ``fold`` and ``inner`` give each row's scored and inner fold (:func:`study_folds`); rows with
-    ``scored`` False only ever train. Early stopping uses an inner split of the training studies: the
-    held-out fold is never used to choose anything, so its predictions are honest. Returns the raw
-    scores (zero on rows never scored) and the best iteration of each fold.
+    ``fold`` gives each row's scored fold; ``inner`` each row's inner fold (:func:`study_folds`: for fold k
+    the training rows with inner == k stop the boosting early), or a function ``k -> mask`` of the rows
+    that stop fold k early. Rows with ``scored`` False only ever train. The held-out fold is never used to
+    choose anything, so its predictions are honest. ``on_fold(k, booster, es)`` is called after each fold
+    with its booster and the mask of its early-stopping rows. Returns the raw scores (zero on rows never
+    scored) and the best iteration of each fold.
     """
     scored = np.ones(len(y), bool) if scored is None else scored
     w = np.asarray(SEVERITY_WEIGHTS)[y]
     raw = np.zeros((len(y), 3))
     best = []
     for k in range(folds):
+        stops = inner(k) if callable(inner) else inner == k
         va = (fold == k) & scored
-        es = (fold != k) & (inner == k) & scored
-        tr = (fold != k) & (inner != k)
+        es = (fold != k) & stops & scored
+        tr = (fold != k) & ~stops
         dtr = lgb.Dataset(x[tr], y[tr], weight=w[tr], feature_name=cols, free_raw_data=False)
         des = lgb.Dataset(x[es], y[es], weight=w[es], reference=dtr)
         b = lgb.train(params, dtr, MAX_ROUNDS, valid_sets=[des],
@@ -221,7 +224,7 @@ def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner: np.ndarray
         best.append(b.best_iteration)
         raw[va] = b.predict(x[va], num_iteration=b.best_iteration, raw_score=True)
         if on_fold is not None:
-            on_fold(k)
+            on_fold(k, b, es)
     return raw, best
 
 
@@ -285,27 +288,20 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         study = both["study_id"].to_numpy()
         fold = both["study_id"].map(fold_of).to_numpy()
         main = np.arange(len(both)) < n_main
-        raw = np.zeros((len(both), 3))
-        cal = np.zeros((len(both), 3))
-        best, temps = [], []
-        for k in range(folds):
-            va = (fold == k) & main
-            inner = np.isin(study, held[k])
-            es, tr = inner & main, (fold != k) & ~inner
-            dtr = lgb.Dataset(x[tr], y[tr], weight=w[tr], feature_name=cols, free_raw_data=False)
-            des = lgb.Dataset(x[es], y[es], weight=w[es], reference=dtr)
-            b = lgb.train(params, dtr, MAX_ROUNDS, valid_sets=[des],
-                          callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
-            best.append(b.best_iteration)
-            raw[va] = b.predict(x[va], num_iteration=b.best_iteration, raw_score=True)
+        temps = []
+
+        def calibrate(k, b, es, group=group, gi=gi):
             # Nested calibration: the fold's temperature from its held-out training studies only.
             raw_es = b.predict(x[es], num_iteration=b.best_iteration, raw_score=True)
             temps.append(fit_temperature(y[es], raw_es, what=f"{group} temperature (fold {k})"))
-            cal[va] = _softmax(raw[va] / temps[-1])
             if group == "spinal":
                 spinal_held[k] = (both[es], _softmax(raw_es / temps[-1]))
             if progress is not None:
                 progress(gi * folds + k + 1, n_steps)
+
+        raw, best = grouped_cv(x, y, fold, lambda k: np.isin(study, held[k]), cols=cols, params=params, folds=folds,
+                               scored=main, on_fold=calibrate)
+        cal = _softmax(raw / np.asarray(temps)[fold][:, None])
         rounds = max(int(np.mean(best) * 1.1), 10)
         t_fit = time.perf_counter()
         out["boosters"][group] = lgb.train(params, lgb.Dataset(x, y, weight=w, feature_name=cols), rounds)
