@@ -470,7 +470,7 @@ def save(result: dict, out: Path) -> Path:
 
 
 #: Cache folders kept under a models folder across training runs (their entries are content-keyed).
-CACHE_DIRS = ("features.cache", "features_localised.cache")
+CACHE_DIRS = ("features.cache", "features_crossfit.cache")
 
 
 @contextlib.contextmanager

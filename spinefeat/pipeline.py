@@ -7,14 +7,11 @@ from pathlib import Path
 import pandas as pd
 
 from .dataset import DataFolder
+from .errors import SpinefeatError
 from .extract import extract, points_from_labels
 from .io import write_parquet
-from .errors import SpinefeatError
 from .localize import COORD_COLUMNS, Localizer, localize_study, train_localizers
 from .models import fit, save, staged_models_dir, stratified_folds, worst_grades
-
-
-_LOADED: dict[str, Localizer] = {}      # per worker process: the localiser last received
 
 
 _LOADED: dict[str, Localizer] = {}      # per worker process: the localiser last received

@@ -65,7 +65,7 @@ def test_extract_killed_then_rerun_gives_the_uninterrupted_table(cohort, tmp_pat
 
 
 FILES = ("manifest.json", "spinal.txt", "foraminal.txt", "subarticular.txt", "localizer.txt", "localizer.json",
-         "oof.csv", "cv.json", "train_points_localised.csv")
+         "oof.csv", "cv.json")
 
 
 def test_train_killed_keeps_the_old_folder_and_a_rerun_gives_the_uninterrupted_models(cohort, trained, tmp_path):
