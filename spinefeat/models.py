@@ -309,11 +309,11 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         out["columns"][group], out["rounds"][group] = cols, rounds
         out["temperature"][group] = fit_temperature(y[main], raw[main], what=f"{group} temperature (deployed)")
         fold_temperature[group] = temps
-        oof_parts.append((g, raw[main], cal[main], fold[main], group))
+        oof_parts.append((g, raw[main], cal[main], group))
         if progress is not None:
             progress(len(MODEL_GROUPS) * folds + gi + 1, n_steps)
-    raw_sub = pd.concat([to_submission(g, _softmax(r)) for g, r, _, _, _ in oof_parts], ignore_index=True)
-    cal_sub = pd.concat([to_submission(g, c) for g, _, c, _, _ in oof_parts], ignore_index=True)
+    raw_sub = pd.concat([to_submission(g, _softmax(r)) for g, r, _, _ in oof_parts], ignore_index=True)
+    cal_sub = pd.concat([to_submission(g, c) for g, _, c, _ in oof_parts], ignore_index=True)
     joined_rows = pd.concat([g[["study_id", "condition", "level", "row_id", "severity"]] for g, *_ in oof_parts],
                             ignore_index=True)
     # Nested sharpening: each fold's studies sharpened with the beta fitted on that fold's held-out training studies.
@@ -322,7 +322,7 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
     study_fold = cal_sub["row_id"].str.split("_").str[0].astype(int).map(fold_of).to_numpy()
     final = pd.concat([sharpen_any_severe(cal_sub[study_fold == k], fold_beta[k]) for k in range(folds)])
     final = final.loc[cal_sub.index]
-    sp = next(((g, r) for g, r, _, _, grp in oof_parts if grp == "spinal"), None)
+    sp = next(((g, r) for g, r, _, grp in oof_parts if grp == "spinal"), None)
     out["beta"] = fit_sharpening(sp[0], _softmax(sp[1] / out["temperature"]["spinal"]),
                                  what="any-severe sharpening (deployed)") if sp is not None else 0.0
 
