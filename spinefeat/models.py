@@ -87,22 +87,23 @@ TEMPERATURE_BOUNDS = (0.2, 5.0)
 BETA_BOUNDS = (0.0, 3.0)
 
 
-def _bounded_min(loss, lo: float, hi: float, what: str, *, warn_low: bool = True) -> float:
-    """Minimiser of a scalar ``loss`` on ``[lo, hi]`` (scipy's bounded Brent); a warning when it sits on a bound."""
+def _bounded_min(loss, lo: float, hi: float, what: str, *, warn_low: bool = True, shown=float) -> float:
+    """Minimiser of a scalar ``loss`` on ``[lo, hi]`` (scipy's bounded Brent); a warning when it sits on a bound
+    (values in the warning through ``shown``)."""
     from scipy.optimize import minimize_scalar
 
     res = minimize_scalar(loss, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
     x = float(res.x)
     tol = 1e-3 * (hi - lo)
     if x >= hi - tol or (warn_low and x <= lo + tol):
-        log.warning("%s sits on the bound of its search [%g, %g]: %g", what, lo, hi, x)
+        log.warning("%s sits on the bound of its search [%g, %g]: %g", what, shown(lo), shown(hi), shown(x))
     return x
 
 
 def fit_temperature(y: np.ndarray, raw: np.ndarray, *, what: str = "temperature") -> float:
     """Temperature T minimising the weighted log loss of ``softmax(raw / T)`` (searched on log T, bounded)."""
     lo, hi = np.log(TEMPERATURE_BOUNDS)
-    return float(np.exp(_bounded_min(lambda lt: _wll(y, _softmax(raw / np.exp(lt))), lo, hi, what)))
+    return float(np.exp(_bounded_min(lambda lt: _wll(y, _softmax(raw / np.exp(lt))), lo, hi, what, shown=np.exp)))
 
 
 def fit_sharpening(rows: pd.DataFrame, proba: np.ndarray, *, what: str = "any-severe sharpening") -> float:
