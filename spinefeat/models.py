@@ -134,6 +134,8 @@ def stratified_folds(studies, worst: pd.Series, folds: int, seed: int) -> dict[i
     """Fold of each study: ``StratifiedGroupKFold`` on the study's worst grade, the study as the group.
 
     Stratifying keeps the rare Severe studies (and so the any_severe_spinal term) spread over the folds.
+    When no grade has ``folds`` studies (a handful of studies) there is nothing to stratify: the studies
+    are dealt round the folds in a seeded random order.
     """
     import warnings
 
@@ -141,6 +143,9 @@ def stratified_folds(studies, worst: pd.Series, folds: int, seed: int) -> dict[i
 
     studies = np.asarray(sorted(int(s) for s in studies))
     y = worst.reindex(studies).fillna(-1).to_numpy(int)
+    if np.bincount(y + 1).max() < folds:
+        order = np.random.default_rng(seed).permutation(studies)
+        return {int(s): i % folds for i, s in enumerate(order)}
     out = {}
     with warnings.catch_warnings():
         # "the least populated class has fewer members than folds": expected on small cohorts.

@@ -182,3 +182,10 @@ def test_predict_lists_graded_rows_at_low_confidence_points(trained, cohort, tmp
     man = json.loads((trained / "manifest.json").read_text())
     rid = sorted(want)[0]
     assert not np.allclose(sub.loc[rid].to_numpy(), man["priors"][rid.split("_", 1)[1]])
+
+
+def test_folds_of_a_handful_of_studies_whose_grades_are_all_rarer_than_the_folds():
+    """Four studies, three folds, no grade with three studies (sklearn refuses to stratify): dealt round."""
+    worst = pd.Series({1: 2, 2: 2, 3: 1, 4: 0})
+    fold = models.stratified_folds([1, 2, 3, 4], worst, 3, seed=0)
+    assert sorted(fold) == [1, 2, 3, 4] and sorted(set(fold.values())) == [0, 1, 2]
