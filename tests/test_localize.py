@@ -98,8 +98,10 @@ def test_localize_cli_finds_points_near_the_truth(trained, cohort, tmp_path):
                              [float(v) for v in h.ImageOrientationPatient], [float(v) for v in h.PixelSpacing])
         t = true.loc[(r.study_id, r.condition, r.level), ["x_mm", "y_mm", "z_mm"]].to_numpy(float)
         err.setdefault(r.condition.split("_")[-2], []).append(float(np.linalg.norm(p - t)))
+        if r.condition == "spinal_canal_stenosis":     # nearer its own level's true point than any other's
+            others = true.loc[(r.study_id, r.condition)].drop(index=r.level)[["x_mm", "y_mm", "z_mm"]].to_numpy(float)
+            assert np.linalg.norm(others - p, axis=1).min() > err["canal"][-1], (r.study_id, r.level)
     assert len(err["canal"]) == 10 and np.median(err["canal"]) < 5.0
-    assert max(err["canal"]) < 15.0             # discs are 30-40 mm apart: no point on a neighbouring level
     assert len(err["foraminal"]) >= 15 and np.median(err["foraminal"]) < 8.0
     res = CliRunner().invoke(app, ["check-localize", str(out), str(cohort / "truth" / "test_label_coordinates.csv"),
                                    str(cohort), "--overlays", str(tmp_path / "ov"), "--studies", "1"])
