@@ -89,7 +89,7 @@ def test_localize_cli_finds_points_near_the_truth(trained, cohort, tmp_path):
 
     from spinefeat.geometry import pixel_to_patient
 
-    true = pd.read_csv(cohort / "truth" / "coordinates_mm.csv").set_index(["study_id", "condition", "level"])
+    true = pd.read_csv(cohort / "truth" / "coordinates_mm.csv").set_index(["study_id", "condition", "level"]).sort_index()
     err = {}
     for r in pts.itertuples():
         h = pydicom.dcmread(cohort / "test_images" / str(r.study_id) / str(r.series_id) / f"{r.instance_number}.dcm",
