@@ -9,7 +9,8 @@ from skimage.morphology import convex_hull_image
 from .common import FAILED, FOUND, Segmentation, View, axis_lengths_mm, extent_mm, finish, open_crop
 
 NAN = float("nan")
-KEYS = ("area_mm2", "fat_area_mm2", "fat_within_mm2", "height_mm", "width_mm", "narrowest_width_mm", "fat_fraction", "root_area_mm2",
+KEYS = ("area_mm2", "fat_area_mm2", "fat_within_mm2", "height_mm", "width_mm", "narrowest_width_mm", "fat_fraction",
+        "root_area_mm2",
         "fat_up_mm", "fat_down_mm", "fat_front_mm", "fat_back_mm", "min_fat_mm", "n_directions_lost", "fat_level",
         "feret_max_mm", "major_axis_mm", "minor_axis_mm")
 #: Brightest tissue near the point under this share of the series' fat level: no foraminal fat left.
@@ -119,7 +120,7 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     meas = {"area_mm2": float(mask.sum()) * spacing_mm ** 2, "height_mm": h, "width_mm": w,
             "narrowest_width_mm": narrow, "fat_fraction": float(fat.sum() / mask.sum()),
             "fat_area_mm2": float(fat.sum()) * spacing_mm ** 2,
-            "fat_within_mm2": float(((crop >= threshold) & within).sum()) * spacing_mm ** 2,
+            "fat_within_mm2": float(above.sum()) * spacing_mm ** 2,
             "root_area_mm2": root_area, "fat_up_mm": up, "fat_down_mm": down, "fat_front_mm": front,
             "fat_back_mm": back, "min_fat_mm": float(dirs.min()), "n_directions_lost": float((dirs < FAT_LOST_MM).sum()),
             "fat_level": fat_level, "feret_max_mm": feret, "major_axis_mm": major, "minor_axis_mm": minor}
