@@ -8,7 +8,6 @@ median and 90th percentile over the studies.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -25,6 +24,7 @@ import pandas as pd
 from . import __version__
 from .dataset import DataFolder
 from .errors import SpinefeatError
+from .io import write_json, write_text
 
 _NO_POINTS = pd.DataFrame(columns=["study_id", "condition", "level"])
 
@@ -442,6 +442,6 @@ def write(res: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     js, md = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    js.write_text(json.dumps(res, indent=2))
-    md.write_text(markdown(res))
+    write_json(js, res)
+    write_text(md, markdown(res))
     return md, js

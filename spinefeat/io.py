@@ -124,6 +124,25 @@ def write_text(path: Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def write_png(path: Path, image) -> Path:
+    """An 8-bit grey or BGR image as PNG, atomically."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise OutputError(f"cannot write {path}: the image could not be encoded as PNG")
+    return write_bytes(path, buf.tobytes())
+
+
+def write_figure(path: Path, fig, **savefig_kw) -> Path:
+    """A matplotlib figure as PNG, atomically."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", **savefig_kw)
+    return write_bytes(path, buf.getvalue())
+
+
 def json_safe(obj):
     """``obj`` with every NaN or infinite float replaced by ``None`` (JSON has no NaN)."""
     if isinstance(obj, float):

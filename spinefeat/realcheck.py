@@ -15,7 +15,6 @@ columns (:data:`AXIAL_FOV_MM`). Native pixels are taken as square; the PNG's own
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from . import __version__
 from .dataset import CLASS_COLUMNS, LEVELS, SEVERITIES, SEVERITY_WEIGHTS
 from .errors import DataError
 from .extract import QUALITY_CODE, STANDARD_IOP, add_relative_features, region_features
+from .io import write_json, write_parquet, write_png, write_text
 
 log = logging.getLogger(__name__)
 
@@ -447,7 +447,7 @@ def write_overlays(folder: Path, scored: pd.DataFrame, term: str, out: Path, *, 
         tiles.append(np.zeros_like(tiles[0]))
     sheet = np.vstack([np.hstack(tiles[i:i + 4]) for i in range(0, len(tiles), 4)])
     path = Path(out) / f"worst_{term}.png"
-    cv2.imwrite(str(path), sheet)
+    write_png(path, sheet)
     return path
 
 
@@ -487,7 +487,7 @@ def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None,
         t = time.perf_counter()
         result[term], scored = evaluate_term(df, term, peer=peer, jobs=jobs)
         seconds[f"{term}_cv"] = time.perf_counter() - t
-        scored.to_parquet(out / f"features_{term}.parquet", index=False)
+        write_parquet(out / f"features_{term}.parquet", scored)
         if overlays:
             write_overlays(sagittal_t1 if term == "foraminal" else axial_t2, scored, term, out, worst=overlays)
         if progress is not None:
@@ -504,8 +504,8 @@ def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None,
                                                         ("spider", spider)) if v is not None},
                      "peer_files": [Path(p).name for p in peer_files],
                      "scale": {"level_spacing_mm": LEVEL_SPACING_MM, "axial_fov_mm": AXIAL_FOV_MM}}
-    (out / "real_check.json").write_text(json.dumps(result, indent=2))
-    (out / "real_check.md").write_text(markdown_table(result))
+    write_json(out / "real_check.json", result)
+    write_text(out / "real_check.md", markdown_table(result))
     return result
 
 

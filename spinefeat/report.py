@@ -10,6 +10,7 @@ import numpy as np
 
 from .dataset import LEVELS, SERIES_TYPES, DataFolder
 from .dicom import load_series
+from .io import write_figure, write_png, write_text
 from .viz import contact_sheet, window
 
 
@@ -38,7 +39,7 @@ def write_preview(folders: list[Path], out: Path, *, studies: int = 1) -> Path:
     """Write :func:`preview_sheet` as a PNG."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), preview_sheet(folders, studies=studies))
+    write_png(out, preview_sheet(folders, studies=studies))
     return out
 
 
@@ -111,7 +112,7 @@ def write_point_sheets(root: Path, predicted: pd.DataFrame, out: Path, *, split:
         images = StudyImages(folder, split, int(sid), series)
         t = truth[truth["study_id"] == sid] if truth is not None else None
         path = out / f"{int(sid)}_points.png"
-        cv2.imwrite(str(path), point_sheet(images, predicted[predicted["study_id"] == sid], t))
+        write_png(path, point_sheet(images, predicted[predicted["study_id"] == sid], t))
         written.append(path)
     return written
 
@@ -212,7 +213,7 @@ def _plots_cohort(outdir: Path, joined: pd.DataFrame, importance: pd.DataFrame) 
         ax.set_ylabel("label")
         ax.set_title(g)
     fig.tight_layout()
-    fig.savefig(outdir / "confusion.png", dpi=90)
+    write_figure(outdir / "confusion.png", fig, dpi=90)
     plt.close(fig)
     names.append("confusion.png")
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
@@ -234,7 +235,7 @@ def _plots_cohort(outdir: Path, joined: pd.DataFrame, importance: pd.DataFrame) 
         ax.set_ylabel("observed frequency")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(outdir / "calibration.png", dpi=90)
+    write_figure(outdir / "calibration.png", fig, dpi=90)
     plt.close(fig)
     names.append("calibration.png")
     groups = list(dict.fromkeys(importance["group"]))
@@ -245,7 +246,7 @@ def _plots_cohort(outdir: Path, joined: pd.DataFrame, importance: pd.DataFrame) 
         ax.set_title(f"{g}: gain share")
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    fig.savefig(outdir / "importance.png", dpi=90)
+    write_figure(outdir / "importance.png", fig, dpi=90)
     plt.close(fig)
     names.append("importance.png")
     return names
@@ -299,7 +300,7 @@ def write_report(out: Path, *, manifest: dict, oof: pd.DataFrame, train: pd.Data
         breakdowns.append((by, _cells(table)))
     tests = [t for t in (test_scores, test_scores_true) if t]
     method = [(k, v) for k, v in cv.get("method", {}).items() if isinstance(v, str)]
-    (out / "index.html").write_text(env.get_template("cohort.html").render(
+    write_text(out / "index.html", env.get_template("cohort.html").render(
         title=title, cv=cv, method=method, terms=_cells(terms), test=_cells(pd.DataFrame(tests)) if tests else None,
         breakdowns=breakdowns, plots=_plots_cohort(out / "img", joined, importance),
         features=_cells(importance.groupby("group").head(8)[["group", "feature", "gain_share", "unit", "definition"]]),
@@ -327,7 +328,7 @@ def write_report(out: Path, *, manifest: dict, oof: pd.DataFrame, train: pd.Data
                 shutil.copy(Path(overlays) / image, out / "img" / image)
             rows.append({"target": f"{rec.condition} {rec.level}", "grade": rec.grade, "row_id": rec.row_id,
                          "drivers": drivers_text(rec.drivers), "image": image})
-        (out / f"study_{sid}.html").write_text(env.get_template("study.html").render(
+        write_text(out / f"study_{sid}.html", env.get_template("study.html").render(
             title=f"study {sid}", levels=LEVELS, grid=grid, rows=rows))
     return out / "index.html"
 
@@ -385,6 +386,6 @@ def write_real_vs_phantom(real: dict[str, pd.DataFrame], phantom: pd.DataFrame, 
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    write_figure(out, fig, dpi=110)
     plt.close(fig)
     return out
