@@ -137,12 +137,16 @@ def cases(cohort: Path, models: Path, work: Path) -> list[CliCase]:
                        ["extract", str(d), "--coords", str(hdr), "--split", "test", "--out",
                         str(work / "hoc" / "f.parquet")], 3, "header but no rows"))
 
-    def coord_case(name, what, edit, frag):
+    def csv_case(table, name, what, edit, frag):
+        """`validate` on a linked copy of the cohort whose CSV ``table`` was damaged by ``edit``."""
         d = linked(f"csv_{name}")
-        c = pd.read_csv(d / "train_label_coordinates.csv", dtype=str)
-        edit(c)
-        c.to_csv(d / "train_label_coordinates.csv", index=False)
+        frame = pd.read_csv(d / table, dtype=str)
+        edit(frame)
+        frame.to_csv(d / table, index=False)
         out.append(CliCase(name, what, ["validate", str(d)], 3, frag))
+
+    def coord_case(name, what, edit, frag):
+        csv_case("train_label_coordinates.csv", name, what, edit, frag)
 
     coord_case("coords_far_outside", "a coordinate at x = 10000 px",
                lambda c: c.__setitem__("x", ["10000.0"] + list(c["x"][1:])), "outside the")
@@ -164,11 +168,7 @@ def cases(cohort: Path, models: Path, work: Path) -> list[CliCase]:
                lambda c: c.__setitem__("series_id", ["123"] + list(c["series_id"][1:])), "is not in")
 
     def series_case(name, what, edit, frag):
-        d = linked(f"csv_{name}")
-        s = pd.read_csv(d / "train_series_descriptions.csv", dtype=str)
-        edit(s)
-        s.to_csv(d / "train_series_descriptions.csv", index=False)
-        out.append(CliCase(name, what, ["validate", str(d)], 3, frag))
+        csv_case("train_series_descriptions.csv", name, what, edit, frag)
 
     series_case("unknown_description", "series description 'Coronal T1'",
                 lambda s: s.__setitem__("series_description", ["Coronal T1"] + list(s["series_description"][1:])),
