@@ -53,3 +53,8 @@ class StudyImages:
             if k is not None:
                 return st, k
         raise SpinefeatError(f"study {self.study_id} series {series_id}: no instance {instance_number}")
+
+    def label_xyz(self, point) -> np.ndarray:
+        """Patient position (mm) of a point given as series_id, instance_number, x (column), y (row)."""
+        st, k = self.locate(point["series_id"], point["instance_number"])
+        return st.geometry.to_patient(k, float(point["y"]), float(point["x"]))

@@ -1,0 +1,62 @@
+"""Find the 25 condition-level points without labels: classical features, a learned detector, a chain model.
+
+1. Sagittal T2: the mid-sagittal slice is the one with the most CSF in its
+   elongated bright column; a curve ``col = f(row)`` is fitted through the
+   column (pieces broken by a tight canal joined along the curve), continued
+   straight past its ends, and sampled every millimetre.
+2. At each sample, the tissue anterior to the canal (vertebral bodies and
+   discs alternate) near the sample and up to 64 mm along the curve (is there
+   a disc above and below: the sacrum has none), the canal's width, the
+   distance to the end of the CSF and the height in the image (fields of view
+   are centred on the lumbar spine) feed a LightGBM classifier: background or
+   one of the five discs.
+3. A chain model picks exactly five ordered samples, L1/L2 at the top, by
+   dynamic programming over the detector's log-probabilities plus spacing
+   priors learned from the training coordinates: no level is skipped or
+   doubled. Each disc then sits at the centre of its detector plateau.
+4. The dural sac centres on the axial T2 slices through the discs give the
+   midline at each level (a Theil-Sen line along the spine: the sagittal plane
+   may be tilted); each spinal point goes on the sagittal slice nearest to it.
+5. Foramina (sagittal T1) and recesses (axial T2) are placed from the midline
+   points through patient-space offsets learned from the training labels, on
+   the slice chosen by patient position (never instance order). A foramen
+   then moves to the middle of the run of slices showing its fat keyhole and
+   to the keyhole's centre; a recess is placed from the dural sac segmented on
+   its axial slice (front-back; left-right from the midline) through a second
+   learned offset.
+
+The detector is a LightGBM text model; everything else is JSON.
+"""
+
+from .canal import (
+           Canal,
+           body_depth_mm,
+           csf_column,
+           fit_canal,
+           follow_column,
+           mid_sagittal,
+)
+from .chain import chain, disc_centre_mm
+from .check import confidence_auc, point_errors, summarize_errors
+from .detector import (
+           Localizer,
+           disc_samples,
+           fit_detector,
+           gap_stats,
+           rsna_samples,
+           train_localizer,
+           train_localizers,
+)
+from .placement import (
+           RECESSES,
+           middle_of_run,
+           midline_offsets_mm,
+           place_foramen,
+           sac_centre,
+)
+from .study import COORD_COLUMNS, localize, localize_study
+
+__all__ = ["COORD_COLUMNS", "Canal", "Localizer", "RECESSES", "body_depth_mm", "chain", "confidence_auc", "csf_column",
+           "disc_centre_mm", "disc_samples", "fit_canal", "fit_detector", "follow_column", "gap_stats", "localize",
+           "localize_study", "mid_sagittal", "middle_of_run", "midline_offsets_mm", "place_foramen", "point_errors",
+           "rsna_samples", "sac_centre", "summarize_errors", "train_localizer", "train_localizers"]

@@ -1,0 +1,317 @@
+"""Sagittal T2, step 1: the mid-sagittal slice, the CSF column and the canal curve sampled every millimetre (pure functions)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..dicom import Stack
+from ..geometry import orientation_axes
+
+log = logging.getLogger(__name__)
+
+
+STEP_MM = 1.0
+
+
+def normalise_intensity(img: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(img, [1, 99.5])
+    return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1.2).astype(np.float32)
+
+
+#: Tissue narrower than this across the image rows stands out of its row's background (the canal is 8-20 mm
+#: AP; the vertebral bodies and the fat of a heavy back are wider).
+TOPHAT_WIDTH_MM = 25.0
+#: A column this close (mm, along its row) to air is the subcutaneous fat of the back, not the canal.
+MIN_BODY_DEPTH_MM = 15.0
+#: A CSF piece is brighter than its row's background by this share of the image's 99.5th percentile top-hat.
+CSF_CUT = 0.3
+
+
+def _row_tophat(x: np.ndarray, dc: float, width_mm: float = TOPHAT_WIDTH_MM) -> np.ndarray:
+    """How much brighter each pixel is than its row's background: a white top-hat along the rows.
+
+    The CSF column is bright against the dark bone, ligament and disc
+    annulus on either side whatever the brightest tissue of the image is (fat
+    is brighter than CSF on many T2): the top-hat keeps it and drops anything
+    wider than ``width_mm``.
+    """
+    return x - ndi.grey_opening(x, size=(1, max(3, int(round(width_mm / dc)))))
+
+
+def body_depth_mm(x: np.ndarray, dc: float, *, air: float = 0.06) -> np.ndarray:
+    """Per pixel of a normalised slice: the distance (mm) along its row to the nearest air outside the body
+    (the image edge is not air: fields of view cut the body)."""
+    body = ndi.binary_fill_holes(ndi.binary_closing(ndi.uniform_filter(x, 9) > air, iterations=3))
+    if body.all() or not body.any():
+        return np.full(x.shape, np.inf)
+    return ndi.distance_transform_edt(np.pad(body, ((0, 0), (1, 1)), constant_values=True),
+                                      sampling=(1e9, dc))[:, 1:-1]
+
+
+def _join_pieces(pieces: dict[int, tuple[np.ndarray, np.ndarray]], seed: int, dr: float, dc: float) -> list[int]:
+    """The piece ``seed`` and the pieces (id -> pixel rows, cols) that continue it: one at a time, nearest
+    first, each within 8 mm of a line through the 40 mm of column next to it (the column curves with the
+    lordosis; a global fit drifts at the ends) and within 50 mm of it."""
+    chain_ids = [seed]
+    rr, cc = pieces[seed]
+    todo = set(pieces) - {seed}
+    while todo:
+        gap = {i: min(abs(pieces[i][0].min() - rr.max()), abs(rr.min() - pieces[i][0].max())) for i in todo}
+        i = min(todo, key=gap.get)
+        todo.discard(i)
+        if gap[i] * dr > 50.0:
+            break
+        r2, c2 = pieces[i]
+        near = np.abs(rr - (r2.min() if r2.min() > rr.max() else r2.max())) * dr <= 40.0
+        if near.sum() < 10 or np.ptp(rr[near]) == 0:
+            continue
+        coef = np.polyfit(rr[near], cc[near], 1)
+        if np.median(np.abs(c2 - np.polyval(coef, r2))) * dc <= 8.0:
+            chain_ids.append(i)
+            rr, cc = np.concatenate([rr, r2]), np.concatenate([cc, c2])
+    return chain_ids
+
+
+def beside_periodicity(x: np.ndarray, mask: np.ndarray, dr: float, dc: float, *,
+                       period_mm: tuple[float, float] = (20.0, 50.0)) -> float:
+    """How periodic the tissue 5-25 mm beside a column is along it, on its more periodic side (0..1).
+
+    Beside the canal, vertebral bodies and discs alternate every 25-45 mm:
+    the largest normalised autocorrelation of the detrended intensity profile
+    (1 mm steps along the rows) at a lag in ``period_mm``.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) < 2 or np.ptp(rows) * dr < 2 * period_mm[0]:
+        return 0.0
+    r = np.arange(rows[0], rows[-1] + 1, 1.0 / dr)
+    cen = np.interp(r, rows, [np.flatnonzero(mask[q]).mean() for q in rows])
+    best = 0.0
+    for side in (-1.0, 1.0):
+        cols = cen[:, None] + side * np.arange(5.0, 25.1, 5.0)[None, :] / dc
+        p = ndi.map_coordinates(x, [np.repeat(r[:, None], cols.shape[1], 1), cols], order=1, mode="nearest").mean(1)
+        p = p - ndi.uniform_filter1d(p, 61, mode="nearest")
+        den = float(np.sum(p * p))
+        if den <= 0:
+            continue
+        for lag in range(int(period_mm[0]), min(int(period_mm[1]), len(p) - 10) + 1):
+            best = max(best, float(np.sum(p[:-lag] * p[lag:]) / den))
+    return best
+
+
+def csf_column(img: np.ndarray, pixel_spacing_mm, *, cut: float = CSF_CUT, follow: bool = True) -> tuple[np.ndarray, float]:
+    """The CSF column: bright, vertically elongated components standing out of their rows, inside the body.
+
+    Brightness is read against each row's background (:func:`_row_tophat`), so
+    neither the field of view's centre nor the brightest tissue matters; pieces
+    within :data:`MIN_BODY_DEPTH_MM` of air (the fat under the skin of the
+    back) are kept only when nothing deeper is found. Each of the longest
+    pieces seeds a chain; other pieces join it, nearest first, when they lie within 8 mm
+    of a line through the 40 mm of column next to them and start within 50 mm
+    of it (the column breaks where a canal is tight, and curves with the
+    lordosis); of the chains so formed, the one with the most contrast times
+    the square root of its length, weighted by :func:`beside_periodicity`, is
+    the column. With ``follow`` it goes on along its ridge
+    (:func:`follow_column`). Returns the mask and its vertical extent (mm).
+    """
+    seed, th, hi = _seed_column(img, pixel_spacing_mm, cut=cut)
+    mask = _follow(seed, th, hi, pixel_spacing_mm, cut) if follow else seed
+    rows = np.flatnonzero(mask.any(axis=1))
+    return mask, float(np.ptp(rows) * float(pixel_spacing_mm[0])) if len(rows) else 0.0
+
+
+def _seed_column(img: np.ndarray, pixel_spacing_mm, *, cut: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The CSF column's own pieces (see :func:`csf_column`), the row top-hat image and its 99.5th percentile."""
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    x = ndi.uniform_filter(normalise_intensity(img), size=3)
+    th = _row_tophat(x, dc)
+    depth = body_depth_mm(x, dc)
+    hi = float(np.percentile(th, 99.5))
+    if hi <= 0:
+        return np.zeros(img.shape, bool), th, hi
+    lab, n = ndi.label(th > cut * hi)
+    if n == 0:
+        return np.zeros(img.shape, bool), th, hi
+    cands, shallow = [], []
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        h_mm = (sl[0].stop - sl[0].start) * dr
+        comp = lab[sl] == i
+        width_mm = float(comp.sum()) * dr * dc / max(h_mm, 1e-6)
+        if h_mm >= 15 and 1.5 <= width_mm <= 22 and h_mm / max(width_mm, 1e-6) > 3:
+            deep = np.median(depth[sl][comp]) >= MIN_BODY_DEPTH_MM
+            (cands if deep else shallow).append((h_mm, i))
+    cands = cands or shallow
+    if not cands:
+        return np.zeros(img.shape, bool), th, hi
+    # Each of the longest pieces seeds a chain of the pieces that join it. The column is the chain with
+    # the most contrast times the square root of its length: the CSF stands out of its rows more than the
+    # fat along the vertebral bodies or in the back muscles, and a canal broken at tight levels is still long;
+    # and it runs along the vertebral column (bodies and discs alternate beside it), a band of fat does not.
+    slices = ndi.find_objects(lab)
+    pieces = {}
+    for _, i in cands:
+        r, c = np.nonzero(lab[slices[i - 1]] == i)
+        pieces[i] = (r + slices[i - 1][0].start, c + slices[i - 1][1].start)
+    chains = [np.isin(lab, _join_pieces(pieces, seed, dr, dc)) for _, seed in sorted(cands)[-6:]]
+    score = [th[m].mean() * np.sqrt(np.ptp(np.flatnonzero(m.any(axis=1))) + 1) * (0.5 + beside_periodicity(x, m, dr, dc))
+             for m in chains]
+    best = int(np.argmax(score))
+    return chains[best], th, hi
+
+
+def _follow(seed: np.ndarray, th: np.ndarray, hi: float, pixel_spacing_mm, cut: float) -> np.ndarray:
+    """The seed column continued along the top-hat ridge, at most 1.5 times its median width."""
+    if not seed.any():
+        return seed
+    width_mm = float(np.median(seed.sum(axis=1)[seed.any(axis=1)])) * float(pixel_spacing_mm[1])
+    return follow_column(th, seed, pixel_spacing_mm, low=0.5 * cut * hi, max_width_mm=max(1.5 * width_mm, 4.0))
+
+
+def follow_column(ridge: np.ndarray, mask: np.ndarray, pixel_spacing_mm, *, low: float, max_slope: float = 1.2,
+                  max_gap_mm: float = 30.0, max_width_mm: float = 22.0) -> np.ndarray:
+    """Continue a column mask up and down along the ridge of ``ridge`` (brightness against the row's
+    background).
+
+    From each end of the column a path goes on row by row, at most
+    ``max_slope`` mm sideways per mm down, through the pixels with the most
+    ridge overall (dynamic programming, so it can cross a dark stretch to the
+    canal beyond a tight level or the bend at the sacrum). Where the path's
+    pixel is above ``low`` it joins the mask with the run of pixels above
+    ``low`` around it (at most ``max_width_mm``); the mask stops at the first
+    stretch of more than ``max_gap_mm`` without one.
+    """
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    h, w = mask.shape
+    out = mask.copy()
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) < 2:
+        return out
+    # The path follows the ridge smoothed over 3 mm of rows (noise); pixels join on their own value.
+    reward = np.clip(ndi.uniform_filter1d(ridge, max(3, int(round(3.0 / dr))), axis=0) / max(2.0 * low, 1e-9), 0.0, 1.0)
+    m = max(1, int(np.floor(max_slope * dr / dc)))
+    half = max(1, int(round(0.5 * max_width_mm / dc)))
+    for step in (-1, 1):
+        r0 = int(rows[0] if step < 0 else rows[-1])
+        seq = np.arange(r0 + step, -1 if step < 0 else h, step)
+        if len(seq) == 0:
+            continue
+        score = np.full(w, -np.inf)
+        score[int(round(np.flatnonzero(mask[r0]).mean()))] = 0.0
+        back = np.zeros((len(seq), w), int)
+        for n, r in enumerate(seq):
+            best, arg = np.full(w, -np.inf), np.zeros(w, int)
+            for d in range(-m, m + 1):
+                cand = np.full(w, -np.inf)
+                src_c = np.arange(w) - d
+                ok = (src_c >= 0) & (src_c < w)
+                cand[ok] = score[src_c[ok]] - 0.02 * abs(d)
+                better = cand > best
+                best[better], arg[better] = cand[better], src_c[better]
+            score, back[n] = best + reward[r], arg
+        path = np.zeros(len(seq), int)
+        path[-1] = int(np.argmax(score))
+        for n in range(len(seq) - 1, 0, -1):
+            path[n - 1] = back[n, path[n]]
+        missed = 0.0
+        for r, c in zip(seq, path):
+            if ridge[r, c] <= low:
+                missed += dr
+                if missed > max_gap_mm:
+                    break
+                continue
+            missed = 0.0
+            a, b = c, c
+            while a > max(0, c - half) and ridge[r, a - 1] > low:
+                a -= 1
+            while b < min(w - 1, c + half) and ridge[r, b + 1] > low:
+                b += 1
+            out[r, a:b + 1] = True
+    # Rows bridged inside the column (tight levels) keep a one-pixel path at the interpolated centre.
+    rows = np.flatnonzero(out.any(axis=1))
+    cen = np.array([np.flatnonzero(out[r]).mean() for r in rows])
+    gaps = np.setdiff1d(np.arange(rows[0], rows[-1] + 1), rows)
+    out[gaps, np.round(np.interp(gaps, rows, cen)).astype(int)] = True
+    return out
+
+
+def mid_sagittal(stack: Stack) -> tuple[int, float]:
+    """The mid-sagittal slice and the midline's offset from it along the slice normal (mm).
+
+    The sac is widest at the midline, so its CSF area on a sagittal slice peaks
+    there: the slice with the largest CSF-column area among those whose column
+    is nearly as long as the longest (a bright patch of fat off the spine can
+    have a large area, never the column's length), refined between slices by a
+    parabola through it and its neighbours.
+    """
+    k = stack.geometry.n_slices
+    cands = list(range(max(0, k // 2 - 4), min(k, k // 2 + 5)))
+    area, extent = {}, {}
+    for i in cands:
+        mask, extent[i] = csf_column(stack.pixels[i], stack.geometry.pixel_spacing_mm, follow=False)
+        area[i] = float(mask.sum()) if extent[i] >= 40 else 0.0
+    longest = max(extent.values())
+    best = max(cands, key=lambda i: (extent[i] >= 0.75 * longest and area[i] > 0, area[i], -abs(i - (k - 1) / 2)))
+    shift = 0.0
+    if best - 1 in area and best + 1 in area:
+        a0, a1, a2 = area[best - 1], area[best], area[best + 1]
+        den = a0 - 2 * a1 + a2
+        if den < 0:
+            shift = float(np.clip(0.5 * (a0 - a2) / den, -0.5, 0.5))
+    return best, shift * stack.geometry.slice_spacing_mm
+
+
+@dataclass
+class Canal:
+    rows: np.ndarray            # sample rows (float, input pixels), top to bottom
+    cols: np.ndarray            # canal centre column at each sample
+    s_mm: np.ndarray            # arc position of each sample (mm from the top sample)
+    width_mm: np.ndarray        # CSF width at each sample
+    end_mm: float               # arc position of the lowest CSF (thecal sac end)
+    anterior: float             # +1 when anterior is increasing column, else -1
+
+
+def fit_canal(img: np.ndarray, pixel_spacing_mm, iop, *, extend_mm: tuple[float, float] = (20.0, 40.0)) -> Canal | None:
+    """Fit ``col = f(row)`` through the CSF column and sample it every :data:`STEP_MM`.
+
+    The curve goes on straight (along its end tangent) ``extend_mm`` above and
+    below the CSF, within the image: the CSF can stop above the lowest disc
+    (a tight canal at L5/S1, a short sac), and the detector must still be able
+    to find it there.
+    """
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    csf, th, hi = _seed_column(img, pixel_spacing_mm, cut=CSF_CUT)
+    mask = _follow(csf, th, hi, pixel_spacing_mm, CSF_CUT)
+    rows_csf = np.flatnonzero(csf.any(axis=1))
+    if len(rows_csf) < 2 or np.ptp(rows_csf) * dr < 40:
+        return None
+    # The centre line: each row's median column (a bright blob beside the column does not pull it), rows
+    # without CSF (tight levels) interpolated, smoothed over 10 mm. A real canal bends too much between the
+    # thoracic spine and the sacrum for one polynomial.
+    rows_m = np.flatnonzero(mask.any(axis=1))
+    top, bottom = int(rows_m[0]), int(rows_m[-1])
+    centre = np.interp(np.arange(top, bottom + 1), rows_m, [np.median(np.flatnonzero(mask[r])) for r in rows_m])
+    win = max(3, int(round(10.0 / dr)) | 1)
+    centre = ndi.uniform_filter1d(ndi.median_filter(centre, size=win, mode="nearest"), win, mode="nearest")
+    end = max(2, int(round(15.0 / dr)))
+    slope = [np.polyfit(np.arange(min(end, len(centre))), centre[:end], 1)[0],
+             np.polyfit(np.arange(min(end, len(centre))), centre[-end:], 1)[0]]
+    first = max(0.0, top - extend_mm[0] / dr)
+    last = min(img.shape[0] - 1.0, bottom + extend_mm[1] / dr)
+    dense = np.arange(first, last + 0.01, 0.25)
+    col = np.where(dense < top, centre[0] + slope[0] * (dense - top),
+                   np.where(dense > bottom, centre[-1] + slope[1] * (dense - bottom),
+                            np.interp(dense, np.arange(top, bottom + 1), centre)))
+    ds = np.hypot(0.25 * dr, np.gradient(col) * dc)
+    s = np.concatenate([[0.0], np.cumsum(ds[1:])])
+    targets = np.arange(0.0, s[-1], STEP_MM)
+    rows = np.interp(targets, s, dense)
+    cols = np.interp(targets, s, col)
+    # Width and end are the CSF's own (the sac), not the canal's continuation along its ridge.
+    width = np.array([csf[int(round(r)), :].sum() * dc for r in rows])
+    f_r, _, _ = orientation_axes(iop)
+    # LPS +y is posterior: anterior is the column direction with F_r . y < 0.
+    anterior = -1.0 if f_r[1] > 0 else 1.0
+    return Canal(rows, cols, targets, width, float(np.interp(rows_csf[-1], dense, s)), anterior)

@@ -1,0 +1,261 @@
+"""Sagittal T2, step 2: the disc detector (a LightGBM classifier on features sampled along the canal curve), the
+:class:`Localizer` (detector + learned spacing and offsets, saved as LightGBM text + JSON) and its training."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from ..dataset import CONDITIONS, LEVELS, DataFolder
+from ..dicom import Stack
+from ..errors import SpinefeatError
+from ..images import StudyImages
+from .canal import STEP_MM, Canal, fit_canal, mid_sagittal, normalise_intensity
+from .chain import DISC_RADIUS_MM, chain, disc_centre_mm
+from .placement import RECESSES, sac_centre
+
+log = logging.getLogger(__name__)
+
+
+ANTERIOR_MM = (8.0, 13.0, 18.0, 23.0)
+ALONG_MM = tuple(np.arange(-12.0, 12.1, 2.0))
+#: Wider context, followed along the canal curve: is there a disc a level above or below (the sacrum has none)?
+FAR_ANTERIOR_MM = (13.0, 18.0)
+FAR_ALONG_MM = tuple(d for d in np.arange(-64.0, 64.1, 8.0) if abs(d) >= 16)
+#: The canal's direction is read here along the curve (mm).
+ANGLE_ALONG_MM = (-60.0, -40.0, -20.0, 0.0, 20.0, 40.0, 60.0)
+DET_PARAMS = {"objective": "multiclass", "num_class": 6, "learning_rate": 0.1, "num_leaves": 31,
+              "min_data_in_leaf": 40, "feature_fraction": 0.8, "verbose": -1, "seed": 0, "deterministic": True,
+              "force_col_wise": True}
+
+
+def sample_features(img: np.ndarray, pixel_spacing_mm, canal: Canal) -> np.ndarray:
+    """Per canal sample: tissue intensities anterior to the canal over +-12 mm along the image rows and at
+    +-16..64 mm along the canal curve (NaN beyond its ends), the CSF width, the position."""
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    x = ndi.uniform_filter(normalise_intensity(img), size=max(3, int(round(2.0 / dr))))
+    h, w = x.shape
+    feats = []
+    for a in ANTERIOR_MM:
+        for d in ALONG_MM:
+            r = np.clip(np.round(canal.rows + d / dr), 0, h - 1).astype(int)
+            c = np.clip(np.round(canal.cols + canal.anterior * a / dc), 0, w - 1).astype(int)
+            feats.append(x[r, c])
+    prof = np.array(feats).T                          # (n, len(ANTERIOR)*len(ALONG))
+    n = len(canal.rows)
+    far = []
+    for a in FAR_ANTERIOR_MM:
+        c_all = np.clip(np.round(canal.cols + canal.anterior * a / dc), 0, w - 1).astype(int)
+        r_all = np.clip(np.round(canal.rows), 0, h - 1).astype(int)
+        for d in FAR_ALONG_MM:
+            j = np.arange(n) + int(round(d / STEP_MM))
+            ok = (j >= 0) & (j < n)
+            v = np.full(n, np.nan, np.float32)
+            v[ok] = x[r_all[j[ok]], c_all[j[ok]]]
+            far.append(v)
+    centre = prof[:, [i * len(ALONG_MM) + len(ALONG_MM) // 2 for i in range(len(ANTERIOR_MM))]]
+    rel = prof - prof.reshape(len(canal.rows), len(ANTERIOR_MM), len(ALONG_MM)).mean(axis=2).repeat(len(ALONG_MM), 1)
+    # Where along the image: fields of view are centred on the lumbar spine (real layouts put L3/L4 near the middle).
+    pos = np.stack([canal.end_mm - canal.s_mm, canal.width_mm, (canal.rows - (h - 1) / 2) * dr], 1)
+    # The canal's direction (degrees from the image's vertical, positive leaning anterior going down) here and
+    # along it: the lordosis peaks at L3-L4 and the canal turns back behind the sacrum.
+    angle = np.degrees(np.arctan2(canal.anterior * np.gradient(canal.cols) * dc, np.gradient(canal.rows) * dr))
+    turn = []
+    for d in ANGLE_ALONG_MM:
+        j = np.arange(n) + int(round(d / STEP_MM))
+        ok = (j >= 0) & (j < n)
+        v = np.full(n, np.nan, np.float32)
+        v[ok] = angle[j[ok]]
+        turn.append(v)
+    return np.concatenate([prof, rel, centre, np.array(far).T, pos, np.array(turn).T], axis=1).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# The model: training and use
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Localizer:
+    detector: lgb.Booster
+    gaps: np.ndarray                         # (4, 2) mm
+    offsets: dict = field(default_factory=dict)   # condition -> level -> [dx, dy, dz] from the spinal point
+    sac_offsets: dict = field(default_factory=dict)  # recess condition -> level -> [dx, dy, dz] from the axial sac centre
+    trained_on: dict = field(default_factory=dict)   # what the detector learnt from (studies, SPIDER patients)
+
+    def save(self, out: Path) -> None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        from ..io import write_json, write_text
+
+        write_text(out / "localizer.txt", self.detector.model_to_string())
+        write_json(out / "localizer.json", {"gaps_mm": self.gaps.tolist(), "offsets_mm": self.offsets,
+                                            "sac_offsets_mm": self.sac_offsets, "step_mm": STEP_MM,
+                                            "trained_on": self.trained_on})
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the detector and the learned geometry (cache keys of features at localised points)."""
+        import hashlib
+
+        meta = json.dumps({"gaps": self.gaps.tolist(), "offsets": self.offsets, "sac": self.sac_offsets}, sort_keys=True)
+        return hashlib.sha256(self.detector.model_to_string().encode() + meta.encode()).hexdigest()[:16]
+
+    @classmethod
+    def load(cls, models: Path) -> "Localizer":
+        from ..models import load_localizer_files
+
+        detector, meta = load_localizer_files(models)   # hashes checked against manifest.json
+        return cls(detector, np.array(meta["gaps_mm"]), meta["offsets_mm"], meta.get("sac_offsets_mm", {}),
+                   meta.get("trained_on", {}))
+
+    def find_discs(self, stack: Stack) -> tuple[int, float, np.ndarray, np.ndarray]:
+        """Mid-sagittal slice, the midline's offset from it (mm), the five disc (row, col) on it, a confidence per level."""
+        k, shift_mm = mid_sagittal(stack)
+        img = stack.pixels[k]
+        canal = fit_canal(img, stack.geometry.pixel_spacing_mm, stack.geometry.iop)
+        if canal is None:
+            raise SpinefeatError(f"study {stack.study_id} series {stack.series_id}: no CSF column found")
+        p = self.detector.predict(sample_features(img, stack.geometry.pixel_spacing_mm, canal))
+        logp = np.log(np.clip(p[:, 1:], 1e-6, 1))
+        idx, _ = chain(logp, canal.s_mm, self.gaps)
+        s_mm = np.array([disc_centre_mm(p[:, lv + 1], canal.s_mm, i) for lv, i in enumerate(idx)])
+        rc = np.stack([np.interp(s_mm, canal.s_mm, canal.rows), np.interp(s_mm, canal.s_mm, canal.cols)], axis=1)
+        return k, shift_mm, rc, p[idx, np.arange(1, 6)]
+
+
+def disc_samples(img: np.ndarray, pixel_spacing_mm, iop, disc_rc) -> tuple[np.ndarray, np.ndarray] | None:
+    """Detector training samples of one sagittal slice: the features of every canal sample and its class,
+    the level (1..5, L1/L2 first) of the disc point ``disc_rc[k]`` (row, col) for the samples within
+    :data:`DISC_RADIUS_MM` along the curve of the sample nearest that point (when the curve passes within
+    10 mm of it), else 0. None when no canal is found."""
+    canal = fit_canal(img, pixel_spacing_mm, iop)
+    if canal is None:
+        return None
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    y = np.zeros(len(canal.rows), int)
+    for li, (r, c) in enumerate(disc_rc):
+        # The disc's place on the curve: its nearest sample, when the curve passes within 10 mm of the point.
+        d = np.hypot((canal.rows - r) * dr, (canal.cols - c) * dc)
+        if d.min() <= 10.0:
+            y[np.abs(canal.s_mm - canal.s_mm[np.argmin(d)]) <= DISC_RADIUS_MM] = li + 1
+    return sample_features(img, pixel_spacing_mm, canal), y
+
+
+def fit_detector(xs: list[np.ndarray], ys: list[np.ndarray], *, jobs: int = 1) -> lgb.Booster:
+    """The disc detector on the samples of many slices (every disc sample weighs as ten background ones)."""
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    return lgb.train(dict(DET_PARAMS, num_threads=jobs), lgb.Dataset(x, y, weight=np.where(y > 0, 10.0, 1.0)), 200)
+
+
+def gap_stats(gaps: list[np.ndarray]) -> np.ndarray:
+    """(4, 2) mean and sd (mm, at least 2) of the distances between neighbouring discs."""
+    g = np.array(gaps)
+    return np.stack([g.mean(axis=0), np.maximum(g.std(axis=0), 2.0)], axis=1)
+
+
+def rsna_samples(root: Path, points: pd.DataFrame, *, progress=None) -> dict:
+    """Everything the localiser learns from a labelled Kaggle-layout folder: detector samples (``x``, ``y``
+    lists, with the study of each in ``owner``), disc gaps (mm), offsets of the other points from the spinal
+    point and of the recesses from the axial sac centre (condition -> level -> list of (study, [dx, dy, dz])).""" 
+    folder = DataFolder(root)
+    ser = folder.series("train")
+    out = {"x": [], "y": [], "gaps": [], "owner": [], "studies": 0,
+           "offsets": {c: {lv: [] for lv in LEVELS} for c in CONDITIONS[1:]},
+           "sac_offsets": {c: {lv: [] for lv in LEVELS} for c in RECESSES}}
+    study_ids = sorted(points["study_id"].unique())
+    for n, sid in enumerate(study_ids):
+        if progress is not None:
+            progress(n, len(study_ids))
+        pts = points[points["study_id"] == sid]
+        sp = pts[pts["condition"] == "spinal_canal_stenosis"].set_index("level")
+        if len(sp) < 5 or sp["series_id"].nunique() != 1:
+            continue
+        images = StudyImages(folder, "train", sid, ser)
+        try:
+            (stack,) = images.stacks(int(sp["series_id"].iloc[0]))[:1]
+            spine_xyz = {lv: images.label_xyz(sp.loc[lv]) for lv in LEVELS}
+            k = stack.slice_of_instance(int(sp["instance_number"].iloc[0]))
+            got = disc_samples(stack.pixels[k], stack.geometry.pixel_spacing_mm, stack.geometry.iop,
+                               [(sp.loc[lv, "y"], sp.loc[lv, "x"]) for lv in LEVELS])
+        except (SpinefeatError, ValueError, KeyError) as exc:
+            log.warning("study %s skipped for the localiser: %s", sid, exc)
+            continue
+        if got is None:
+            continue
+        out["x"].append(got[0])
+        out["y"].append(got[1])
+        out["owner"].append(int(sid))
+        out["studies"] += 1
+        z = np.array([spine_xyz[lv] for lv in LEVELS])
+        out["gaps"].append(np.linalg.norm(np.diff(z, axis=0), axis=1))
+        for cond in CONDITIONS[1:]:
+            for _, p in pts[pts["condition"] == cond].iterrows():
+                try:
+                    xyz = images.label_xyz(p)
+                    out["offsets"][cond][p["level"]].append((int(sid), (xyz - spine_xyz[p["level"]]).tolist()))
+                    if cond in RECESSES:
+                        centre = sac_centre(*images.locate(p["series_id"], p["instance_number"]),
+                                            spine_xyz[p["level"]], keep_lateral=True)
+                        if centre is not None:
+                            out["sac_offsets"][cond][p["level"]].append((int(sid), (xyz - centre).tolist()))
+                except (SpinefeatError, KeyError):
+                    pass
+    if progress is not None:
+        progress(len(study_ids), len(study_ids))
+    return out
+
+
+def train_localizer(root: Path, points: pd.DataFrame, *, spider: Path | None = None, jobs: int = 1,
+                    progress=None) -> Localizer:
+    """Learn the detector, the level spacing and the offsets of the other points from labelled studies,
+    and with ``spider`` (a SPIDER folder, :mod:`spinefeat.spider`) the detector and the spacing also from
+    its real sagittal T2 and disc masks."""
+    return train_localizers(root, points, spider=spider, jobs=jobs, progress=progress)[0]
+
+
+def train_localizers(root: Path, points: pd.DataFrame, *, folds: dict[int, int] | None = None,
+                     spider: Path | None = None, jobs: int = 1,
+                     progress=None) -> tuple[Localizer, dict[int, Localizer]]:
+    """:func:`train_localizer` on all studies, and with ``folds`` (study -> fold) one localiser per fold
+    learnt without that fold's studies (to cross-fit: each study localised by a localiser that never saw
+    it; SPIDER patients, never scored, serve every fold). Each study is read once."""
+    got = rsna_samples(root, points, progress=progress)
+    owner = list(got["owner"])
+    trained_on = {"studies": got["studies"]}
+    if spider is not None:
+        from ..spider import read_spider, spider_samples
+
+        patients = read_spider(spider)
+        for p in patients:
+            xs, ys, gaps = spider_samples(p)
+            got["x"] += xs
+            got["y"] += ys
+            got["gaps"] += gaps
+            owner += [None] * len(xs)
+        trained_on["spider_patients"] = [p.patient for p in patients]
+    # A SPIDER slice may carry no gap (gaps and samples are then not one to one): gaps keep their own owners.
+    gap_owner = list(got["owner"]) + [None] * (len(got["gaps"]) - len(got["owner"]))
+
+    def fit(keep) -> Localizer:
+        use = [i for i, sid in enumerate(owner) if sid is None or keep(sid)]
+        if not use:
+            raise SpinefeatError("no study could train the localiser (need five spinal points on one sagittal slice)")
+
+        def medians(table):
+            return {c: {lv: np.median(np.array([o for sid, o in v if keep(sid)]), axis=0).tolist()
+                        for lv, v in d.items() if any(keep(sid) for sid, _ in v)} for c, d in table.items()}
+
+        gaps = [g for g, sid in zip(got["gaps"], gap_owner) if sid is None or keep(sid)]
+        return Localizer(fit_detector([got["x"][i] for i in use], [got["y"][i] for i in use], jobs=jobs),
+                         gap_stats(gaps), medians(got["offsets"]), medians(got["sac_offsets"]),
+                         dict(trained_on, studies=sum(1 for sid in got["owner"] if keep(sid))))
+
+    by_fold = {k: fit(lambda sid, k=k: folds.get(sid) != k) for k in sorted(set((folds or {}).values()))}
+    return fit(lambda sid: True), by_fold
