@@ -49,7 +49,7 @@ def test_levels_are_always_ordered_and_apart_even_on_noise():
 def test_spinal_point_projects_to_its_disc_on_both_axial_layouts(want_per_disc):
     """Draw studies until the axial layout wanted appears; every spinal point lands within half a spacing."""
     for index in range(40):
-        rng, latents, ph = synth._draw_study(5, index)
+        rng, latents, ph = synth.draw_study(5, index)
         plans = synth.plan_study(rng, ph, "1.2.3")
         stacks = plans["Axial T2"].stacks
         if (len(stacks) > 1) == want_per_disc:

@@ -55,7 +55,7 @@ def test_each_coordinate_lies_in_the_structure_it_marks(cohort):
         h = pydicom.dcmread(f, stop_before_pixels=True)
         xyz = pixel_to_patient(rec.y, rec.x, [float(v) for v in h.ImagePositionPatient],
                                [float(v) for v in h.ImageOrientationPatient], [float(v) for v in h.PixelSpacing])
-        _, region, _ = ph.tissue(xyz[None, None, :])
+        _, region, _ = synth.tissue(ph, xyz[None, None, :])
         hits.append(int(region[0, 0]) in EXPECTED_REGION[rec.condition])
     assert len(hits) > 100 and np.mean(hits) == 1.0
 
@@ -118,14 +118,14 @@ def test_rendered_canal_grade_follows_lurie_thirds(cohort):
 
 def test_rendered_canal_shrinks_with_latent_narrowing():
     """The sac really narrows on the rendered image: count CSF-region pixels in the disc plane."""
-    _, latents, ph = synth._draw_study(11, 0)
+    _, latents, ph = synth.draw_study(11, 0)
     areas, fs = [], []
     for li in range(5):
         di = synth.LUMBAR_DISC0 + li
         s = ph.disc_centre[di]
         uu, vv = np.meshgrid(np.arange(-20, 20, 0.1), np.arange(-5, 25, 0.1))
         xyz = ph.to_patient(uu, vv, np.full_like(uu, s))
-        _, reg, _ = ph.tissue(xyz)
+        _, reg, _ = synth.tissue(ph, xyz)
         areas.append((reg == synth.SAC).sum() * 0.01)
         fs.append(ph.f_canal[di])
         truth = synth.true_measurements(ph)[("spinal_canal_stenosis", ds.LEVELS[li])]["canal_area_mm2"]
