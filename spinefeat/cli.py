@@ -196,7 +196,7 @@ def index(
     strict: Annotated[bool, typer.Option(help="Exit 1 when any file could not be read.")] = False,
 ) -> None:
     """Scan every DICOM header (no pixels) into an instance table and a per-series summary."""
-    from .dicom import index_folder
+    from .dataset import index_folder
     from .io import check_output_file, write_csv, write_parquet
 
     out = check_output_file(out or data / "index.parquet")

@@ -1,4 +1,4 @@
-"""The RSNA 2024 lumbar spine folder: CSV readers, validators and naming helpers.
+"""The RSNA 2024 lumbar spine folder: CSV readers, validators, naming helpers and the folder's DICOM index.
 
 Every reader checks the columns and values it relies on and raises
 :class:`~spinefeat.errors.DataError` naming the file, the row (as a 1-based
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .dicom import INSTANCE_COLUMNS, check_series_planes, read_header, scan_series, summarize_series
+from .errors import DataError, DicomError
 
 CONDITIONS = (
     "spinal_canal_stenosis",
@@ -275,8 +276,6 @@ class DataFolder:
         (:func:`spinefeat.dicom.check_series_planes`: one header read per series, a warning per fix)."""
         ser = read_series_descriptions(self.series_path(split))
         if check_planes:
-            from .dicom import check_series_planes
-
             ser, _ = check_series_planes(self.images_dir(split), ser)
         return ser
 
@@ -334,9 +333,6 @@ class DataFolder:
 
     def _check_points_in_images(self, coords: pd.DataFrame, coord_path: Path) -> None:
         """Each coordinate must name an instance file of its series and lie inside that image."""
-        from .dicom import read_header
-        from .errors import DicomError
-
         sizes: dict[tuple[int, int, int], tuple[int, int]] = {}
         for i, rec in enumerate(coords.itertuples()):
             key = (rec.study_id, rec.series_id, rec.instance_number)
@@ -355,3 +351,47 @@ class DataFolder:
                 if not 0 <= val <= size:
                     raise DataError(f"{coord_path}: line {_line(i)}, column '{col}': {val:g} is outside the "
                                     f"{cols} x {rows} image of study {key[0]} series {key[1]} instance {key[2]}")
+
+
+def index_folder(root: Path, *, jobs: int = 1, progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scan every DICOM header of a Kaggle-layout folder (no pixels).
+
+    Walks ``{train,test}_images/<study>/<series>/*.dcm``; series descriptions
+    come from the split's ``*_series_descriptions.csv`` when present.
+
+    Returns ``(instances, series)``: one row per instance (columns
+    :data:`INSTANCE_COLUMNS`) and one per series (:func:`spinefeat.dicom.summarize_series`).
+    ``progress`` is called with the number of series done after each one.
+    """
+    from joblib import Parallel, delayed
+
+    root = Path(root)
+    jobs_list = []
+    for split in ("train", "test"):
+        img = root / f"{split}_images"
+        if not img.is_dir():
+            continue
+        desc_path = root / f"{split}_series_descriptions.csv"
+        desc = {}
+        if desc_path.is_file():
+            d = read_series_descriptions(desc_path)
+            desc = dict(zip(zip(d["study_id"], d["series_id"]), d["series_description"]))
+        for study_dir in sorted(p for p in img.iterdir() if p.is_dir() and p.name.isdigit()):
+            for series_dir in sorted(p for p in study_dir.iterdir() if p.is_dir() and p.name.isdigit()):
+                key = (int(study_dir.name), int(series_dir.name))
+                jobs_list.append((series_dir, split, key, desc.get(key, "")))
+    if not jobs_list:
+        raise DicomError(f"{root}: no train_images/ or test_images/ series folders found")
+    rows: list[dict] = []
+    done = 0
+    runner = Parallel(n_jobs=jobs, return_as="generator")
+    for res in runner(delayed(scan_series)(d, split=s, study_id=k[0], series_id=k[1], description=desc)
+                      for d, s, k, desc in jobs_list):
+        rows.extend(res)
+        done += 1
+        if progress is not None:
+            progress(done)
+    inst = pd.DataFrame(rows)
+    inst = inst.reindex(columns=list(INSTANCE_COLUMNS))
+    inst["error"] = inst["error"].fillna("")
+    return inst, summarize_series(inst)

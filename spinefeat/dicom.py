@@ -464,52 +464,6 @@ def _slice(f: Path) -> tuple:
             _str(ds, "SOPInstanceUID"), _str(ds, "PhotometricInterpretation") == "MONOCHROME1")
 
 
-def index_folder(root: Path, *, jobs: int = 1, progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scan every DICOM header of a Kaggle-layout folder (no pixels).
-
-    Walks ``{train,test}_images/<study>/<series>/*.dcm``; series descriptions
-    come from the split's ``*_series_descriptions.csv`` when present.
-
-    Returns ``(instances, series)``: one row per instance (columns
-    :data:`INSTANCE_COLUMNS`) and one per series (:func:`summarize_series`).
-    ``progress`` is called with the number of series done after each one.
-    """
-    from joblib import Parallel, delayed
-
-    from .dataset import read_series_descriptions
-
-    root = Path(root)
-    jobs_list = []
-    for split in ("train", "test"):
-        img = root / f"{split}_images"
-        if not img.is_dir():
-            continue
-        desc_path = root / f"{split}_series_descriptions.csv"
-        desc = {}
-        if desc_path.is_file():
-            d = read_series_descriptions(desc_path)
-            desc = dict(zip(zip(d["study_id"], d["series_id"]), d["series_description"]))
-        for study_dir in sorted(p for p in img.iterdir() if p.is_dir() and p.name.isdigit()):
-            for series_dir in sorted(p for p in study_dir.iterdir() if p.is_dir() and p.name.isdigit()):
-                key = (int(study_dir.name), int(series_dir.name))
-                jobs_list.append((series_dir, split, key, desc.get(key, "")))
-    if not jobs_list:
-        raise DicomError(f"{root}: no train_images/ or test_images/ series folders found")
-    rows: list[dict] = []
-    done = 0
-    runner = Parallel(n_jobs=jobs, return_as="generator")
-    for res in runner(delayed(scan_series)(d, split=s, study_id=k[0], series_id=k[1], description=desc)
-                      for d, s, k, desc in jobs_list):
-        rows.extend(res)
-        done += 1
-        if progress is not None:
-            progress(done)
-    inst = pd.DataFrame(rows)
-    inst = inst.reindex(columns=list(INSTANCE_COLUMNS))
-    inst["error"] = inst["error"].fillna("")
-    return inst, summarize_series(inst)
-
-
 #: The plane each series type is acquired in.
 PLANE_OF_TYPE = {"Sagittal T1": "sagittal", "Sagittal T2/STIR": "sagittal", "Axial T2": "axial"}
 

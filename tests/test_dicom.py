@@ -4,7 +4,7 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, MRImageStorage, generate_uid
 
-from spinefeat import dicom
+from spinefeat import dataset, dicom
 from spinefeat.errors import DicomError
 from spinefeat.geometry import project_to_stacks
 
@@ -90,7 +90,7 @@ def test_undecodable_compressed_pixels_name_syntax(tmp_path):
 def test_summary_flags_missing_and_two_stacks(tmp_path):
     make_series(tmp_path / "train_images" / "7" / "70", [0, 4, 8, 16, 20], [1, 2, 3, 4, 5])          # 12 missing
     make_series(tmp_path / "train_images" / "7" / "71", [0, 4, 8, 60, 64, 68], [1, 2, 3, 4, 5, 6])  # two stacks
-    inst, series = dicom.index_folder(tmp_path)
+    inst, series = dataset.index_folder(tmp_path)
     assert len(inst) == 11 and (inst.error == "").all()
     s70 = series.set_index("series_id").loc[70]
     s71 = series.set_index("series_id").loc[71]
@@ -102,13 +102,13 @@ def test_summary_flags_missing_and_two_stacks(tmp_path):
 def test_unreadable_file_is_recorded_not_fatal(tmp_path):
     d = make_series(tmp_path / "train_images" / "7" / "70", [0, 4], [1, 2])
     (d / "3.dcm").write_bytes(b"not a dicom file")
-    inst, series = dicom.index_folder(tmp_path)
+    inst, series = dataset.index_folder(tmp_path)
     assert (inst.error != "").sum() == 1 and "3.dcm" in inst.loc[inst.error != "", "error"].iloc[0]
     assert len(dicom.load_series(d)[0].instance_numbers) == 2
 
 
 def test_real_study_indexes_and_loads(real_study):
-    inst, series = dicom.index_folder(real_study)
+    inst, series = dataset.index_folder(real_study)
     assert len(series) == 3 and inst.frame_of_reference.nunique() == 1
     assert np.allclose(series.slice_spacing_mm, 5.0, atol=0.01)
     assert series.set_index("series_id").loc[5007, "plane"] == "axial"
