@@ -296,18 +296,6 @@ def _features(data: Path, coords: Optional[str], split: str, *, models: Optional
                            scheduler=scheduler, progress=lambda n, t: prog.update(task, completed=n, total=t))
 
 
-def _read_table(path: Path):
-    """A parquet table, or a :class:`DataError` naming the file."""
-    import pandas as pd
-
-    from .errors import DataError
-
-    try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable parquet table ({type(exc).__name__})") from None
-
-
 def _print_cv(cv: dict) -> None:
     from rich.table import Table
 
@@ -340,10 +328,10 @@ def train(
     run leaves the previous folder as it was, and a rerun resumes from the cached features.
     """
     from .io import check_output_dir
-    from .pipeline import train_all
+    from .pipeline import read_parquet_table, train_all
 
     check_output_dir(out)
-    label_features = _read_table(features_path) if features_path is not None else None
+    label_features = read_parquet_table(features_path) if features_path is not None else None
     with _progress() as prog:
         task = prog.add_task("training", total=None)
         result = train_all(data, out, folds=folds, jobs=jobs, seed=seed, points=points.value,
@@ -436,7 +424,9 @@ def bench(
                         startup=i == 0, progress=lambda text: prog.update(task, description=f"{root.name}: {text}"))
         if train_features is not None and i == 0:
             labels = read_train(train_labels) if train_labels is not None else folder.train()
-            res.update(b.time_training(_read_table(train_features), labels, studies=train_studies, jobs=jobs))
+            from .pipeline import read_parquet_table
+
+            res.update(b.time_training(read_parquet_table(train_features), labels, studies=train_studies, jobs=jobs))
             res["peak_rss_mb"] = b.peak_rss_mb()
         md, js = b.write(res, out_dir, names[i] if names else root.name)
         typer.echo(md.read_text())
@@ -636,10 +626,10 @@ def check_synth(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The cohort folder (with truth/).")],
 ) -> None:
     """Measurement accuracy and grade separation against a synthetic cohort's truth sidecar."""
-    from .pipeline import read_csv_table
+    from .pipeline import read_csv_table, read_parquet_table
     from .report import synth_accuracy
 
-    errs, seps = synth_accuracy(_read_table(features_path),
+    errs, seps = synth_accuracy(read_parquet_table(features_path),
                                 read_csv_table(data / "truth" / "targets.csv", "truth sidecar (truth/targets.csv)"))
     fmt = {"float_format": lambda v: f"{v:.3f}"}
     typer.echo(errs.to_string(index=False, **fmt))

@@ -148,6 +148,16 @@ def features_at(data: Path, coords: str | None, split: str, *, models: Path | No
                    scheduler=scheduler, progress=progress)
 
 
+def read_parquet_table(path: Path) -> pd.DataFrame:
+    """A parquet table (a feature table ...), or a :class:`DataError` naming the file."""
+    from .errors import DataError
+
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable parquet table ({type(exc).__name__})") from None
+
+
 def read_csv_table(path: Path, what: str) -> pd.DataFrame:
     """A CSV the code wrote itself (oof.csv ...), or a :class:`DataError` naming it and what to do."""
     from .errors import DataError
@@ -165,7 +175,6 @@ def write_cohort_report(models: Path, data: Path, out: Path, *, features: pd.Dat
                         test_scores_true: dict | None = None, title: str = "spinefeat report") -> Path:
     """The HTML report of trained models: their out-of-fold CV on ``data`` and a page for each of the first
     ``studies`` studies of ``features`` (default: the models' training table at the label points)."""
-    from .errors import DataError
     from .explain import explain_study, global_importance
     from .models import load
     from .report import write_report
@@ -174,10 +183,7 @@ def write_cohort_report(models: Path, data: Path, out: Path, *, features: pd.Dat
     oof = read_csv_table(Path(models) / "oof.csv", "out-of-fold predictions (oof.csv)")
     path = Path(models) / "train_features.parquet"
     if features is None and path.is_file():
-        try:
-            features = pd.read_parquet(path)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable parquet table ({type(exc).__name__})") from None
+        features = read_parquet_table(path)
     pages = {}
     if features is not None:
         for sid in list(dict.fromkeys(features["study_id"]))[:studies]:
