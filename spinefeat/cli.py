@@ -265,23 +265,21 @@ def extract(
     _batch_exit(len(_failed_studies(df)), df["study_id"].nunique(), strict)
 
 
-def _points(folder, coords: Optional[str], split: str, *, models: Optional[Path] = None, jobs: int = 1,
+def _points(data: Path, coords: Optional[str], split: str, *, models: Optional[Path] = None, jobs: int = 1,
             scheduler: Optional[str] = None):
-    """Points to measure at: 'labels', a CSV, or 'predicted' (the localiser saved with the models)."""
-    from .pipeline import given_points, load_localizer
+    """:func:`spinefeat.pipeline.points_at` with a progress bar while the localiser runs, and a word on the
+    points it could not place."""
+    from .pipeline import points_at
 
-    if coords in (None, "predicted"):
-        from .localize import localize
-
-        loc = load_localizer(models)
-        with _progress() as prog:
-            task = prog.add_task(f"localising {split} studies", total=None)
-            pts, missing = localize(loc, folder.root, split=split, jobs=jobs, scheduler=scheduler,
-                                    progress=lambda n, t: prog.update(task, completed=n, total=t))
-        if len(missing):
-            console.print(f"[yellow]{len(missing)} points could not be placed[/yellow] (e.g. {missing.reason.iloc[0]})")
-        return pts
-    return given_points(folder.root, coords, split)
+    if coords not in (None, "predicted"):
+        return points_at(data, coords, split)[0]
+    with _progress() as prog:
+        task = prog.add_task(f"localising {split} studies", total=None)
+        pts, missing = points_at(data, coords, split, models=models, jobs=jobs, scheduler=scheduler,
+                                 progress=lambda n, t: prog.update(task, completed=n, total=t))
+    if len(missing):
+        console.print(f"[yellow]{len(missing)} points could not be placed[/yellow] (e.g. {missing.reason.iloc[0]})")
+    return pts
 
 
 def _features(data: Path, coords: Optional[str], split: str, *, models: Optional[Path], cache: Path, jobs: int,
@@ -416,7 +414,7 @@ def bench(
     for i, root in enumerate(data):
         folder = DataFolder(root)
         sp = split or ("test" if "test" in folder.splits() else folder.splits()[0])
-        points = found if found is not None else _points(folder, coords or "labels", sp)
+        points = found if found is not None else _points(root, coords or "labels", sp)
         with _progress() as prog:
             task = prog.add_task(f"bench {root.name}", total=None)
             res = b.run(root, points, split=sp, graders=graders, studies=studies,
@@ -471,7 +469,7 @@ def explain(
 
         points = LocalisedPoints(load_localizer(models_dir))
     else:
-        points = _points(folder, coords, split)
+        points = _points(data, coords, split)
     feats = add_relative_features(extract_study(data, split, study, folder.series(split), points,
                                                 overlays=out / "overlays"))
     table = explain_study(graders, feats, study, top=top)
@@ -545,14 +543,13 @@ def localize(
     """Find the 25 points of every study without labels."""
     import time as _t
 
-    from .dataset import DataFolder
     from .io import check_output_dir, check_output_file, write_csv
 
     check_output_file(out)
     if overlays is not None:
         check_output_dir(overlays)
     t0 = _t.perf_counter()
-    pts = _points(DataFolder(data), "predicted", split, models=models_dir, jobs=jobs, scheduler=scheduler)
+    pts = _points(data, "predicted", split, models=models_dir, jobs=jobs, scheduler=scheduler)
     write_csv(out, pts)
     n = pts["study_id"].nunique()
     console.print(f"{len(pts)} points for {n} studies -> {out} ({(_t.perf_counter() - t0) / max(n, 1):.2f} s per study, "

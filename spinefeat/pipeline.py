@@ -137,6 +137,18 @@ def given_points(data: Path, coords: str, split: str) -> pd.DataFrame:
     return read_coordinates(Path(coords))
 
 
+def points_at(data: Path, coords: str | None, split: str, *, models: Path | None = None, jobs: int = 1,
+              scheduler=None, progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The points ``coords`` names and the points that could not be placed: ``labels``, a points CSV (none
+    missing), or ``predicted``/None (the localiser saved in ``models`` run on every study of the split;
+    ``progress(done, total)``)."""
+    if coords in (None, "predicted"):
+        from .localize import localize
+
+        return localize(load_localizer(models), data, split=split, jobs=jobs, scheduler=scheduler, progress=progress)
+    return given_points(data, coords, split), pd.DataFrame(columns=["study_id", "reason"])
+
+
 def features_at(data: Path, coords: str | None, split: str, *, models: Path | None, cache: Path, jobs: int = 1,
                 overlays: Path | None = None, studies: list[int] | None = None, scheduler=None,
                 progress=None) -> pd.DataFrame:
