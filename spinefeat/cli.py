@@ -455,24 +455,11 @@ def explain(
     top: Annotated[int, typer.Option(min=1, help="Drivers shown per target.")] = 3,
 ) -> None:
     """Each target's grade with the features that drove it (values in units) and overlays of what was measured."""
-    from .dataset import DataFolder
-    from .explain import explain_study
-    from .extract import add_relative_features, extract_study
     from .io import check_output_dir
-    from .models import load
+    from .pipeline import explain as explain_one
 
     check_output_dir(out)
-    graders = load(models_dir)
-    folder = DataFolder(data)
-    if coords in (None, "predicted"):      # localise this study only, on the decoding it is measured on
-        from .pipeline import LocalisedPoints, load_localizer
-
-        points = LocalisedPoints(load_localizer(models_dir))
-    else:
-        points = _points(data, coords, split)
-    feats = add_relative_features(extract_study(data, split, study, folder.series(split), points,
-                                                overlays=out / "overlays"))
-    table = explain_study(graders, feats, study, top=top)
+    table = explain_one(data, models_dir, study, split=split, coords=coords, overlays=out / "overlays", top=top)
     if table.empty:
         _fail(SpinefeatError(f"study {study}: no point was measured (check --split and --coords)"))
     _print_explanation(table)

@@ -152,12 +152,33 @@ def points_at(data: Path, coords: str | None, split: str, *, models: Path | None
 def features_at(data: Path, coords: str | None, split: str, *, models: Path | None, cache: Path, jobs: int = 1,
                 overlays: Path | None = None, studies: list[int] | None = None, scheduler=None,
                 progress=None) -> pd.DataFrame:
-    """Feature rows at the points ``coords`` names: ``labels``, a points CSV, or ``predicted``/None (the
-    localiser saved in ``models``, run on each study's own decoding)."""
-    points = LocalisedPoints(load_localizer(models)) if coords in (None, "predicted") else \
-        given_points(data, coords, split)
-    return extract(data, points, split=split, cache=cache, jobs=jobs, overlays=overlays, studies=studies,
-                   scheduler=scheduler, progress=progress)
+    """Feature rows at the points ``coords`` names (:func:`point_source`)."""
+    return extract(data, point_source(data, coords, split, models=models), split=split, cache=cache, jobs=jobs,
+                   overlays=overlays, studies=studies, scheduler=scheduler, progress=progress)
+
+
+def point_source(data: Path, coords: str | None, split: str, *, models: Path | None):
+    """What extraction measures at: ``labels`` or a points CSV (a point table), or ``predicted``/None (the
+    localiser saved in ``models``, run on each study's own decoding: :class:`LocalisedPoints`)."""
+    if coords in (None, "predicted"):
+        return LocalisedPoints(load_localizer(models))
+    return given_points(data, coords, split)
+
+
+def explain(data: Path, models: Path, study: int, *, split: str = "test", coords: str | None = None,
+            overlays: Path | None = None, top: int = 3) -> pd.DataFrame:
+    """One study's grades with the features that drove them (:func:`spinefeat.explain.explain_study`), measured
+    at the points ``coords`` names (:func:`point_source`; the localiser runs on this study only); the
+    measured regions drawn under ``overlays``."""
+    from .explain import explain_study
+    from .extract import add_relative_features, extract_study
+    from .models import load
+
+    graders = load(models)
+    points = point_source(data, coords, split, models=models)
+    feats = add_relative_features(extract_study(data, split, study, DataFolder(data).series(split), points,
+                                                overlays=overlays))
+    return explain_study(graders, feats, study, top=top)
 
 
 def read_parquet_table(path: Path) -> pd.DataFrame:
