@@ -282,14 +282,17 @@ def _points(data: Path, coords: Optional[str], split: str, *, models: Optional[P
     return pts
 
 
+def _extracting(coords: Optional[str], split: str) -> str:
+    return f"{'localising and ' if coords in (None, 'predicted') else ''}extracting {split} studies"
+
+
 def _features(data: Path, coords: Optional[str], split: str, *, models: Optional[Path], cache: Path, jobs: int,
               overlays=None, scheduler: Optional[str] = None):
     """:func:`spinefeat.pipeline.features_at` with a progress bar."""
     from .pipeline import features_at
 
     with _progress() as prog:
-        what = f"{'localising and ' if coords in (None, 'predicted') else ''}extracting {split} studies"
-        task = prog.add_task(what, total=None)
+        task = prog.add_task(_extracting(coords, split), total=None)
         return features_at(data, coords, split, models=models, cache=cache, jobs=jobs, overlays=overlays,
                            scheduler=scheduler, progress=lambda n, t: prog.update(task, completed=n, total=t))
 
@@ -354,14 +357,17 @@ def predict(
 ) -> None:
     """Write a challenge submission: 25 rows per study, priors where a point or series is missing."""
     from .io import check_output_dir, check_output_file, write_csv
-    from .models import LOW_CONFIDENCE_REASON, load
+    from .models import LOW_CONFIDENCE_REASON
+    from .pipeline import predict as run_predict
 
     check_output_file(out)
     fb_path = check_output_file(out.with_name(out.stem + ".fallback.csv"))
     cache = check_output_dir(cache or out.with_suffix(".cache"))
-    graders = load(models_dir)
-    feats = _features(data, coords, split, models=models_dir, cache=cache, jobs=jobs, scheduler=scheduler)
-    sub, fallback = graders.predict(feats)
+    with _progress() as prog:
+        task = prog.add_task(_extracting(coords, split), total=None)
+        sub, fallback, feats = run_predict(data, models_dir, split=split, coords=coords, cache=cache, jobs=jobs,
+                                           scheduler=scheduler,
+                                           progress=lambda n, t: prog.update(task, completed=n, total=t))
     write_csv(out, sub)
     write_csv(fb_path, fallback)
     low = fallback["reason"].str.startswith(LOW_CONFIDENCE_REASON)

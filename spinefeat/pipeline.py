@@ -157,6 +157,21 @@ def features_at(data: Path, coords: str | None, split: str, *, models: Path | No
                    overlays=overlays, studies=studies, scheduler=scheduler, progress=progress)
 
 
+def predict(data: Path, models: Path, *, split: str = "test", coords: str | None = None, cache: Path,
+            jobs: int = 1, overlays: Path | None = None, scheduler=None,
+            progress=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The submission of a split graded by the models in ``models`` at the points ``coords`` names
+    (:func:`features_at`): ``(submission, fallback, features)``; ``fallback`` lists the rows graded by the
+    priors or at low-confidence points, with the reason."""
+    from .models import load
+
+    graders = load(models)
+    feats = features_at(data, coords, split, models=models, cache=cache, jobs=jobs, overlays=overlays,
+                        scheduler=scheduler, progress=progress)
+    sub, fallback = graders.predict(feats)
+    return sub, fallback, feats
+
+
 def point_source(data: Path, coords: str | None, split: str, *, models: Path | None):
     """What extraction measures at: ``labels`` or a points CSV (a point table), or ``predicted``/None (the
     localiser saved in ``models``, run on each study's own decoding: :class:`LocalisedPoints`)."""
@@ -240,7 +255,6 @@ def demo(out: Path, report_dir: Path, *, studies: int = 50, test_studies: int = 
     from .dataset import read_train
     from .io import write_csv, write_json
     from .metric import score
-    from .models import load
     from .synth import synth_cohort
 
     report = step or (lambda *a: None)
@@ -251,19 +265,17 @@ def demo(out: Path, report_dir: Path, *, studies: int = 50, test_studies: int = 
                  progress=lambda n: report("1/5 synthesising studies", n, studies + test_studies))
     result = train_all(cohort, models, folds=folds, jobs=jobs, seed=seed,
                        step=lambda name, n, t: report(f"2/5 training: {name}", n, t))
-    graders = load(models)
     test_labels = read_train(cohort / "truth" / "test_labels.csv")
     overlays = out / "overlays"
-    feats = features_at(cohort, "predicted", "test", models=models, cache=out / "test_features.cache", jobs=jobs,
-                        overlays=overlays, progress=lambda n, t: report("3/5 localising and grading the held-out "
-                                                                         "studies", n, t))
-    sub, _ = graders.predict(feats)
+    sub, _, feats = predict(cohort, models, split="test", cache=out / "test_features.cache", jobs=jobs,
+                            overlays=overlays, progress=lambda n, t: report("3/5 localising and grading the "
+                                                                             "held-out studies", n, t))
     write_csv(out / "submission.csv", sub)
     scores = score(test_labels, sub)
-    true_feats = features_at(cohort, str(cohort / "truth" / "test_label_coordinates.csv"), "test", models=models,
+    sub_true, _, _ = predict(cohort, models, split="test", coords=str(cohort / "truth" / "test_label_coordinates.csv"),
                              cache=out / "test_true_points.cache", jobs=jobs,
                              progress=lambda n, t: report("4/5 grading them at their true points", n, t))
-    scores_true = score(test_labels, graders.predict(true_feats)[0])
+    scores_true = score(test_labels, sub_true)
     report("5/5 explaining and writing the report", 0, 1)
     index = write_cohort_report(models, cohort, report_dir, features=feats, overlays=overlays,
                                 test_scores={"points": "predicted", **{k: float(v) for k, v in scores.items()}},
