@@ -565,34 +565,28 @@ def check_localize(
     studies: Annotated[int, typer.Option(min=1, help="Studies drawn with --overlays (worst first).")] = 6,
 ) -> None:
     """Localisation error against true points: mm, wrong level, wrong slice."""
-    from .dataset import read_coordinates
-    from .errors import DataError
     from .io import check_output_dir, check_output_file, write_csv
-    from .localize import confidence_auc, point_errors, summarize_errors
+    from .pipeline import check_localisation
 
     if out is not None:
         check_output_file(out)
     if overlays is not None:
         check_output_dir(overlays)
-    pred, true = read_coordinates(predicted), read_coordinates(truth)
-    err = point_errors(data, pred, true, split=split)
-    if err.empty:
-        raise DataError(f"{predicted} and {truth}: no true point has a predicted point of the same study and target "
-                        f"in the {split} split (check the files and --split)")
+    res = check_localisation(data, predicted, truth, split=split)
     if out is not None:
-        write_csv(out, err)
-    summary = summarize_errors(err)
-    typer.echo(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    shifted = err.groupby("study_id")["wrong_level"].any()
-    typer.echo(f"all points: within 5 mm {(err.error_mm <= 5).mean():.3f}, within 6 mm {(err.error_mm <= 6).mean():.3f}, "
-               f"wrong level {err.wrong_level.mean():.4f}, studies {err.study_id.nunique()}, studies with a point on "
-               f"a wrong level {int(shifted.sum())}; AUC of the confidence for an error over 6 mm "
-               f"{confidence_auc(err):.3f} ({int((err.error_mm > 6).sum())} such points)")
+        write_csv(out, res["errors"])
+    typer.echo(res["summary"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    o = res["overall"]
+    typer.echo(f"all points: within 5 mm {o['within_5_mm']:.3f}, within 6 mm {o['within_6_mm']:.3f}, "
+               f"wrong level {o['wrong_level']:.4f}, studies {o['studies']}, studies with a point on "
+               f"a wrong level {o['studies_with_a_wrong_level']}; AUC of the confidence for an error over 6 mm "
+               f"{o['confidence_auc_over_6_mm']:.3f} ({o['points_over_6_mm']} such points)")
     if overlays is not None:
         from .report import write_point_sheets
 
-        worst = err.groupby("study_id")["error_mm"].max().sort_values(ascending=False).index[:studies]
-        written = write_point_sheets(data, pred[pred["study_id"].isin(worst)], overlays, split=split, truth=true)
+        pred, worst = res["predicted"], res["worst_studies"][:studies]
+        written = write_point_sheets(data, pred[pred["study_id"].isin(worst)], overlays, split=split,
+                                     truth=res["truth"])
         console.print(f"point overlays of {len(written)} studies (largest errors) -> {overlays}")
 
 

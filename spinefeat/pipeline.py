@@ -196,6 +196,29 @@ def explain(data: Path, models: Path, study: int, *, split: str = "test", coords
     return explain_study(graders, feats, study, top=top)
 
 
+def check_localisation(data: Path, predicted: Path, truth: Path, *, split: str = "test") -> dict:
+    """Localisation error of the points in ``predicted`` against those in ``truth`` (coordinate-file CSVs of
+    studies of ``data``): ``errors`` (one row per true point with a prediction), ``summary`` (per condition),
+    ``overall`` (fractions within 5 and 6 mm, on a wrong level, study counts, the confidence's AUC for an
+    error over 6 mm), ``worst_studies`` (by largest error, worst first), and the two point tables read."""
+    from .dataset import read_coordinates
+    from .errors import DataError
+    from .localize import confidence_auc, point_errors, summarize_errors
+
+    pred, true = read_coordinates(predicted), read_coordinates(truth)
+    err = point_errors(data, pred, true, split=split)
+    if err.empty:
+        raise DataError(f"{predicted} and {truth}: no true point has a predicted point of the same study and target "
+                        f"in the {split} split (check the files and --split)")
+    overall = {"within_5_mm": float((err.error_mm <= 5).mean()), "within_6_mm": float((err.error_mm <= 6).mean()),
+               "wrong_level": float(err.wrong_level.mean()), "studies": int(err.study_id.nunique()),
+               "studies_with_a_wrong_level": int(err.groupby("study_id")["wrong_level"].any().sum()),
+               "confidence_auc_over_6_mm": confidence_auc(err), "points_over_6_mm": int((err.error_mm > 6).sum())}
+    worst = err.groupby("study_id")["error_mm"].max().sort_values(ascending=False).index
+    return {"errors": err, "summary": summarize_errors(err), "overall": overall,
+            "worst_studies": [int(s) for s in worst], "predicted": pred, "truth": true}
+
+
 def read_parquet_table(path: Path) -> pd.DataFrame:
     """A parquet table (a feature table ...), or a :class:`DataError` naming the file."""
     from .errors import DataError
