@@ -642,20 +642,20 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option(help="Write the terms as JSON here.")] = None,
 ) -> None:
     """Score a submission with the challenge metric (three weighted log losses + any_severe_spinal)."""
-    from .dataset import read_submission, read_train
     from .io import check_output_file, write_json
-    from .metric import TERMS, breakdown, score
+    from .metric import TERMS
+    from .pipeline import evaluate as score_file
 
     if out is not None:
         check_output_file(out)
-    train, sub = read_train(labels), read_submission(submission)
-    res = score(train, sub, allow_missing=allow_missing)
+    res, by_table = score_file(submission, labels, by=by.value if by is not None else None,
+                               allow_missing=allow_missing)
     for t in TERMS:
         typer.echo(f"{t:>18s}  {res[t]:.4f}")
     typer.echo(f"{'score':>18s}  {res['score']:.4f}   ({res['n_scored']} scored rows"
                + (f", {res['n_missing']} without prediction skipped)" if res["n_missing"] else ")"))
-    if by is not None:
-        typer.echo(breakdown(train, sub, by.value).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if by_table is not None:
+        typer.echo(by_table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if out is not None:
         write_json(out, res)       # a term without scored rows is NaN: written as null (JSON has no NaN)
 

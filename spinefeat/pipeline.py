@@ -196,6 +196,18 @@ def explain(data: Path, models: Path, study: int, *, split: str = "test", coords
     return explain_study(graders, feats, study, top=top)
 
 
+def evaluate(submission: Path, labels: Path, *, by: str | None = None,
+             allow_missing: bool = False) -> tuple[dict, pd.DataFrame | None]:
+    """A submission CSV scored against a train.csv with the challenge metric: the terms (and counts of
+    scored and skipped rows), and with ``by`` (``level`` or ``condition``) the log loss broken down."""
+    from .dataset import read_submission, read_train
+    from .metric import breakdown, score
+
+    train, sub = read_train(labels), read_submission(submission)
+    res = score(train, sub, allow_missing=allow_missing)
+    return res, (breakdown(train, sub, by) if by is not None else None)
+
+
 def check_localisation(data: Path, predicted: Path, truth: Path, *, split: str = "test") -> dict:
     """Localisation error of the points in ``predicted`` against those in ``truth`` (coordinate-file CSVs of
     studies of ``data``): ``errors`` (one row per true point with a prediction), ``summary`` (per condition),
