@@ -445,3 +445,27 @@ def write(res: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
     write_json(js, res)
     write_text(md, markdown(res))
     return md, js
+
+
+def bench_folder(root: Path, *, points=None, coords: str | None = None, split: str | None = None, graders=None,
+                 studies: int = 10, repeats: int = 3, workers: tuple[int, ...] = (1, 2), throughput_studies: int = 8,
+                 startup: bool = True, train_features: Path | None = None, train_labels: Path | None = None,
+                 train_studies: int = 2000, jobs: int = 2, progress=None) -> dict:
+    """:func:`run` on one folder, at ``points`` (a point source such as the models' localiser) or else at the
+    points ``coords`` names (default: the label points). With ``train_features`` (a feature table) also the
+    training time on its rows bootstrapped to ``train_studies`` studies (labels: ``train_labels`` or the
+    folder's train.csv) and the peak memory after it."""
+    from .dataset import read_train
+    from .pipeline import points_at, read_parquet_table
+
+    folder = DataFolder(root)
+    split = split or ("test" if "test" in folder.splits() else folder.splits()[0])
+    if points is None:
+        points = points_at(root, coords or "labels", split)[0]
+    res = run(root, points, split=split, graders=graders, studies=studies, repeats=repeats, workers=workers,
+              throughput_studies=throughput_studies, startup=startup, progress=progress)
+    if train_features is not None:
+        labels = read_train(train_labels) if train_labels is not None else folder.train()
+        res.update(time_training(read_parquet_table(train_features), labels, studies=train_studies, jobs=jobs))
+        res["peak_rss_mb"] = peak_rss_mb()
+    return res

@@ -401,7 +401,6 @@ def bench(
     """Where the time goes: per-stage medians and p90s, the predict path against the decode floor, throughput
     with 1 and 2 workers, start-up, training time and peak memory. Markdown + JSON per folder."""
     from . import bench as b
-    from .dataset import DataFolder, read_train
     from .io import check_output_dir
 
     check_output_dir(out_dir)
@@ -418,20 +417,14 @@ def bench(
         if coords is None:
             found = LocalisedPoints(load_localizer(models_dir))
     for i, root in enumerate(data):
-        folder = DataFolder(root)
-        sp = split or ("test" if "test" in folder.splits() else folder.splits()[0])
-        points = found if found is not None else _points(root, coords or "labels", sp)
         with _progress() as prog:
             task = prog.add_task(f"bench {root.name}", total=None)
-            res = b.run(root, points, split=sp, graders=graders, studies=studies,
-                        repeats=repeats, workers=tuple(range(1, workers + 1)), throughput_studies=throughput_studies,
-                        startup=i == 0, progress=lambda text: prog.update(task, description=f"{root.name}: {text}"))
-        if train_features is not None and i == 0:
-            labels = read_train(train_labels) if train_labels is not None else folder.train()
-            from .pipeline import read_parquet_table
-
-            res.update(b.time_training(read_parquet_table(train_features), labels, studies=train_studies, jobs=jobs))
-            res["peak_rss_mb"] = b.peak_rss_mb()
+            res = b.bench_folder(root, points=found, coords=coords, split=split, graders=graders, studies=studies,
+                                 repeats=repeats, workers=tuple(range(1, workers + 1)),
+                                 throughput_studies=throughput_studies, startup=i == 0,
+                                 train_features=train_features if i == 0 else None, train_labels=train_labels,
+                                 train_studies=train_studies, jobs=jobs,
+                                 progress=lambda text: prog.update(task, description=f"{root.name}: {text}"))
         md, js = b.write(res, out_dir, names[i] if names else root.name)
         typer.echo(md.read_text())
         console.print(f"-> {md}, {js}")
