@@ -1,47 +1,17 @@
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, MRImageStorage, generate_uid
+from pydicom.uid import JPEG2000Lossless
 
+from dicom_factory import instance, write
 from spinefeat import dataset, dicom
 from spinefeat.errors import DicomError
 from spinefeat.geometry import project_to_stacks
 
-AXIAL = [1, 0, 0, 0, 1, 0]
-
-
-def write_instance(path, pixels, ipp, iop=AXIAL, *, instance=1, spacing=(0.5, 0.5), photometric="MONOCHROME2",
-                   slope=1.0, intercept=0.0, syntax=ExplicitVRLittleEndian, frame="1.2.3.4"):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.FrameOfReferenceUID = frame
-    ds.InstanceNumber = instance
-    ds.ImagePositionPatient = list(ipp)
-    ds.ImageOrientationPatient = list(iop)
-    ds.PixelSpacing = list(spacing)
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    if syntax != ExplicitVRLittleEndian:
-        ds.PixelData = pydicom.encaps.encapsulate([b"\x00\x01garbage" * 4])
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
-
-
 def make_series(folder, zs, instances, **kw):
     folder.mkdir(parents=True)
     for z, inst in zip(zs, instances):
-        write_instance(folder / f"{inst}.dcm", np.full((8, 10), inst, np.uint16), [0, 0, z], instance=inst, **kw)
+        write(folder / f"{inst}.dcm", instance(pixels=np.full((8, 10), inst, np.uint16), ipp=[0, 0, z], number=inst, **kw))
     return folder
 
 
@@ -57,7 +27,7 @@ def test_load_sorts_by_geometry_not_instance_number(tmp_path):
 
 def test_rescale_applied_into_given_slice(tmp_path):
     px = np.array([[0, 10], [20, 30]], np.uint16)
-    write_instance(tmp_path / "a.dcm", px, [0, 0, 0], slope=2.0, intercept=-5.0)
+    write(tmp_path / "a.dcm", instance(pixels=px, slope=2.0, intercept=-5.0))
     a = dicom.decode_pixels(pydicom.dcmread(tmp_path / "a.dcm"), tmp_path / "a.dcm")
     assert a.dtype == np.float32 and np.allclose(a, [[-5, 15], [35, 55]])
     stack = np.zeros((2, 2, 2), np.float32)
@@ -72,8 +42,8 @@ def test_monochrome1_inverted_with_the_series_range(tmp_path):
     second = np.array([[10, 15], [15, 15]], np.uint16)
     d = tmp_path / "1" / "2"
     d.mkdir(parents=True)
-    write_instance(d / "1.dcm", first, [0, 0, 0], instance=1, photometric="MONOCHROME1")
-    write_instance(d / "2.dcm", second, [0, 0, 4], instance=2, photometric="MONOCHROME1")
+    write(d / "1.dcm", instance(pixels=first, number=1, photometric="MONOCHROME1"))
+    write(d / "2.dcm", instance(pixels=second, ipp=[0, 0, 4], number=2, photometric="MONOCHROME1"))
     (stack,) = dicom.load_series(d)
     assert np.allclose(stack.pixels[0], 30 - first.astype(float))
     assert np.allclose(stack.pixels[1], 30 - second.astype(float))
@@ -81,7 +51,7 @@ def test_monochrome1_inverted_with_the_series_range(tmp_path):
 
 
 def test_undecodable_compressed_pixels_name_syntax(tmp_path):
-    write_instance(tmp_path / "c.dcm", np.zeros((4, 4), np.uint16), [0, 0, 0], syntax=JPEG2000Lossless)
+    write(tmp_path / "c.dcm", instance(pixels=np.zeros((4, 4), np.uint16), syntax=JPEG2000Lossless))
     ds = pydicom.dcmread(tmp_path / "c.dcm")
     with pytest.raises(DicomError, match="JPEG 2000"):
         dicom.decode_pixels(ds, tmp_path / "c.dcm")

@@ -11,52 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pydicom
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, MPEG2MPML, MRImageStorage, generate_uid
+from pydicom.uid import JPEGLSLossless, MPEG2MPML
 
-AXIAL = [1, 0, 0, 0, 1, 0]
-
-
-def instance(*, pixels=None, ipp=(0, 0, 0), iop=AXIAL, number=1, spacing=(0.5, 0.5), photometric="MONOCHROME2",
-             bits=16, syntax=ExplicitVRLittleEndian) -> FileDataset:
-    """One valid MR instance (8 x 10 by default) as a pydicom dataset, with identifying tags set."""
-    pixels = np.arange(80, dtype=np.uint16).reshape(8, 10) + number if pixels is None else pixels
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.FrameOfReferenceUID = "1.2.3.4"
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "PID-SECRET-42"
-    ds.PatientBirthDate = "19500101"
-    ds.SeriesDescription = "free text SECRET-DESC"
-    ds.InstanceNumber = number
-    ds.ImagePositionPatient = list(ipp)
-    ds.ImageOrientationPatient = list(iop)
-    ds.PixelSpacing = list(spacing)
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype("<u2" if bits == 16 else "u1").tobytes()
-    if syntax != ExplicitVRLittleEndian:
-        ds.PixelData = pydicom.encaps.encapsulate([b"\x00\x01no decoder" * 4])
-    return ds
-
-
-def dicom_bytes(ds: FileDataset) -> bytes:
-    from io import BytesIO
-
-    buf = BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+from dicom_factory import dicom_bytes, instance
 
 
 @dataclass
