@@ -193,24 +193,26 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def study_folds(studies, *, folds: int, seed: int) -> tuple[dict, dict]:
-    """Study -> scored fold, and study -> inner fold (for fold k, the training studies with inner == k
-    stop the boosting early: about 1/folds of them)."""
-    studies = np.asarray(studies)
-    rng = np.random.default_rng(seed)
-    fold_of = dict(zip(rng.permutation(studies), np.arange(len(studies)) % folds))
-    inner_of = dict(zip(rng.permutation(studies), np.arange(len(studies)) % folds))
-    return fold_of, inner_of
+def early_stopping_studies(studies, fold_of: dict[int, int], worst: pd.Series, folds: int,
+                           seed: int) -> dict[int, np.ndarray]:
+    """Per fold ``k``, the training studies that stop its boosting early and fit its calibration: a
+    stratified 1/``folds`` share of the ``studies`` outside fold ``k`` (:func:`stratified_folds` with seed
+    ``seed + 1 + k``). The scored fold itself chooses nothing."""
+    held = {}
+    for k in range(folds):
+        part = [int(s) for s in studies if fold_of[int(s)] != k]
+        inner = stratified_folds(part, worst, min(folds, len(part)), seed + 1 + k)
+        held[k] = np.array([s for s in part if inner[s] == 0])
+    return held
 
 
 def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner, *, cols: list[str], params: dict,
                folds: int, scored: np.ndarray | None = None, on_fold=None) -> tuple[np.ndarray, list[int]]:
     """Out-of-fold raw scores of the grader (LightGBM, weights 1/2/4) in study-grouped folds.
 
-    ``fold`` gives each row's scored fold; ``inner`` each row's inner fold (:func:`study_folds`: for fold k
-    the training rows with inner == k stop the boosting early), or a function ``k -> mask`` of the rows
-    that stop fold k early. Rows with ``scored`` False only ever train. The held-out fold is never used to
-    choose anything, so its predictions are honest. ``on_fold(k, booster, es)`` is called after each fold
+    ``fold`` gives each row's scored fold; ``inner(k)`` the mask of the training rows that stop fold k's
+    boosting early (rows of :func:`early_stopping_studies`). Rows with ``scored`` False only ever train.
+    The held-out fold is never used to choose anything, so its predictions are honest. ``on_fold(k, booster, es)`` is called after each fold
     with its booster and the mask of its early-stopping rows. Returns the raw scores (zero on rows never
     scored) and the best iteration of each fold.
     """
@@ -219,7 +221,7 @@ def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner, *, cols: l
     raw = np.zeros((len(y), 3))
     best = []
     for k in range(folds):
-        stops = inner(k) if callable(inner) else inner == k
+        stops = inner(k)
         va = (fold == k) & scored
         es = (fold != k) & stops & scored
         tr = (fold != k) & ~stops
@@ -270,12 +272,7 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
     lost = [int(s) for s in studies if int(s) not in fold_of]
     if lost:
         raise SpinefeatError(f"study {lost[0]} has feature rows but no fold")
-    # Per fold: the training studies that stop the boosting early and fit the fold's calibration.
-    held = {}
-    for k in range(folds):
-        part = [int(s) for s in studies if fold_of[int(s)] != k]
-        inner = stratified_folds(part, worst, min(folds, len(part)), seed + 1 + k)
-        held[k] = np.array([s for s in part if inner[s] == 0])
+    held = early_stopping_studies(studies, fold_of, worst, folds, seed)
     params = dict(PARAMS, num_threads=jobs, seed=seed)
     out = {"boosters": {}, "columns": {}, "temperature": {}, "rounds": {}, "params": params}
     fold_temperature: dict[str, list[float]] = {}

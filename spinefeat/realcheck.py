@@ -44,6 +44,8 @@ AXIAL_PATCH_HALF_PX = 10
 #: The spinal yardstick: the whole axial crop down-sampled to (columns, rows).
 SPINAL_PATCH_SHAPE = (12, 8)
 FOLDS = 5
+#: Seed of the folds and of LightGBM in the CV (stated in real_check.json).
+FOLD_SEED = 0
 
 TERMS = ("foraminal", "subarticular", "spinal")
 REGION_OF_TERM = {"foraminal": "foramen", "subarticular": "recess", "spinal": "canal_ax"}
@@ -343,23 +345,36 @@ def feature_sets(df: pd.DataFrame, term: str) -> dict[str, list[str]]:
     return {"full": usable, "measurements_only": shape + context, "patch_baseline": patch + context}
 
 
-def cv_proba(df: pd.DataFrame, cols: list[str], *, folds: int = FOLDS, seed: int = 0, jobs: int = 1) -> np.ndarray:
-    """Out-of-fold class probabilities of the project's grader on ``cols`` (graded rows, study-grouped folds)."""
-    from .models import PARAMS, _softmax, grouped_cv, study_folds
+def cv_folds(df: pd.DataFrame, *, folds: int = FOLDS, seed: int = FOLD_SEED) -> tuple[dict, dict]:
+    """The folds `train` uses (:func:`spinefeat.models.stratified_folds`: ``StratifiedGroupKFold`` on each
+    study's worst grade, here of the term's graded rows) and each fold's early-stopping studies."""
+    from .models import early_stopping_studies, stratified_folds
 
-    fold_of, inner_of = study_folds(np.sort(df["study_id"].unique()), folds=folds, seed=seed)
+    studies = np.sort(df["study_id"].unique())
+    worst = df.groupby("study_id")["severity"].max()
+    fold_of = stratified_folds(studies, worst, folds, seed)
+    return fold_of, early_stopping_studies(studies, fold_of, worst, folds, seed)
+
+
+def cv_proba(df: pd.DataFrame, cols: list[str], *, folds: int = FOLDS, seed: int = FOLD_SEED,
+             jobs: int = 1) -> np.ndarray:
+    """Out-of-fold class probabilities of the project's grader on ``cols`` (graded rows, :func:`cv_folds`)."""
+    from .models import PARAMS, _softmax, grouped_cv
+
+    fold_of, held = cv_folds(df, folds=folds, seed=seed)
     x = df[cols].to_numpy(np.float32)
     y = df["severity"].to_numpy(int)
-    raw, _ = grouped_cv(x, y, df["study_id"].map(fold_of).to_numpy(), df["study_id"].map(inner_of).to_numpy(),
+    study = df["study_id"]
+    raw, _ = grouped_cv(x, y, study.map(fold_of).to_numpy(), lambda k: study.isin(held[k]).to_numpy(),
                         cols=list(cols), params=dict(PARAMS, num_threads=jobs, seed=seed), folds=folds)
     return _softmax(raw)
 
 
-def constant_proba(df: pd.DataFrame, *, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
+def constant_proba(df: pd.DataFrame, *, folds: int = FOLDS, seed: int = FOLD_SEED) -> np.ndarray:
     """The best constant, fitted on each fold's training rows (same folds as :func:`cv_proba`)."""
-    from .models import prior_proba, study_folds
+    from .models import prior_proba
 
-    fold_of, _ = study_folds(np.sort(df["study_id"].unique()), folds=folds, seed=seed)
+    fold_of, _ = cv_folds(df, folds=folds, seed=seed)
     fold = df["study_id"].map(fold_of).to_numpy()
     y = df["severity"].to_numpy(int)
     p = np.zeros((len(df), 3))
@@ -499,7 +514,11 @@ def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None,
     if spider is not None:
         result["spider"] = {name: fn(Path(spider), jobs) for name, fn in SPIDER_CHECKS.items()} or None
     seconds["total"] = time.perf_counter() - t0
-    result["run"] = {"spinefeat_version": __version__, "folds": FOLDS, "seconds": seconds, "jobs": jobs,
+    result["run"] = {"spinefeat_version": __version__, "folds": FOLDS, "fold_seed": FOLD_SEED,
+                     "fold_method": "StratifiedGroupKFold on each study's worst grade of the term, grouped by "
+                                    "study, as train (spinefeat.models.stratified_folds); per fold a stratified "
+                                    "share of the training studies stops the boosting early",
+                     "seconds": seconds, "jobs": jobs,
                      "folders": {k: str(v) for k, v in (("sagittal_t1", sagittal_t1), ("axial_t2", axial_t2),
                                                         ("spider", spider)) if v is not None},
                      "peer_files": [Path(p).name for p in peer_files],

@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from spinefeat import realcheck
 from spinefeat.cli import app
+from spinefeat.models import stratified_folds
 from spinefeat.segment import segment_foramen
 from spinefeat.segment.common import View
 
@@ -165,6 +167,22 @@ def test_real_check_beats_the_constant_on_real_foramina(sagittal_check):
     assert f["measurements_only"] <= f["constant"] - 0.10, f
     assert abs(sum(f["quality"][q] for q in ("found", "weak", "failed")) + f["quality"]["error"] - 1) < 1e-6
     assert "| foraminal |" in (out / "real_check.md").read_text()
+    assert res["run"]["fold_seed"] == realcheck.FOLD_SEED and "StratifiedGroupKFold" in res["run"]["fold_method"]
+
+
+def test_real_check_folds_are_the_ones_train_uses():
+    """real-check's folds come from train's fold maker: the studies with a Severe row are spread over the folds
+    (5 of 40 here, one per fold), and each fold stops early on studies of the other folds only."""
+    rng = np.random.default_rng(0)
+    severe = [1000 + s for s in range(5)]
+    df = pd.DataFrame([{"study_id": 1000 + s, "severity": 2 if 1000 + s in severe and lv == 0 else int(rng.integers(0, 2))}
+                       for s in range(40) for lv in range(5)])
+    fold_of, held = realcheck.cv_folds(df, folds=5, seed=0)
+    worst = df.groupby("study_id")["severity"].max()
+    assert fold_of == stratified_folds(sorted(df["study_id"].unique()), worst, 5, 0)
+    assert sorted(fold_of[s] for s in severe) == [0, 1, 2, 3, 4]
+    for k, ids in held.items():
+        assert len(ids) and all(fold_of[int(s)] != k for s in ids)
 
 
 def test_real_check_axial_terms_and_peer(shared, tmp_path):
