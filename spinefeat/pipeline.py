@@ -1,4 +1,6 @@
-"""The pipeline: where points come from (labels or the localiser), and training for `train` and `demo`."""
+"""The pipeline the commands run: where points come from (labels, a CSV or the localiser), the features at
+them, training (cross-fitted localiser and graders), prediction, explanation, scoring, the localisation
+check, the cohort report and the demo, which goes through the same functions."""
 
 from __future__ import annotations
 
