@@ -212,9 +212,10 @@ def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner, *, cols: l
 
     ``fold`` gives each row's scored fold; ``inner(k)`` the mask of the training rows that stop fold k's
     boosting early (rows of :func:`early_stopping_studies`). Rows with ``scored`` False only ever train.
-    The held-out fold is never used to choose anything, so its predictions are honest. ``on_fold(k, booster, es)`` is called after each fold
-    with its booster and the mask of its early-stopping rows. Returns the raw scores (zero on rows never
-    scored) and the best iteration of each fold.
+    The held-out fold is never used to choose anything, so its predictions are honest.
+    ``on_fold(k, booster, es)`` is called after each fold with its booster and the mask of its
+    early-stopping rows. Returns the raw scores (zero on rows never scored) and the best iteration of
+    each fold.
     """
     scored = np.ones(len(y), bool) if scored is None else scored
     w = np.asarray(SEVERITY_WEIGHTS)[y]

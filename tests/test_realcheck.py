@@ -175,7 +175,8 @@ def test_real_check_folds_are_the_ones_train_uses():
     (5 of 40 here, one per fold), and each fold stops early on studies of the other folds only."""
     rng = np.random.default_rng(0)
     severe = [1000 + s for s in range(5)]
-    df = pd.DataFrame([{"study_id": 1000 + s, "severity": 2 if 1000 + s in severe and lv == 0 else int(rng.integers(0, 2))}
+    df = pd.DataFrame([{"study_id": 1000 + s,
+                        "severity": 2 if 1000 + s in severe and lv == 0 else int(rng.integers(0, 2))}
                        for s in range(40) for lv in range(5)])
     fold_of, held = realcheck.cv_folds(df, folds=5, seed=0)
     worst = df.groupby("study_id")["severity"].max()
