@@ -7,12 +7,17 @@ whichever of them asks first.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
 from .dataset import DataFolder
-from .dicom import Stack, load_series
+from .dicom import Stack, load_series, read_header, series_files
 from .errors import SpinefeatError
+
+log = logging.getLogger(__name__)
 
 
 class StudyImages:
@@ -23,15 +28,45 @@ class StudyImages:
         self.series = series[series["study_id"] == self.study_id]
         self._stacks: dict[int, list[Stack]] = {}
         self._high: dict[int, float] = {}
+        self._one_frame: str | None = None
+
+    def study_frame(self) -> str:
+        """The frame every series of the study is taken to share when the FrameOfReferenceUIDs say nothing,
+        else "".
+
+        A scanner puts the series of one session in one frame. When no two series of the study share a
+        FrameOfReferenceUID, the UIDs were regenerated per series (the RSNA 2024 anonymiser did this to every
+        study: Sagittal T1, T2 and Axial T2 of one session each got their own) and cannot tell sessions apart;
+        the series are then taken to share the patient coordinates of the study, as their positions show.
+        Read from one header per series, once.
+        """
+        if self._one_frame is None:
+            frames = []
+            for sid in self.series["series_id"].astype(int):
+                try:
+                    frames.append(read_header(series_files(self._series_dir(sid))[0])["frame_of_reference"])
+                except SpinefeatError:
+                    continue
+            regenerated = len(frames) >= 2 and all(frames) and len(set(frames)) == len(frames)
+            self._one_frame = f"study {self.study_id} (one FrameOfReferenceUID per series)" if regenerated else ""
+            if regenerated:
+                log.info("study %s: every series has its own FrameOfReferenceUID; taken as one frame", self.study_id)
+        return self._one_frame
+
+    def _series_dir(self, series_id: int):
+        return self.folder.images_dir(self.split) / str(self.study_id) / str(series_id)
 
     def stacks(self, series_id: int) -> list[Stack]:
         """The stacks of one series of the study (decoded on the first call)."""
         series_id = int(series_id)
         if series_id not in self._stacks:
             desc = self.series.loc[self.series["series_id"] == series_id, "series_description"]
-            self._stacks[series_id] = load_series(
-                self.folder.images_dir(self.split) / str(self.study_id) / str(series_id),
-                description=desc.iloc[0] if len(desc) else "", study_id=self.study_id, series_id=series_id)
+            stacks = load_series(self._series_dir(series_id), description=desc.iloc[0] if len(desc) else "",
+                                 study_id=self.study_id, series_id=series_id)
+            if self.study_frame():
+                for st in stacks:
+                    st.geometry = replace(st.geometry, frame_of_reference=self.study_frame())
+            self._stacks[series_id] = stacks
         return self._stacks[series_id]
 
     def series_high(self, series_id: int) -> float:

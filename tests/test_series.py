@@ -114,6 +114,38 @@ def test_recess_points_are_not_placed_across_frames(trained, other_frame):
     assert (placed.condition == "spinal_canal_stenosis").sum() == 5      # the sagittal points are placed
 
 
+@pytest.fixture(scope="module")
+def frame_per_series(cohort, tmp_path_factory):
+    """The first training study with every series given a FrameOfReferenceUID of its own (as the RSNA 2024
+    anonymiser left every study)."""
+    series = DataFolder(cohort).series("train")
+    sid = int(series.study_id.iloc[0])
+    root = _copy_study(cohort, "train", sid, tmp_path_factory.mktemp("frames") / "d")
+    for i, d in enumerate(sorted((root / "train_images" / str(sid)).iterdir())):
+        for f in d.glob("*.dcm"):
+            ds = pydicom.dcmread(f)
+            ds.FrameOfReferenceUID = f"1.2.826.0.1.3680043.8.498.{i + 1}"
+            ds.save_as(f)
+    return root, sid, series
+
+
+def test_a_frame_per_series_is_taken_as_one_frame(cohort, other_frame, frame_per_series):
+    root, sid, series = frame_per_series
+    assert StudyImages(DataFolder(root), "train", sid, series).study_frame()
+    assert not StudyImages(DataFolder(other_frame[0]), "train", sid, series).study_frame()   # T1 and T2 share one
+    assert not StudyImages(DataFolder(cohort), "train", sid, series).study_frame()
+    points = points_from_labels(DataFolder(cohort))
+    rows = extract_study(root, "train", sid, series, points)
+    assert rows[rows.condition == "spinal_canal_stenosis"].canal_ax_shape_area_mm2.notna().all()
+
+
+def test_recesses_are_placed_when_every_series_has_its_own_frame(trained, frame_per_series):
+    root, sid, series = frame_per_series
+    rows, missing = localize_study(Localizer.load(trained), root, "train", sid, series)
+    assert not any("FrameOfReferenceUID" in m for m in missing)
+    assert sum("subarticular" in r["condition"] for r in rows) == 10
+
+
 def test_localiser_finds_levels_on_the_most_complete_t2(trained, cohort, tmp_path):
     """A second, truncated Sagittal T2 listed first: the levels come from the complete one."""
     series = DataFolder(cohort).series("test")
