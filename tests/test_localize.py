@@ -207,13 +207,12 @@ def _axial_stack(centre_rc, r_mm=6.0, px=0.5, n=200):
     return Stack(1, 2, "Axial T2", img[None].astype(np.float32), geo, np.array([1]))
 
 
-def test_sac_centre_finds_the_sac_and_can_keep_the_seeds_left_right():
+def test_sac_centre_finds_the_sac_from_the_spinal_point_in_front_of_it():
     from spinefeat.localize import sac_centre
 
     st = _axial_stack((110, 96))                       # sac centre at x = -50 + 96 * 0.5 = -2, y = 5
     seed = st.geometry.to_patient(0, 104, 100)          # 3 mm in front of and 2 mm beside it
     np.testing.assert_allclose(sac_centre(st, 0, seed), [-2.0, 5.0, 0.0], atol=0.15)
-    np.testing.assert_allclose(sac_centre(st, 0, seed, keep_lateral=True), [seed[0], 5.0, 0.0], atol=0.15)
     blank = _axial_stack((110, 96))
     blank.pixels[:] = 0.0
     assert sac_centre(blank, 0, seed) is None

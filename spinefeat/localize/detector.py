@@ -19,7 +19,7 @@ from ..errors import SpinefeatError
 from ..images import StudyImages
 from .canal import STEP_MM, Canal, fit_canal, mid_sagittal, normalise_intensity
 from .chain import DISC_RADIUS_MM, chain, disc_centre_mm
-from .placement import RECESSES, sac_centre
+from .placement import RECESSES, recess_corners_xyz
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Localizer:
     detector: lgb.Booster
     gaps: np.ndarray                         # (4, 2) mm
     offsets: dict = field(default_factory=dict)   # condition -> level -> [dx, dy, dz] from the spinal point
-    sac_offsets: dict = field(default_factory=dict)  # recess condition -> level -> [dx, dy, dz] from the axial sac centre
+    sac_offsets: dict = field(default_factory=dict)  # recess condition -> level -> [dx, dy, dz] from the sac's corner
     trained_on: dict = field(default_factory=dict)   # what the detector learnt from (studies, SPIDER patients)
 
     def save(self, out: Path) -> None:
@@ -96,7 +96,7 @@ class Localizer:
 
         write_text(out / "localizer.txt", self.detector.model_to_string())
         write_json(out / "localizer.json", {"gaps_mm": self.gaps.tolist(), "offsets_mm": self.offsets,
-                                            "sac_offsets_mm": self.sac_offsets, "step_mm": STEP_MM,
+                                            "recess_corner_offsets_mm": self.sac_offsets, "step_mm": STEP_MM,
                                             "trained_on": self.trained_on})
 
     @property
@@ -112,7 +112,7 @@ class Localizer:
         from ..models import load_localizer_files
 
         detector, meta = load_localizer_files(models)   # hashes checked against manifest.json
-        return cls(detector, np.array(meta["gaps_mm"]), meta["offsets_mm"], meta.get("sac_offsets_mm", {}),
+        return cls(detector, np.array(meta["gaps_mm"]), meta["offsets_mm"], meta.get("recess_corner_offsets_mm", {}),
                    meta.get("trained_on", {}))
 
     def find_discs(self, stack: Stack) -> tuple[int, float, np.ndarray, np.ndarray]:
@@ -163,7 +163,7 @@ def gap_stats(gaps: list[np.ndarray]) -> np.ndarray:
 def rsna_samples(root: Path, points: pd.DataFrame, *, progress=None) -> dict:
     """Everything the localiser learns from a labelled Kaggle-layout folder: detector samples (``x``, ``y``
     lists, with the study of each in ``owner``), disc gaps (mm), offsets of the other points from the spinal
-    point and of the recesses from the axial sac centre (condition -> level -> list of (study, [dx, dy, dz])).""" 
+    point and of the recesses from the axial sac's antero-lateral corners (condition -> level -> list of (study, [dx, dy, dz])).""" 
     folder = DataFolder(root)
     ser = folder.series("train")
     out = {"x": [], "y": [], "gaps": [], "owner": [], "studies": 0,
@@ -201,10 +201,10 @@ def rsna_samples(root: Path, points: pd.DataFrame, *, progress=None) -> dict:
                     xyz = images.label_xyz(p)
                     out["offsets"][cond][p["level"]].append((int(sid), (xyz - spine_xyz[p["level"]]).tolist()))
                     if cond in RECESSES:
-                        centre = sac_centre(*images.locate(p["series_id"], p["instance_number"]),
-                                            spine_xyz[p["level"]], keep_lateral=True)
-                        if centre is not None:
-                            out["sac_offsets"][cond][p["level"]].append((int(sid), (xyz - centre).tolist()))
+                        _, corners = recess_corners_xyz(*images.locate(p["series_id"], p["instance_number"]),
+                                                        spine_xyz[p["level"]])
+                        if corners:
+                            out["sac_offsets"][cond][p["level"]].append((int(sid), (xyz - corners[cond]).tolist()))
                 except (SpinefeatError, KeyError):
                     pass
     if progress is not None:

@@ -4,11 +4,13 @@ recesses placed from the axial sac."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..dicom import Stack
 from ..errors import GeometryError
+from ..segment.common import Segmentation
 from ..series import project_to_series
 
 log = logging.getLogger(__name__)
@@ -92,24 +94,199 @@ def place_foramen(st: Stack, xyz: np.ndarray, pr: dict, series_high: float, *, r
     return j, r, c
 
 
-def sac_centre(ax: Stack, k: int, xyz, *, keep_lateral: bool = False) -> np.ndarray | None:
-    """Patient position of the dural sac's centre on slice ``k`` of an axial T2 stack, segmented around the
-    in-plane projection of ``xyz``; None when no sac is found there. With ``keep_lateral`` the left-right
-    position (along the image rows) is the one of ``xyz``."""
-    from ..segment import FAILED, segment_axial_sac
+#: The dural sac is searched for within this distance (mm) of its seed: the point projected from the sagittal
+#: series may be a few mm off, and the seed (the spinal point moved back by :data:`SAC_BEHIND_DISC_MM`) more.
+SAC_SEARCH_MM = 10.0
+#: The spinal point marks the back of the disc, the front of the sac; the sac's centre is about half an adult
+#: sac's AP diameter (12-16 mm) behind it.
+SAC_BEHIND_DISC_MM = 6.0
+#: Cross-section areas (mm2) a lumbar dural sac has on an axial slice: smaller is a rootlet or facet fluid,
+#: larger is fat or a leak.
+SAC_AREA_MM2 = (40.0, 350.0)
+SAC_NEAR_SD = 0.6
+#: The lateral recess: the sac's boundary point furthest along a direction this many degrees in front of the
+#: patient's left-right axis (the sac's antero-lateral corner, under the facet, beside the disc).
+RECESS_ANGLE_DEG = 30.0
+#: The sac's CSF against its own level: rootlets make the CSF among them darker than the pure CSF behind them,
+#: so the placement's mask takes CSF down to this share of the sac's brightest (the measuring segmenter, which
+#: must not leak into fat, keeps 0.85).
+SAC_STRICT = 0.7
+_BLOB_SPACING_MM = 0.5
 
-    g = ax.geometry
-    pr = {key: float(v[0]) for key, v in g.project(xyz).items() if key in ("row", "col")}
-    seg = segment_axial_sac(ax.pixels[k], (pr["row"], pr["col"]), pixel_spacing_mm=g.pixel_spacing_mm)
-    if seg.quality == FAILED:
+
+@dataclass
+class SacFit:
+    """The dural sac found on an axial slice: its centre (row, col, input pixels), the segmentation, how
+    sac-like it is (``confidence`` in 0..1: plausible area, convex, mirror-symmetric about its own
+    antero-posterior axis as the canal is, near the seed) and those terms."""
+
+    rc: tuple[float, float]
+    seg: Segmentation
+    confidence: float
+    terms: dict
+
+
+def _mirror_symmetry(x: np.ndarray, centre, left_rc, back_rc, *, half_mm=(18.0, 14.0), spacing_mm: float) -> float:
+    """Correlation of a window of ``x`` (a resampled crop) about the antero-posterior line through ``centre``
+    with its mirror image across that line: the canal sits on the body's mirror plane, fat pads beside it do not."""
+    from scipy import ndimage as ndi
+
+    u = np.arange(-half_mm[0], half_mm[0] + 1e-6, 1.0) / spacing_mm
+    v = np.arange(-half_mm[1], half_mm[1] + 1e-6, 1.0) / spacing_mm
+    uu, vv = np.meshgrid(u, v)
+    rows = centre[0] + uu * left_rc[0] + vv * back_rc[0]
+    cols = centre[1] + uu * left_rc[1] + vv * back_rc[1]
+    w = ndi.map_coordinates(x, [rows, cols], order=1, mode="nearest")
+    a, b = w - w.mean(), w[:, ::-1] - w.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 1e-9 else 0.0
+
+
+def find_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, iop, search_mm: float = SAC_SEARCH_MM) -> SacFit | None:
+    """The dural sac on an axial T2 slice near a seed that may be several mm off.
+
+    Candidates are the bright blobs of a sac's size (a difference of Gaussians at 2.5 and 7 mm) within
+    ``search_mm`` of the seed, and the seed itself; each is segmented
+    (:func:`spinefeat.segment.segment_axial_sac`) and scored: a plausible area (:data:`SAC_AREA_MM2`), the
+    CSF filling its convex hull, the image mirror-symmetric about the candidate's antero-posterior axis
+    (the canal is on the midline; epidural and paraspinal fat, facet fluid and muscle are beside it), and
+    a Gaussian prior on the distance to the seed. The best-scoring one is returned (None when nothing
+    bright is segmented). Directions come from ``iop`` (:func:`spinefeat.geometry.axial_directions`).
+    """
+    from scipy import ndimage as ndi
+
+    from ..geometry import axial_directions
+    from ..segment import FAILED, WEAK, segment_axial_sac
+    from ..segment.common import crop_mm, normalise
+
+    back, left = axial_directions(iop)
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    sp = _BLOB_SPACING_MM
+    crop, (r0, c0) = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=2 * search_mm + 50.0,
+                             spacing_mm=sp)
+    if np.ptp(crop) < 1e-6:
         return None
-    cr, cc = np.argwhere(seg.mask).mean(axis=0)
-    dr, dc = g.pixel_spacing_mm
-    centre = g.to_patient(k, seg.origin_rc[0] + cr * seg.spacing_mm / dr, seg.origin_rc[1] + cc * seg.spacing_mm / dc)
-    if keep_lateral:
-        lateral = np.asarray(g.iop[:3], float)
-        centre = centre + ((np.asarray(xyz, float) - centre) @ lateral) * lateral
-    return centre
+    x = normalise(crop, hi_pct=99.5)
+    dog = ndi.gaussian_filter(x, 2.5 / sp) - ndi.gaussian_filter(x, 7.0 / sp)
+    c = (crop.shape[0] - 1) / 2
+    yy, xx = np.indices(crop.shape)
+    near = np.hypot(yy - c, xx - c) * sp <= search_mm
+    peak = (dog == ndi.maximum_filter(dog, size=int(round(4.0 / sp)))) & near & (dog > 0)
+    order = np.argsort(dog[peak])[::-1][:6]
+    cands = [(c, c)] + [tuple(p) for p in np.argwhere(peak)[order]]
+    best = None
+    for pr, pc in cands:
+        rc = (r0 + pr * sp / dr, c0 + pc * sp / dc)
+        seg = segment_axial_sac(image, rc, pixel_spacing_mm=pixel_spacing_mm, posterior_rc=back, strict=SAC_STRICT)
+        if seg.quality == FAILED:
+            continue
+        m = seg.measurements
+        cr, cc = np.argwhere(seg.mask).mean(axis=0)
+        centre = (seg.origin_rc[0] + cr * seg.spacing_mm / dr, seg.origin_rc[1] + cc * seg.spacing_mm / dc)
+        on_crop = ((centre[0] - r0) * dr / sp, (centre[1] - c0) * dc / sp)
+        lo, hi = SAC_AREA_MM2
+        area = m["area_mm2"]
+        terms = {
+            "area": float(min(1.0, area / lo, hi / max(area, 1e-6))),
+            "filled": float(np.clip(m["solidity"], 0, 1)),
+            "symmetry": float(max(0.0, _mirror_symmetry(x, on_crop, left, back, spacing_mm=sp))),
+            "near": float(np.exp(-0.5 * (np.hypot((centre[0] - seed_rc[0]) * dr, (centre[1] - seed_rc[1]) * dc)
+                                         / (SAC_NEAR_SD * search_mm)) ** 2)),
+            "closed": 0.5 if seg.quality == WEAK else 1.0,
+        }
+        score = float(np.prod(list(terms.values())))
+        if best is None or score > best.confidence:
+            best = SacFit(centre, seg, score, terms)
+    return best
+
+
+def recess_rc(fit: SacFit, side: float, *, pixel_spacing_mm, iop) -> tuple[float, float]:
+    """(row, col) of the lateral recess on one side (``side`` +1 the patient's left, -1 the right) of a found
+    sac: its boundary point furthest along the direction :data:`RECESS_ANGLE_DEG` in front of that side
+    (the antero-lateral corner of the CSF, under the facet, beside the disc; the recesses' own labels mark
+    it there)."""
+    from ..geometry import axial_directions
+
+    back, left = axial_directions(iop)
+    a = np.radians(RECESS_ANGLE_DEG)
+    d = side * np.cos(a) * np.asarray(left) - np.sin(a) * np.asarray(back)       # (row, col) on the mask grid
+    pts = np.argwhere(fit.seg.mask).astype(float)
+    s = pts @ d
+    corner = pts[s >= s.max() - 1.0 / fit.seg.spacing_mm * 0.5].mean(axis=0)   # the top half-mm, not one pixel
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    return (float(fit.seg.origin_rc[0] + corner[0] * fit.seg.spacing_mm / dr),
+            float(fit.seg.origin_rc[1] + corner[1] * fit.seg.spacing_mm / dc))
+
+
+def place_recesses(image: np.ndarray, seed_rc, *, pixel_spacing_mm, iop,
+                   search_mm: float = SAC_SEARCH_MM) -> tuple[SacFit | None, dict[float, tuple[float, float]]]:
+    """Both lateral recesses of an axial T2 slice from a sac seed: the sac found near it (:func:`find_sac`) and
+    its antero-lateral corners (:func:`recess_rc`), keyed by side (+1 left, -1 right). ``(None, {})`` when no sac is
+    found. The one code path of ``localize`` and ``real-check``."""
+    fit = find_sac(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, iop=iop, search_mm=search_mm)
+    if fit is None:
+        return None, {}
+    return fit, {side: recess_rc(fit, side, pixel_spacing_mm=pixel_spacing_mm, iop=iop) for side in (1.0, -1.0)}
+
+
+def sac_seed_rc(geometry, xyz) -> tuple[float, float]:
+    """Where the sac is searched for on an axial slice of ``geometry``: the in-plane projection of a spinal
+    (disc) point ``xyz`` moved :data:`SAC_BEHIND_DISC_MM` towards the patient's back."""
+    from ..geometry import axial_directions
+
+    back, _ = axial_directions(geometry.iop)
+    pr = geometry.project(xyz)
+    dr, dc = geometry.pixel_spacing_mm
+    return (float(pr["row"][0]) + SAC_BEHIND_DISC_MM * back[0] / dr,
+            float(pr["col"][0]) + SAC_BEHIND_DISC_MM * back[1] / dc)
+
+
+def sac_centre(ax: Stack, k: int, xyz) -> np.ndarray | None:
+    """Patient position of the dural sac's centre on slice ``k`` of an axial T2 stack, searched for around the
+    spinal point ``xyz`` (:func:`sac_seed_rc`, :func:`find_sac`); None when no sac is found there."""
+    g = ax.geometry
+    fit = find_sac(ax.pixels[k], sac_seed_rc(g, xyz), pixel_spacing_mm=g.pixel_spacing_mm, iop=g.iop)
+    return None if fit is None else g.to_patient(k, *fit.rc)
+
+
+def recess_corners_xyz(ax: Stack, k: int, disc_xyz) -> tuple[SacFit | None, dict[str, np.ndarray]]:
+    """The sac found on slice ``k`` of an axial stack from a level's spinal point, and the patient position
+    of its antero-lateral corner on each side (recess condition -> xyz; empty when no sac is found).
+    Training measures the labelled recesses from these corners, localisation places from them."""
+    g = ax.geometry
+    fit, rec = place_recesses(ax.pixels[k], sac_seed_rc(g, disc_xyz), pixel_spacing_mm=g.pixel_spacing_mm, iop=g.iop)
+    if fit is None:
+        return None, {}
+    return fit, {cond: g.to_patient(k, *rec[side]) for cond, side in zip(RECESSES, (1.0, -1.0))}
+
+
+def place_level_recesses(images, disc_xyz, *, frame: str, offsets: dict | None = None) -> tuple[dict, str]:
+    """Both lateral recesses of one level from its spinal (disc) point ``disc_xyz``.
+
+    The slice is the Axial T2 slice whose plane passes nearest the disc point, over every stack of every
+    Axial T2 series (one continuous stack, one angled stack per level, stacks with gaps: patient geometry,
+    never instance order); the sac is searched for from the point and each recess goes on its antero-lateral
+    corner (:func:`recess_corners_xyz`), moved in the slice's plane by ``offsets`` (condition -> patient mm
+    from the corner, learnt from labelled recesses; none: the corner itself). Returns
+    ``{condition: (series_id, stack, slice, row, col, confidence)}`` with the sac fit's confidence, and why
+    nothing was placed ("" when placed).
+    """
+    try:
+        sid, st, pr = project_to_series(disc_xyz, images, images.series_of("Axial T2"), frame_of_reference=frame)
+    except GeometryError as exc:
+        return {}, str(exc)
+    if not pr["in_image"]:
+        return {}, (f"the level's disc is not on an Axial T2 slice (nearest {abs(pr['distance_mm']):.1f} mm away "
+                    "or outside the image)")
+    k = pr["slice"]
+    fit, corners = recess_corners_xyz(st, k, disc_xyz)
+    if fit is None:
+        return {}, f"no dural sac found near the level's disc point on Axial T2 series {sid}"
+    out = {}
+    for cond, xyz in corners.items():
+        q = st.geometry.project(xyz + np.asarray((offsets or {}).get(cond, (0.0, 0.0, 0.0)), float))
+        out[cond] = (sid, st, k, float(q["row"][0]), float(q["col"][0]), fit.confidence)
+    return out, ""
 
 
 def axial_midline_mm(images, stack: Stack, k: int, rc: np.ndarray) -> dict[int, float]:

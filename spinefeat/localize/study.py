@@ -14,7 +14,7 @@ from ..geometry import project_to_stacks
 from ..images import StudyImages
 from ..series import project_to_series, series_for_levels
 from .detector import Localizer
-from .placement import axial_midline_mm, midline_offsets_mm, place_foramen, sac_centre
+from .placement import RECESSES, axial_midline_mm, midline_offsets_mm, place_foramen, place_level_recesses
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,14 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
     if not on_t2:
         missing.append(f"spinal_canal_stenosis: no {CONDITION_SERIES['spinal_canal_stenosis']} series to read the "
                        f"canal on (levels found on {levels.reason})")
-    sacs: dict[tuple, np.ndarray | None] = {}
     for cond in CONDITIONS[1:]:
         desc = CONDITION_SERIES[cond]
         sids = images.series_of(desc)
         if not sids:
             missing.append(f"{cond}: no {desc} series")
             continue
+        if cond in RECESSES:
+            continue            # below: both sides of a level from one sac
         for lv in LEVELS:
             if lv not in loc.offsets[cond]:
                 missing.append(f"{cond} {lv}: no training point to learn its offset from")
@@ -75,24 +76,19 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
             if not pr["in_image"]:
                 missing.append(f"{cond} {lv}: outside the {desc} series")
                 continue
-            j, r, c = pr["slice"], pr["row"], pr["col"]
-            if "foraminal" in cond:
-                # The label marks the middle of the foramen: the centre of its fat keyhole on T1.
-                j, r, c = place_foramen(st, xyz, pr, images.series_high(sid))
-            elif lv in loc.sac_offsets.get(cond, {}):
-                # A recess lies beside the dural sac: placed from the sac found on its slice (its front-back
-                # position; left-right the midline line is steadier than one slice's sac).
-                # Both sides of a level usually fall on one slice: segment its sac once.
-                key = (sid, id(st), j, lv)
-                if key not in sacs:
-                    sacs[key] = sac_centre(st, j, midline[lv], keep_lateral=True)
-                centre = sacs[key]
-                if centre is not None:
-                    q = st.geometry.project(centre + np.asarray(loc.sac_offsets[cond][lv]))
-                    r, c = float(q["row"][0]), float(q["col"][0])
+            # The label marks the middle of the foramen: the centre of its fat keyhole on T1.
+            j, r, c = place_foramen(st, xyz, pr, images.series_high(sid))
             rows.append({"study_id": study_id, "series_id": sid, "instance_number": int(st.instance_numbers[j]),
                          "condition": cond, "level": lv, "x": c, "y": r, "confidence": float(conf[LEVELS.index(lv)]),
                          "sop_instance_uid": st.sop_uid(j)})
+    for lv in LEVELS if images.series_of(CONDITION_SERIES[RECESSES[0]]) else ():
+        got, why = place_level_recesses(images, midline[lv], frame=frame,
+                                        offsets={c: v[lv] for c, v in loc.sac_offsets.items() if lv in v})
+        missing.extend(f"{cond} {lv}: {why}" for cond in RECESSES if why)
+        for cond, (sid, st, j, r, c, sac_conf) in got.items():
+            rows.append({"study_id": study_id, "series_id": sid, "instance_number": int(st.instance_numbers[j]),
+                         "condition": cond, "level": lv, "x": c, "y": r,
+                         "confidence": float(conf[LEVELS.index(lv)]) * sac_conf, "sop_instance_uid": st.sop_uid(j)})
     return rows, missing
 
 

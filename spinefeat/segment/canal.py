@@ -35,7 +35,7 @@ def axial_sac_seed(recess_rc, *, pixel_spacing_mm, posterior_rc=(1.0, 0.0)) -> t
 
 
 def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_rc=(1.0, 0.0),
-                      crop_size_mm: float = 28.0, spacing_mm: float = 0.25) -> Segmentation:
+                      crop_size_mm: float = 28.0, spacing_mm: float = 0.25, strict: float = 0.85) -> Segmentation:
     """The dural sac (bright CSF, rootlet holes filled) around a seed on an axial T2 slice.
 
     The sac is the convex hull of the CSF component nearest the seed and the
@@ -69,7 +69,8 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior
     x = normalise(crop, hi_pct=99.5)
     back = tuple(float(v) for v in posterior_rc)
     across = (-back[1], back[0])
-    mask, info = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)), join_mm=2.0)
+    mask, info = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)), join_mm=2.0,
+                               strict=strict)
     if not mask.any():
         return Segmentation(mask, {k: NAN for k in AXIAL_KEYS}, FAILED, spacing_mm, origin,
                             ["no bright structure near the seed"])
