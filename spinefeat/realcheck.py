@@ -46,6 +46,11 @@ SPINAL_PATCH_SHAPE = (12, 8)
 FOLDS = 5
 #: Seed of the folds and of LightGBM in the CV (stated in real_check.json).
 FOLD_SEED = 0
+#: The axial placement check: the sac seed (from a crop's two labelled recesses) is moved this far (mm) in a
+#: random direction per crop, as the point projected from the sagittal series is off, before the sac is searched.
+PLACEMENT_SEED_SHIFT_MM = 4.0
+#: A placed recess counts as right within this distance (mm) of the labelled one (the localiser's target).
+PLACEMENT_WITHIN_MM = 6.0
 
 TERMS = ("foraminal", "subarticular", "spinal")
 REGION_OF_TERM = {"foraminal": "foramen", "subarticular": "recess", "spinal": "canal_ax"}
@@ -290,6 +295,98 @@ def axial_series_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame,
     return sub, spi
 
 
+def placement_seed(image_name: str, seed_rc, *, pixel_spacing_mm, shift_mm: float) -> tuple[float, float]:
+    """``seed_rc`` moved ``shift_mm`` in a direction drawn from the image's name (the same on every run)."""
+    import zlib
+
+    a = np.random.default_rng(zlib.crc32(str(image_name).encode())).uniform(0, 2 * np.pi)
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    return float(seed_rc[0] + shift_mm * np.sin(a) / dr), float(seed_rc[1] + shift_mm * np.cos(a) / dc)
+
+
+def axial_placement_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame, *,
+                         shift_mm: float = PLACEMENT_SEED_SHIFT_MM) -> list[dict]:
+    """Recesses placed on one axial series' crops by the localiser's own code
+    (:func:`spinefeat.localize.placement.place_recesses`) from a sac seed ``shift_mm`` off, against the labelled
+    ones: one row per labelled recess of a crop holding both sides (one alone does not give the seed)."""
+    from .localize.placement import place_recesses
+
+    out = []
+    iop = STANDARD_IOP["recess"]
+    for crop in crops.itertuples(index=False):
+        pts = points[points["image"] == crop.image]
+        mm = axial_native_spacing_mm(crop._asdict())
+        ps = (mm, mm)
+        seed = sac_seed(pts, pixel_spacing_mm=ps)
+        if seed is None:
+            continue
+        img = read_image(Path(folder) / "images" / crop.image, channel=1)
+        seeds = {"off": placement_seed(crop.image, seed, pixel_spacing_mm=ps, shift_mm=shift_mm), "at": seed}
+        placed = {k: place_recesses(img, s, pixel_spacing_mm=ps, iop=iop) for k, s in seeds.items()}
+        for p in pts.itertuples(index=False):
+            side = 1.0 if p.condition.startswith("left") else -1.0
+            row = {"study_id": int(p.study_id), "image": crop.image, "condition": p.condition, "level": p.level,
+                   "diagnostics_pixel_spacing_mm": mm}
+            for k, (fit, rec) in placed.items():
+                # The labelled recess from the placed one (mm along the rows and the columns; NaN without a sac).
+                d = ((p.y_crop - rec[side][0]) * mm, (p.x_crop - rec[side][1]) * mm) if fit is not None else (np.nan,) * 2
+                row.update({f"d_row_mm_seed_{k}": float(d[0]), f"d_col_mm_seed_{k}": float(d[1]),
+                            f"confidence_seed_{k}": fit.confidence if fit is not None else 0.0})
+            out.append(row)
+    return out
+
+
+def axial_placement(folder: Path, *, jobs: int = 1, progress=None, shift_mm: float = PLACEMENT_SEED_SHIFT_MM,
+                    folds: int = FOLDS) -> tuple[dict, pd.DataFrame]:
+    """How far the localiser's recesses land from the labelled ones on real axial crops (see
+    :func:`axial_placement_rows`), with the seed ``shift_mm`` off: median mm, share within
+    :data:`PLACEMENT_WITHIN_MM` and the AUC of the sac fit's confidence for a larger error
+    (:func:`spinefeat.localize.confidence_auc`). The localiser moves each recess from the sac's corner by an
+    offset learnt from labelled recesses: here the median offset of the other folds' studies (study-grouped
+    ``folds``-fold CV, per condition). Also: the corner alone (``corner_only``) and the seed at the labels'
+    own sac seed (``seed_at_labels``)."""
+    from .localize import confidence_auc
+    from .models import study_folds
+
+    crops, points, _ = read_axial(folder)
+    tasks = [(axial_placement_rows, (folder, g, points[points["series_id"] == sid]))
+             for sid, g in crops.groupby("series_id", sort=True)]
+    df = pd.DataFrame([r for part in _run_parallel(tasks, jobs=jobs, progress=progress, label="recess placement")
+                       for r in part])
+    res = {"rows": int(len(df)), "studies": int(df["study_id"].nunique()) if len(df) else 0,
+           "crops": int(df["image"].nunique()) if len(df) else 0, "seed_shift_mm": float(shift_mm),
+           "within_mm": PLACEMENT_WITHIN_MM, "rows_of_one_side_crops_left_out": int(len(points) - len(df)),
+           "folds": folds}
+    if len(df) == 0 or df["study_id"].nunique() < folds:
+        return res, df
+    fold_of, _ = study_folds(np.sort(df["study_id"].unique()), folds=folds, seed=0)
+    fold = df["study_id"].map(fold_of).to_numpy()
+
+    def summary(err, conf):
+        e = pd.Series(err).fillna(np.inf)
+        return {"median_mm": float(e.median()), "within_6mm": float((e <= PLACEMENT_WITHIN_MM).mean()),
+                "no_sac": float(pd.Series(err).isna().mean()),
+                "confidence_auc": confidence_auc(pd.DataFrame({"error_mm": e, "confidence": conf}),
+                                                 threshold_mm=PLACEMENT_WITHIN_MM)}
+
+    for k in ("off", "at"):
+        d = df[[f"d_row_mm_seed_{k}", f"d_col_mm_seed_{k}"]].to_numpy(float)
+        learnt = np.zeros_like(d)
+        for f in range(folds):
+            for cond in df["condition"].unique():
+                train, test = (fold != f) & (df["condition"] == cond).to_numpy(), (fold == f) & (df["condition"] == cond).to_numpy()
+                learnt[test] = np.nanmedian(d[train], axis=0)
+        df[f"error_mm_seed_{k}"] = np.hypot(*(d - learnt).T)
+        df[f"error_mm_corner_seed_{k}"] = np.hypot(*d.T)
+        conf = df[f"confidence_seed_{k}"]
+        if k == "off":
+            res.update(summary(df["error_mm_seed_off"], conf))
+            res["corner_only"] = summary(df["error_mm_corner_seed_off"], conf)
+        else:
+            res["seed_at_labels"] = summary(df["error_mm_seed_at"], conf)
+    return res, df
+
+
 def _run_parallel(tasks, *, jobs: int, progress, label: str) -> list:
     from joblib import Parallel, delayed
 
@@ -488,12 +585,16 @@ def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None,
         t = time.perf_counter()
         tables["foraminal"] = sagittal_table(sagittal_t1, jobs=jobs, progress=progress)
         seconds["foraminal_measure"] = time.perf_counter() - t
+    result: dict = {}
+    out.mkdir(parents=True, exist_ok=True)
     if axial_t2 is not None:
         t = time.perf_counter()
         tables["subarticular"], tables["spinal"] = axial_tables(axial_t2, jobs=jobs, progress=progress)
         seconds["axial_measure"] = time.perf_counter() - t
-    result: dict = {}
-    out.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        result["axial_placement"], placed = axial_placement(axial_t2, jobs=jobs, progress=progress)
+        write_parquet(out / "axial_placement.parquet", placed)
+        seconds["axial_placement"] = time.perf_counter() - t
     for i, (term, df) in enumerate(tables.items()):
         if df.empty:
             continue
@@ -543,7 +644,14 @@ def markdown_table(result: dict) -> str:
         lines.append(f"| {term} | {r['rows']} | {r['constant']:.3f} | {r['patch_baseline']:.3f} | "
                      f"{r['measurements_only']:.3f} | {r['cv']:.3f} | {peer} | {rho} | "
                      f"{q['found']:.2f} / {q['weak']:.2f} / {q['failed']:.2f} |")
-    return head + "\n".join(lines) + "\n"
+    text = head + "\n".join(lines) + "\n"
+    ap = result.get("axial_placement")
+    if ap and "median_mm" in ap:
+        text += (f"\nRecess placement on the axial crops ({ap['rows']} recesses, seed {ap['seed_shift_mm']:g} mm off): "
+                 f"median {ap['median_mm']:.1f} mm, within {ap['within_mm']:g} mm {ap['within_6mm']:.2f}, "
+                 f"confidence AUC {ap['confidence_auc']:.2f}; seeded at the labels' sac: median "
+                 f"{ap['seed_at_labels']['median_mm']:.1f} mm, within {ap['seed_at_labels']['within_6mm']:.2f}.\n")
+    return text
 
 
 def _spider_localisation(folder: Path, jobs: int) -> dict:

@@ -204,3 +204,6 @@ def test_real_check_axial_terms_and_peer(shared, tmp_path):
     assert sub["peer"] == pytest.approx(np.log(3), abs=1e-6) and sub["peer_rows"] == sub["rows"]
     assert sub["cv"] < sub["constant"]
     assert out["spinal"]["rows"] > 20
+    ap = out["axial_placement"]            # the localiser's recesses from a seed 4 mm off (whole share: 0.83)
+    assert ap["rows"] > 20 and ap["within_6mm"] >= 0.6 and ap["seed_shift_mm"] == 4.0
+    assert "Recess placement on the axial crops" in (tmp_path / "out" / "real_check.md").read_text()
