@@ -122,5 +122,5 @@ def test_recesses_on_real_crops_from_an_off_seed(crops):
         rows += axial_placement_rows(crops, cr[cr["series_id"] == sid], pts[pts["series_id"] == sid], shift_mm=4.0)
     df = pd.DataFrame(rows)
     assert len(df) >= 30
-    e = df["error_mm_seed_off"]
-    assert (e <= 6.0).mean() >= 0.7 and e.median() < 4.0       # whole share: 0.83 and 2.7 mm
+    e = np.hypot(df["d_row_mm_seed_off"], df["d_col_mm_seed_off"])      # the corners themselves
+    assert (e <= 6.0).mean() >= 0.8 and e.median() < 3.5       # this subset: 0.89, 2.6 mm; whole share 0.83, 2.7 mm
