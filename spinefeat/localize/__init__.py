@@ -17,13 +17,14 @@
 4. The dural sac centres on the axial T2 slices through the discs give the
    midline at each level (a Theil-Sen line along the spine: the sagittal plane
    may be tilted); each spinal point goes on the sagittal slice nearest to it.
-5. Foramina (sagittal T1) and recesses (axial T2) are placed from the midline
-   points through patient-space offsets learned from the training labels, on
-   the slice chosen by patient position (never instance order). A foramen
-   then moves to the middle of the run of slices showing its fat keyhole and
-   to the keyhole's centre; a recess is placed from the dural sac segmented on
-   its axial slice (front-back; left-right from the midline) through a second
-   learned offset.
+5. Foramina (sagittal T1) are placed from the midline points through
+   patient-space offsets learned from the training labels, on the slice chosen by
+   patient position (never instance order), then moved to the middle of the run of
+   slices showing their fat keyhole and to the keyhole's centre.
+6. Recesses (axial T2): the slice nearest the level's disc point over every axial
+   stack; the dural sac searched for around the disc point (bright, round, on the
+   midline: :func:`find_sac`); each recess at the sac's antero-lateral corner plus a
+   learned offset, with the sac fit's confidence (:func:`place_level_recesses`).
 
 The detector is a LightGBM text model; everything else is JSON.
 """
@@ -49,14 +50,19 @@ from .detector import (
 )
 from .placement import (
            RECESSES,
+           SacFit,
+           find_sac,
            middle_of_run,
            midline_offsets_mm,
            place_foramen,
+           place_level_recesses,
+           place_recesses,
            sac_centre,
 )
 from .study import COORD_COLUMNS, localize, localize_study
 
 __all__ = ["COORD_COLUMNS", "Canal", "Localizer", "RECESSES", "body_depth_mm", "chain", "confidence_auc", "csf_column",
            "disc_centre_mm", "disc_samples", "fit_canal", "fit_detector", "follow_column", "gap_stats", "localize",
-           "localize_study", "mid_sagittal", "middle_of_run", "midline_offsets_mm", "place_foramen", "point_errors",
+           "localize_study", "mid_sagittal", "middle_of_run", "midline_offsets_mm", "place_foramen",
+           "place_level_recesses", "place_recesses", "point_errors", "SacFit", "find_sac",
            "rsna_samples", "sac_centre", "summarize_errors", "train_localizer", "train_localizers"]

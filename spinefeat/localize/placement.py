@@ -1,5 +1,5 @@
-"""Steps 4-5: the midline from the axial dural sac, the foramina moved to their fat keyhole on Sagittal T1, the
-recesses placed from the axial sac."""
+"""Steps 4-6: the midline from the axial dural sac, the foramina moved to their fat keyhole on Sagittal T1, the
+recesses placed from the dural sac searched for on their axial slice."""
 
 from __future__ import annotations
 
