@@ -328,9 +328,13 @@ def axial_placement_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame
             row = {"study_id": int(p.study_id), "image": crop.image, "condition": p.condition, "level": p.level,
                    "diagnostics_pixel_spacing_mm": mm}
             for k, (fit, rec) in placed.items():
-                # The labelled recess from the placed one (mm along the rows and the columns; NaN without a sac).
-                d = ((p.y_crop - rec[side][0]) * mm, (p.x_crop - rec[side][1]) * mm) if fit is not None else (np.nan,) * 2
-                row.update({f"d_row_mm_seed_{k}": float(d[0]), f"d_col_mm_seed_{k}": float(d[1]),
+                # The labelled recess and the sac's corner from the sac's centre (mm along the rows and the
+                # columns; NaN without a sac).
+                nan = (np.nan, np.nan)
+                lab = ((p.y_crop - fit.rc[0]) * mm, (p.x_crop - fit.rc[1]) * mm) if fit is not None else nan
+                cor = ((rec[side][0] - fit.rc[0]) * mm, (rec[side][1] - fit.rc[1]) * mm) if fit is not None else nan
+                row.update({f"label_row_mm_seed_{k}": lab[0], f"label_col_mm_seed_{k}": lab[1],
+                            f"corner_row_mm_seed_{k}": cor[0], f"corner_col_mm_seed_{k}": cor[1],
                             f"confidence_seed_{k}": fit.confidence if fit is not None else 0.0})
             out.append(row)
     return out
@@ -341,11 +345,12 @@ def axial_placement(folder: Path, *, jobs: int = 1, progress=None, shift_mm: flo
     """How far the localiser's recesses land from the labelled ones on real axial crops (see
     :func:`axial_placement_rows`), with the seed ``shift_mm`` off: median mm, share within
     :data:`PLACEMENT_WITHIN_MM` and the AUC of the sac fit's confidence for a larger error
-    (:func:`spinefeat.localize.confidence_auc`). The localiser moves each recess from the sac's corner by an
-    offset learnt from labelled recesses: here the median offset of the other folds' studies (study-grouped
-    ``folds``-fold CV, per condition). Also: the corner alone (``corner_only``) and the seed at the labels'
+    (:func:`spinefeat.localize.confidence_auc`). The localiser places each recess from the sac's centre and
+    corner by a rule learnt from labelled recesses (:func:`spinefeat.localize.placement.fit_recess_rule`):
+    here learnt on the other folds' studies (study-grouped ``folds``-fold CV, per condition). Also: the corner alone (``corner_only``) and the seed at the labels'
     own sac seed (``seed_at_labels``)."""
     from .localize import confidence_auc
+    from .localize.placement import apply_recess_rule, fit_recess_rule
     from .models import study_folds
 
     crops, points, _ = read_axial(folder)
@@ -370,14 +375,20 @@ def axial_placement(folder: Path, *, jobs: int = 1, progress=None, shift_mm: flo
                                                  threshold_mm=PLACEMENT_WITHIN_MM)}
 
     for k in ("off", "at"):
-        d = df[[f"d_row_mm_seed_{k}", f"d_col_mm_seed_{k}"]].to_numpy(float)
-        learnt = np.zeros_like(d)
+        lab = df[[f"label_row_mm_seed_{k}", f"label_col_mm_seed_{k}"]].to_numpy(float)
+        cor = df[[f"corner_row_mm_seed_{k}", f"corner_col_mm_seed_{k}"]].to_numpy(float)
+        placed = np.full_like(lab, np.nan)
+        found = np.isfinite(lab).all(axis=1)
         for f in range(folds):
             for cond in df["condition"].unique():
-                train, test = (fold != f) & (df["condition"] == cond).to_numpy(), (fold == f) & (df["condition"] == cond).to_numpy()
-                learnt[test] = np.nanmedian(d[train], axis=0)
-        df[f"error_mm_seed_{k}"] = np.hypot(*(d - learnt).T)
-        df[f"error_mm_corner_seed_{k}"] = np.hypot(*d.T)
+                this = (df["condition"] == cond).to_numpy() & found
+                train = np.flatnonzero(this & (fold != f))
+                rule = fit_recess_rule({lv: [(lab[i], cor[i]) for i in train if df["level"].iat[i] == lv]
+                                        for lv in df["level"].iloc[train].unique()})
+                for i in np.flatnonzero(this & (fold == f)):
+                    placed[i] = apply_recess_rule(rule, np.zeros(2), cor[i], df["level"].iat[i])
+        df[f"error_mm_seed_{k}"] = np.hypot(*(lab - placed).T)
+        df[f"error_mm_corner_seed_{k}"] = np.hypot(*(lab - cor).T)
         conf = df[f"confidence_seed_{k}"]
         if k == "off":
             res.update(summary(df["error_mm_seed_off"], conf))

@@ -10,7 +10,8 @@ import pytest
 from spinefeat.dicom import Stack
 from spinefeat.extract import STANDARD_IOP
 from spinefeat.geometry import StackGeometry
-from spinefeat.localize.placement import find_sac, place_level_recesses, place_recesses
+from spinefeat.localize.placement import apply_recess_rule, find_sac, fit_recess_rule, place_level_recesses, \
+    place_recesses
 
 AXIAL = STANDARD_IOP["recess"]          # columns to the patient's left, rows to the back
 SP = 0.5                                 # mm per pixel
@@ -59,6 +60,23 @@ def test_recesses_are_the_sacs_antero_lateral_corners_on_the_patients_sides():
     assert rec_f[1.0][1] < img.shape[1] / 2 < rec_f[-1.0][1]
 
 
+def test_recess_rule_learns_where_labels_lie_between_the_sacs_centre_and_corner():
+    rng = np.random.default_rng(0)
+    corner = {lv: rng.normal([2.0, 7.0], 1.5, size=(40, 2)) for lv in ("l1_l2", "l4_l5")}
+    off = {"l1_l2": np.array([-1.0, 2.0]), "l4_l5": np.array([-2.0, 1.0])}
+    for w in (0.0, 0.4, 1.0):
+        samples = {lv: [(w * c + off[lv], c) for c in cs] for lv, cs in corner.items()}
+        rule = fit_recess_rule(samples)
+        assert rule["corner_weight"] == pytest.approx(w, abs=1e-6)
+        np.testing.assert_allclose(rule["offsets_mm"]["l4_l5"], off["l4_l5"], atol=1e-6)
+        c = np.array([3.0, 9.0])
+        np.testing.assert_allclose(apply_recess_rule(rule, np.zeros(2), c, "l1_l2"), w * c + off["l1_l2"], atol=1e-6)
+    # labels further out than the corner: the weight stays in 0..1
+    assert fit_recess_rule({"l1_l2": [(2 * c, c) for c in corner["l1_l2"]]})["corner_weight"] == 1.0
+    assert fit_recess_rule({}) == {}
+    np.testing.assert_allclose(apply_recess_rule({}, np.zeros(2), [1.0, 2.0], "l1_l2"), [1.0, 2.0])
+
+
 class _Images:
     """One Axial T2 series of the given stacks (StudyImages' look-ups)."""
 
@@ -93,14 +111,14 @@ def test_slice_per_level_is_the_nearest_plane_across_angled_stacks_and_gaps():
     images = _Images(stacks[::-1])                          # listing order must not matter
     for c, st in zip((-40, 0, 40), stacks):
         disc = np.array([0.0, -6.0, c + 1.0])               # the spinal point: 6 mm in front of the sac centre
-        got, why = place_level_recesses(images, disc, frame="f")
+        got, why = place_level_recesses(images, disc, "l3_l4", frame="f")
         assert why == "" and set(got) == {"left_subarticular_stenosis", "right_subarticular_stenosis"}
         sid, stack, k, r, c_col, conf = got["left_subarticular_stenosis"]
         assert stack is st
         d = np.abs(stack.geometry.offsets_mm - disc @ stack.geometry.normal)
         assert k == int(np.argmin(d))                        # the slice whose plane passes nearest the point
         assert c_col > 80 and r < 80                         # left is +x: to the patient's left, in front
-    got, why = place_level_recesses(images, np.array([0.0, -6.0, 20.0]), frame="f")     # in the gap
+    got, why = place_level_recesses(images, np.array([0.0, -6.0, 20.0]), "l3_l4", frame="f")     # in the gap
     assert got == {} and "not on an Axial T2 slice" in why
 
 
@@ -122,5 +140,6 @@ def test_recesses_on_real_crops_from_an_off_seed(crops):
         rows += axial_placement_rows(crops, cr[cr["series_id"] == sid], pts[pts["series_id"] == sid], shift_mm=4.0)
     df = pd.DataFrame(rows)
     assert len(df) >= 30
-    e = np.hypot(df["d_row_mm_seed_off"], df["d_col_mm_seed_off"])      # the corners themselves
+    e = np.hypot(df["label_row_mm_seed_off"] - df["corner_row_mm_seed_off"],
+                 df["label_col_mm_seed_off"] - df["corner_col_mm_seed_off"])      # the corners themselves
     assert (e <= 6.0).mean() >= 0.8 and e.median() < 3.5       # this subset: 0.89, 2.6 mm; whole share 0.83, 2.7 mm

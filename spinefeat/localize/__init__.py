@@ -23,8 +23,9 @@
    slices showing their fat keyhole and to the keyhole's centre.
 6. Recesses (axial T2): the slice nearest the level's disc point over every axial
    stack; the dural sac searched for around the disc point (bright, round, on the
-   midline: :func:`find_sac`); each recess at the sac's antero-lateral corner plus a
-   learned offset, with the sac fit's confidence (:func:`place_level_recesses`).
+   midline: :func:`find_sac`); each recess from the sac's centre and antero-lateral
+   corner by a rule learned from the training labels (:func:`fit_recess_rule`), with
+   the sac fit's confidence (:func:`place_level_recesses`).
 
 The detector is a LightGBM text model; everything else is JSON.
 """
@@ -52,6 +53,7 @@ from .placement import (
            RECESSES,
            SacFit,
            find_sac,
+           fit_recess_rule,
            middle_of_run,
            midline_offsets_mm,
            place_foramen,
@@ -64,5 +66,5 @@ from .study import COORD_COLUMNS, localize, localize_study
 __all__ = ["COORD_COLUMNS", "Canal", "Localizer", "RECESSES", "body_depth_mm", "chain", "confidence_auc", "csf_column",
            "disc_centre_mm", "disc_samples", "fit_canal", "fit_detector", "follow_column", "gap_stats", "localize",
            "localize_study", "mid_sagittal", "middle_of_run", "midline_offsets_mm", "place_foramen",
-           "place_level_recesses", "place_recesses", "point_errors", "SacFit", "find_sac",
+           "place_level_recesses", "place_recesses", "point_errors", "SacFit", "find_sac", "fit_recess_rule",
            "rsna_samples", "sac_centre", "summarize_errors", "train_localizer", "train_localizers"]

@@ -19,7 +19,7 @@ from ..errors import SpinefeatError
 from ..images import StudyImages
 from .canal import STEP_MM, Canal, fit_canal, mid_sagittal, normalise_intensity
 from .chain import DISC_RADIUS_MM, chain, disc_centre_mm
-from .placement import RECESSES, recess_corners_xyz
+from .placement import RECESSES, fit_recess_rule, recess_corners_xyz
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Localizer:
     detector: lgb.Booster
     gaps: np.ndarray                         # (4, 2) mm
     offsets: dict = field(default_factory=dict)   # condition -> level -> [dx, dy, dz] from the spinal point
-    sac_offsets: dict = field(default_factory=dict)  # recess condition -> level -> [dx, dy, dz] from the sac's corner
+    sac_offsets: dict = field(default_factory=dict)  # recess condition -> placement.fit_recess_rule's rule
     trained_on: dict = field(default_factory=dict)   # what the detector learnt from (studies, SPIDER patients)
 
     def save(self, out: Path) -> None:
@@ -96,7 +96,7 @@ class Localizer:
 
         write_text(out / "localizer.txt", self.detector.model_to_string())
         write_json(out / "localizer.json", {"gaps_mm": self.gaps.tolist(), "offsets_mm": self.offsets,
-                                            "recess_corner_offsets_mm": self.sac_offsets, "step_mm": STEP_MM,
+                                            "recess_rules": self.sac_offsets, "step_mm": STEP_MM,
                                             "trained_on": self.trained_on})
 
     @property
@@ -112,7 +112,7 @@ class Localizer:
         from ..models import load_localizer_files
 
         detector, meta = load_localizer_files(models)   # hashes checked against manifest.json
-        return cls(detector, np.array(meta["gaps_mm"]), meta["offsets_mm"], meta.get("recess_corner_offsets_mm", {}),
+        return cls(detector, np.array(meta["gaps_mm"]), meta["offsets_mm"], meta.get("recess_rules", {}),
                    meta.get("trained_on", {}))
 
     def find_discs(self, stack: Stack) -> tuple[int, float, np.ndarray, np.ndarray]:
@@ -163,7 +163,8 @@ def gap_stats(gaps: list[np.ndarray]) -> np.ndarray:
 def rsna_samples(root: Path, points: pd.DataFrame, *, progress=None) -> dict:
     """Everything the localiser learns from a labelled Kaggle-layout folder: detector samples (``x``, ``y``
     lists, with the study of each in ``owner``), disc gaps (mm), offsets of the other points from the spinal
-    point and of the recesses from the axial sac's antero-lateral corners (condition -> level -> list of (study, [dx, dy, dz])).""" 
+    point (condition -> level -> list of (study, [dx, dy, dz])) and of the recesses from the axial sac's centre with
+    its corner's (recess condition -> level -> list of (study, (label - centre, corner - centre))).""" 
     folder = DataFolder(root)
     ser = folder.series("train")
     out = {"x": [], "y": [], "gaps": [], "owner": [], "studies": 0,
@@ -201,10 +202,11 @@ def rsna_samples(root: Path, points: pd.DataFrame, *, progress=None) -> dict:
                     xyz = images.label_xyz(p)
                     out["offsets"][cond][p["level"]].append((int(sid), (xyz - spine_xyz[p["level"]]).tolist()))
                     if cond in RECESSES:
-                        _, corners = recess_corners_xyz(*images.locate(p["series_id"], p["instance_number"]),
-                                                        spine_xyz[p["level"]])
+                        _, centre, corners = recess_corners_xyz(*images.locate(p["series_id"], p["instance_number"]),
+                                                                spine_xyz[p["level"]])
                         if corners:
-                            out["sac_offsets"][cond][p["level"]].append((int(sid), (xyz - corners[cond]).tolist()))
+                            out["sac_offsets"][cond][p["level"]].append(
+                                (int(sid), ((xyz - centre).tolist(), (corners[cond] - centre).tolist())))
                 except (SpinefeatError, KeyError):
                     pass
     if progress is not None:
@@ -254,7 +256,9 @@ def train_localizers(root: Path, points: pd.DataFrame, *, folds: dict[int, int] 
 
         gaps = [g for g, sid in zip(got["gaps"], gap_owner) if sid is None or keep(sid)]
         return Localizer(fit_detector([got["x"][i] for i in use], [got["y"][i] for i in use], jobs=jobs),
-                         gap_stats(gaps), medians(got["offsets"]), medians(got["sac_offsets"]),
+                         gap_stats(gaps), medians(got["offsets"]),
+                         {c: fit_recess_rule({lv: [o for sid, o in v if keep(sid)] for lv, v in d.items()})
+                          for c, d in got["sac_offsets"].items()},
                          dict(trained_on, studies=sum(1 for sid in got["owner"] if keep(sid))))
 
     by_fold = {k: fit(lambda sid, k=k: folds.get(sid) != k) for k in sorted(set((folds or {}).values()))}

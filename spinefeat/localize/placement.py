@@ -254,25 +254,63 @@ def sac_centre(ax: Stack, k: int, xyz) -> np.ndarray | None:
     return None if fit is None else g.to_patient(k, *fit.rc)
 
 
-def recess_corners_xyz(ax: Stack, k: int, disc_xyz) -> tuple[SacFit | None, dict[str, np.ndarray]]:
-    """The sac found on slice ``k`` of an axial stack from a level's spinal point, and the patient position
-    of its antero-lateral corner on each side (recess condition -> xyz; empty when no sac is found).
-    Training measures the labelled recesses from these corners, localisation places from them."""
+def recess_corners_xyz(ax: Stack, k: int, disc_xyz) -> tuple[SacFit | None, np.ndarray | None, dict[str, np.ndarray]]:
+    """The sac found on slice ``k`` of an axial stack from a level's spinal point, its centre's patient
+    position, and the patient position of its antero-lateral corner on each side (recess condition -> xyz;
+    ``(None, None, {})`` when no sac is found). Training measures the labelled recesses against these
+    (:func:`fit_recess_rule`), localisation places from them."""
     g = ax.geometry
     fit, rec = place_recesses(ax.pixels[k], sac_seed_rc(g, disc_xyz), pixel_spacing_mm=g.pixel_spacing_mm, iop=g.iop)
     if fit is None:
-        return None, {}
-    return fit, {cond: g.to_patient(k, *rec[side]) for cond, side in zip(RECESSES, (1.0, -1.0))}
+        return None, None, {}
+    return fit, g.to_patient(k, *fit.rc), {cond: g.to_patient(k, *rec[side]) for cond, side in zip(RECESSES, (1.0, -1.0))}
 
 
-def place_level_recesses(images, disc_xyz, *, frame: str, offsets: dict | None = None) -> tuple[dict, str]:
+def fit_recess_rule(samples: dict) -> dict:
+    """Where labelled recesses lie between a sac's centre and its corner, learnt from training labels.
+
+    ``samples``: level -> list of (label - centre, corner - centre) vector pairs (mm, any dimension). The
+    rule is ``label = centre + w (corner - centre) + offset``: one ``corner_weight`` w in 0..1 for all
+    levels (least squares; real labels sit on the corner, w near 1; the phantoms' at a fixed distance from
+    the centre, w near 0), an ``offsets_mm`` per level (the mean remainder). Empty without samples.
+    """
+    d = [np.asarray(a, float) for v in samples.values() for a, _ in v]
+    c = [np.asarray(b, float) for v in samples.values() for _, b in v]
+    if not d:
+        return {}
+    lv_of = [lv for lv, v in samples.items() for _ in v]
+    d, c = np.array(d), np.array(c)
+    # Per level centred, so the weight is not confused with the levels' different offsets.
+    dm = np.array([d[[i for i, x in enumerate(lv_of) if x == lv]].mean(axis=0) for lv in lv_of])
+    cm = np.array([c[[i for i, x in enumerate(lv_of) if x == lv]].mean(axis=0) for lv in lv_of])
+    den = float(((c - cm) ** 2).sum())
+    w = float(np.clip(((d - dm) * (c - cm)).sum() / den, 0.0, 1.0)) if den > 1e-9 else 1.0
+    return {"corner_weight": w, "offsets_mm": {lv: (np.array([a for a, _ in v], float).mean(axis=0)
+                                                     - w * np.array([b for _, b in v], float).mean(axis=0)).tolist()
+                                               for lv, v in samples.items() if v}}
+
+
+def apply_recess_rule(rule: dict | None, centre, corner, level: str) -> np.ndarray:
+    """A recess from a sac's centre and corner by a :func:`fit_recess_rule` rule (without one, or without an
+    offset for ``level``: the corner)."""
+    corner = np.asarray(corner, float)
+    if not rule:
+        return corner
+    centre = np.asarray(centre, float)
+    off = rule["offsets_mm"].get(level)
+    if off is None:
+        return corner
+    return centre + rule["corner_weight"] * (corner - centre) + np.asarray(off, float)
+
+
+def place_level_recesses(images, disc_xyz, level: str, *, frame: str, rules: dict | None = None) -> tuple[dict, str]:
     """Both lateral recesses of one level from its spinal (disc) point ``disc_xyz``.
 
     The slice is the Axial T2 slice whose plane passes nearest the disc point, over every stack of every
     Axial T2 series (one continuous stack, one angled stack per level, stacks with gaps: patient geometry,
-    never instance order), when within one slice spacing of it; the sac is searched for from the point and each recess goes on its antero-lateral
-    corner (:func:`recess_corners_xyz`), moved in the slice's plane by ``offsets`` (condition -> patient mm
-    from the corner, learnt from labelled recesses; none: the corner itself). Returns
+    never instance order), when within one slice spacing of it; the sac is searched for from the point
+    (:func:`recess_corners_xyz`) and each recess placed from its centre and corner by the condition's rule
+    in ``rules`` (:func:`fit_recess_rule`, learnt from labelled recesses; none: the corner). Returns
     ``{condition: (series_id, stack, slice, row, col, confidence)}`` with the sac fit's confidence, and why
     nothing was placed ("" when placed).
     """
@@ -288,12 +326,12 @@ def place_level_recesses(images, disc_xyz, *, frame: str, offsets: dict | None =
         return {}, (f"the level's disc is not on an Axial T2 slice (nearest {abs(pr['distance_mm']):.1f} mm away "
                     "or outside the image)")
     k = pr["slice"]
-    fit, corners = recess_corners_xyz(st, k, disc_xyz)
+    fit, centre, corners = recess_corners_xyz(st, k, disc_xyz)
     if fit is None:
         return {}, f"no dural sac found near the level's disc point on Axial T2 series {sid}"
     out = {}
     for cond, xyz in corners.items():
-        q = st.geometry.project(xyz + np.asarray((offsets or {}).get(cond, (0.0, 0.0, 0.0)), float))
+        q = st.geometry.project(apply_recess_rule((rules or {}).get(cond), centre, xyz, level))
         out[cond] = (sid, st, k, float(q["row"][0]), float(q["col"][0]), fit.confidence)
     return out, ""
 

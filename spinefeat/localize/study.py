@@ -82,8 +82,7 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
                          "condition": cond, "level": lv, "x": c, "y": r, "confidence": float(conf[LEVELS.index(lv)]),
                          "sop_instance_uid": st.sop_uid(j)})
     for lv in LEVELS if images.series_of(CONDITION_SERIES[RECESSES[0]]) else ():
-        got, why = place_level_recesses(images, midline[lv], frame=frame,
-                                        offsets={c: v[lv] for c, v in loc.sac_offsets.items() if lv in v})
+        got, why = place_level_recesses(images, midline[lv], lv, frame=frame, rules=loc.sac_offsets)
         missing.extend(f"{cond} {lv}: {why}" for cond in RECESSES if why)
         for cond, (sid, st, j, r, c, sac_conf) in got.items():
             rows.append({"study_id": study_id, "series_id": sid, "instance_number": int(st.instance_numbers[j]),
