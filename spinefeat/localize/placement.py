@@ -247,11 +247,21 @@ def sac_seed_rc(geometry, xyz) -> tuple[float, float]:
 
 
 def sac_centre(ax: Stack, k: int, xyz) -> np.ndarray | None:
-    """Patient position of the dural sac's centre on slice ``k`` of an axial T2 stack, searched for around the
-    spinal point ``xyz`` (:func:`sac_seed_rc`, :func:`find_sac`); None when no sac is found there."""
+    """Patient position of the dural sac's centre on slice ``k`` of an axial T2 stack, segmented around the
+    in-plane projection of the spinal point ``xyz`` (the midline's estimate at that level); None when no sac
+    is found there."""
+    from ..geometry import axial_directions
+    from ..segment import FAILED, segment_axial_sac
+
     g = ax.geometry
-    fit = find_sac(ax.pixels[k], sac_seed_rc(g, xyz), pixel_spacing_mm=g.pixel_spacing_mm, iop=g.iop)
-    return None if fit is None else g.to_patient(k, *fit.rc)
+    pr = g.project(xyz)
+    seg = segment_axial_sac(ax.pixels[k], (float(pr["row"][0]), float(pr["col"][0])),
+                            pixel_spacing_mm=g.pixel_spacing_mm, posterior_rc=axial_directions(g.iop)[0])
+    if seg.quality == FAILED:
+        return None
+    cr, cc = np.argwhere(seg.mask).mean(axis=0)
+    dr, dc = g.pixel_spacing_mm
+    return g.to_patient(k, seg.origin_rc[0] + cr * seg.spacing_mm / dr, seg.origin_rc[1] + cc * seg.spacing_mm / dc)
 
 
 def recess_corners_xyz(ax: Stack, k: int, disc_xyz) -> tuple[SacFit | None, np.ndarray | None, dict[str, np.ndarray]]:
