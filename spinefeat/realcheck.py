@@ -349,12 +349,14 @@ def axial_placement(folder: Path, *, jobs: int = 1, progress=None, shift_mm: flo
     corner by a rule learnt from labelled recesses (:func:`spinefeat.localize.placement.fit_recess_rule`):
     here learnt on the other folds' studies (study-grouped ``folds``-fold CV, per condition). Also: the corner alone (``corner_only``) and the seed at the labels'
     own sac seed (``seed_at_labels``)."""
+    from functools import partial
+
     from .localize import confidence_auc
     from .localize.placement import apply_recess_rule, fit_recess_rule
     from .models import study_folds
 
     crops, points, _ = read_axial(folder)
-    tasks = [(axial_placement_rows, (folder, g, points[points["series_id"] == sid]))
+    tasks = [(partial(axial_placement_rows, shift_mm=shift_mm), (folder, g, points[points["series_id"] == sid]))
              for sid, g in crops.groupby("series_id", sort=True)]
     df = pd.DataFrame([r for part in _run_parallel(tasks, jobs=jobs, progress=progress, label="recess placement")
                        for r in part])

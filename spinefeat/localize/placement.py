@@ -103,6 +103,7 @@ SAC_BEHIND_DISC_MM = 6.0
 #: Cross-section areas (mm2) a lumbar dural sac has on an axial slice: smaller is a rootlet or facet fluid,
 #: larger is fat or a leak.
 SAC_AREA_MM2 = (40.0, 350.0)
+#: The prior on a candidate's distance to the seed: a Gaussian of this share of the search radius (sd, mm/mm).
 SAC_NEAR_SD = 0.6
 #: The lateral recess: the sac's boundary point furthest along a direction this many degrees in front of the
 #: patient's left-right axis (the sac's antero-lateral corner, under the facet, beside the disc).
@@ -217,7 +218,7 @@ def recess_rc(fit: SacFit, side: float, *, pixel_spacing_mm, iop) -> tuple[float
     d = side * np.cos(a) * np.asarray(left) - np.sin(a) * np.asarray(back)       # (row, col) on the mask grid
     pts = np.argwhere(fit.seg.mask).astype(float)
     s = pts @ d
-    corner = pts[s >= s.max() - 1.0 / fit.seg.spacing_mm * 0.5].mean(axis=0)   # the top half-mm, not one pixel
+    corner = pts[s >= s.max() - 0.5 / fit.seg.spacing_mm].mean(axis=0)   # the top half-mm, not one pixel
     dr, dc = (float(v) for v in pixel_spacing_mm)
     return (float(fit.seg.origin_rc[0] + corner[0] * fit.seg.spacing_mm / dr),
             float(fit.seg.origin_rc[1] + corner[1] * fit.seg.spacing_mm / dc))
@@ -281,8 +282,9 @@ def fit_recess_rule(samples: dict) -> dict:
 
     ``samples``: level -> list of (label - centre, corner - centre) vector pairs (mm, any dimension). The
     rule is ``label = centre + w (corner - centre) + offset``: one ``corner_weight`` w in 0..1 for all
-    levels (least squares; real labels sit on the corner, w near 1; the phantoms' at a fixed distance from
-    the centre, w near 0), an ``offsets_mm`` per level (the mean remainder). Empty without samples.
+    levels (least squares, clipped; the share's real crops learn about 0.2, the phantoms, whose labels sit at
+    a fixed distance from a round sac's centre, 0), an ``offsets_mm`` per level (the mean remainder). Empty
+    without samples; w = 1 when the corners do not vary.
     """
     d = [np.asarray(a, float) for v in samples.values() for a, _ in v]
     c = [np.asarray(b, float) for v in samples.values() for _, b in v]
