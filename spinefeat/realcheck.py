@@ -326,6 +326,7 @@ def axial_placement_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame
         for p in pts.itertuples(index=False):
             side = 1.0 if p.condition.startswith("left") else -1.0
             row = {"study_id": int(p.study_id), "image": crop.image, "condition": p.condition, "level": p.level,
+                   "severity": int(p.severity),
                    "diagnostics_pixel_spacing_mm": mm}
             for k, (fit, rec) in placed.items():
                 # The labelled recess and the sac's corner from the sac's centre (mm along the rows and the
@@ -347,13 +348,12 @@ def axial_placement(folder: Path, *, jobs: int = 1, progress=None, shift_mm: flo
     :data:`PLACEMENT_WITHIN_MM` and the AUC of the sac fit's confidence for a larger error
     (:func:`spinefeat.localize.confidence_auc`). The localiser places each recess from the sac's centre and
     corner by a rule learnt from labelled recesses (:func:`spinefeat.localize.placement.fit_recess_rule`):
-    here learnt on the other folds' studies (study-grouped ``folds``-fold CV, per condition). Also: the corner alone (``corner_only``) and the seed at the labels'
+    here learnt on the other folds' studies (:func:`cv_folds`, per condition). Also: the corner alone (``corner_only``) and the seed at the labels'
     own sac seed (``seed_at_labels``)."""
     from functools import partial
 
     from .localize import confidence_auc
     from .localize.placement import apply_recess_rule, fit_recess_rule
-    from .models import study_folds
 
     crops, points, _ = read_axial(folder)
     tasks = [(partial(axial_placement_rows, shift_mm=shift_mm), (folder, g, points[points["series_id"] == sid]))
@@ -366,7 +366,7 @@ def axial_placement(folder: Path, *, jobs: int = 1, progress=None, shift_mm: flo
            "folds": folds}
     if len(df) == 0 or df["study_id"].nunique() < folds:
         return res, df
-    fold_of, _ = study_folds(np.sort(df["study_id"].unique()), folds=folds, seed=0)
+    fold_of, _ = cv_folds(df, folds=folds)     # the folds train uses (stratified on each study's worst grade)
     fold = df["study_id"].map(fold_of).to_numpy()
 
     def summary(err, conf):
