@@ -22,7 +22,7 @@ from . import __version__
 from .dataset import CONDITION_SERIES, CONDITIONS, LEVELS, DataFolder
 from .dicom import Stack
 from .errors import GeometryError, SpinefeatError
-from .features import RELATIVE, shape_name
+from .features import RELATIVE, STUDY_CONTEXT, shape_name
 from .features.axial import recess_profile, sac_profile
 from .features.profile import foramen_profile
 from .io import inside, write_bytes, write_parquet
@@ -235,7 +235,9 @@ def overlay_tile(image: np.ndarray, seed, pixel_spacing_mm, seg: Segmentation, l
 
 
 def add_relative_features(df: pd.DataFrame) -> pd.DataFrame:
-    """Ratios inside the patient: against the study's median across levels (and sides), and left/right."""
+    """Ratios inside the patient: against the study's median across levels (and sides), and left/right; and
+    the foramen's study context (:data:`spinefeat.features.STUDY_CONTEXT`: study median, rank of the level
+    on its side, difference to the level above and below)."""
     cond = df["condition"].astype(str)
     side = np.where(cond.str.startswith("left"), "left", "right")
     cols: dict[str, np.ndarray] = {}
@@ -259,6 +261,23 @@ def add_relative_features(df: pd.DataFrame) -> pd.DataFrame:
                 rel = np.full(len(df), np.nan)
                 rel[sel] = vals.to_numpy() / np.where(other == 0, np.nan, other)
                 cols[f"{n}_rel_side"] = rel
+    level_index = df["level"].map(LEVELS.index).to_numpy()
+    for group, names in STUDY_CONTEXT.items():
+        sel = cond.str.contains(group).to_numpy()
+        study, li, sd = df["study_id"].to_numpy()[sel], level_index[sel], side[sel]
+        for n in names:
+            vals = pd.Series(df[n].to_numpy(float)[sel] if n in df.columns else np.full(sel.sum(), np.nan))
+            here = pd.Series(vals.to_numpy(), index=pd.MultiIndex.from_arrays([study, sd, li])).dropna()
+            here = here[~here.index.duplicated()]
+            found = {"study_median": vals.groupby(study).transform("median").to_numpy(),
+                     "study_rank": vals.groupby([study, sd]).rank(pct=True).to_numpy()}
+            for name, step in (("above", -1), ("below", 1)):
+                nb = here.reindex(pd.MultiIndex.from_arrays([study, sd, li + step])).to_numpy(float)
+                found[f"minus_{name}"] = vals.to_numpy() - nb
+            for suffix, v in found.items():
+                col = np.full(len(df), np.nan)
+                col[sel] = v
+                cols[f"{n}_{suffix}"] = col
     kept = df.drop(columns=[c for c in cols if c in df.columns])
     out = pd.concat([kept, pd.DataFrame(cols, index=df.index)], axis=1)
     return out[[c for c in df.columns] + [c for c in cols if c not in df.columns]]

@@ -93,3 +93,27 @@ def test_relative_features_known_answers():
     assert np.allclose(sp.canal_ax_shape_area_mm2_rel_study, [1.0, 0.5, 2.0])
     left = df[df.condition == "left_neural_foraminal_narrowing"]
     assert np.allclose(left.foramen_shape_area_mm2_rel_side, 0.5)
+
+
+def test_foramen_study_context_known_answers():
+    """Study median, rank on the side and the differences to the levels above and below, on a hand-made study
+    (left fat areas 40, 10, 30 at L1/L2..L3/L4, right 20 at L1/L2; a second study must not mix in)."""
+    rows = [{"study_id": 1, "condition": "left_neural_foraminal_narrowing", "level": lv,
+             "foramen_shape_fat_area_mm2": a} for lv, a in zip(("l1_l2", "l2_l3", "l3_l4"), (40.0, 10.0, 30.0))]
+    rows.append({"study_id": 1, "condition": "right_neural_foraminal_narrowing", "level": "l1_l2",
+                 "foramen_shape_fat_area_mm2": 20.0})
+    rows.append({"study_id": 2, "condition": "left_neural_foraminal_narrowing", "level": "l2_l3",
+                 "foramen_shape_fat_area_mm2": 1000.0})
+    rows.append({"study_id": 1, "condition": "spinal_canal_stenosis", "level": "l1_l2"})
+    df = add_relative_features(pd.DataFrame(rows))
+    n = "foramen_shape_fat_area_mm2"
+    left = df[(df.study_id == 1) & (df.condition == "left_neural_foraminal_narrowing")]
+    assert np.allclose(left[f"{n}_study_median"], 25.0)           # median of 40, 10, 30, 20
+    assert np.allclose(left[f"{n}_study_rank"], [1.0, 1 / 3, 2 / 3])
+    assert np.allclose(left[f"{n}_minus_above"], [np.nan, -30.0, 20.0], equal_nan=True)
+    assert np.allclose(left[f"{n}_minus_below"], [30.0, -20.0, np.nan], equal_nan=True)
+    right = df[df.condition == "right_neural_foraminal_narrowing"]
+    assert right[f"{n}_study_rank"].iloc[0] == 1.0 and np.isnan(right[f"{n}_minus_below"].iloc[0])
+    other = df[df.study_id == 2]
+    assert other[f"{n}_study_median"].iloc[0] == 1000.0 and np.isnan(other[f"{n}_minus_above"].iloc[0])
+    assert df.loc[df.condition == "spinal_canal_stenosis", f"{n}_study_median"].isna().all()

@@ -162,11 +162,17 @@ def test_real_check_beats_the_constant_on_real_foramina(sagittal_check):
     assert f["rows"] > 300 and f["peer"] is None
     for key in ("cv", "constant", "quality", "spearman", "measurements_only", "patch_baseline"):
         assert key in f
-    # Grades are only used inside the folds; a grader that learnt nothing would sit at the constant.
-    assert f["cv"] <= f["constant"] - 0.15, f
-    assert f["measurements_only"] <= f["constant"] - 0.10, f
+    # Grades are only used inside the folds; a grader that learnt nothing would sit at the constant. On these
+    # 40 studies (400 foramina) the run gave 0.69 and 0.66 against 0.97: margins 0.20 leave room for noise.
+    assert f["cv"] <= f["constant"] - 0.20, f
+    assert f["measurements_only"] <= f["constant"] - 0.20, f
     assert abs(sum(f["quality"][q] for q in ("found", "weak", "failed")) + f["quality"]["error"] - 1) < 1e-6
     assert "| foraminal |" in (out / "real_check.md").read_text()
+    # Each half of the studies in its own CV; the held-out half is the test of what was chosen on the other.
+    dev, held = f["halves"]["development"], f["halves"]["held_out"]
+    assert dev["rows"] + held["rows"] == f["rows"] and dev["studies"] + held["studies"] == f["studies"]
+    assert held["cv"] <= held["constant"] - 0.10, held
+    assert "| foraminal | held-out |" in (out / "real_check.md").read_text()
     assert res["run"]["fold_seed"] == realcheck.FOLD_SEED and "StratifiedGroupKFold" in res["run"]["fold_method"]
 
 
@@ -184,6 +190,17 @@ def test_real_check_folds_are_the_ones_train_uses():
     assert sorted(fold_of[s] for s in severe) == [0, 1, 2, 3, 4]
     for k, ids in held.items():
         assert len(ids) and all(fold_of[int(s)] != k for s in ids)
+
+
+def test_development_half_is_a_fixed_rule_on_the_id():
+    from spinefeat.realcheck import development_half
+
+    ids = np.arange(100_000_000, 100_002_000, 7)
+    dev = development_half(ids)
+    assert 0.45 < dev.mean() < 0.55
+    # The same study falls on the same side whatever else is in the folder and in any order.
+    assert (development_half(ids[::-1])[::-1] == dev).all()
+    assert (development_half(ids[dev][:10]) == True).all() and (development_half(ids[~dev][:10]) == False).all()
 
 
 def test_real_check_axial_terms_and_peer(shared, tmp_path):

@@ -101,6 +101,23 @@ for _group, _names in RELATIVE.items():
             register(f"{_n}_rel_side", f"{_n} over the same measurement on the other side at this level", "1")
 
 
+#: Foramen measurements read against the same study's other levels, as a reader compares them (and the
+#: boosted trees cannot: each row is graded alone): the study's median over its foramina, this level's rank
+#: among its side's levels (0-1, 1 = largest), and the difference to the level above and below on its side.
+STUDY_CONTEXT = {
+    "neural_foraminal_narrowing": [shape_name("foramen", k) for k in ("fat_area_mm2", "height_mm", "fat_level")]
+    + ["foramen_profile_ring_0_1p5mm", "foramen_profile_ring_1p5_3mm", "foramen_profile_peak_6mm",
+       "foramen_profile_centre_to_peak"],
+}
+for _group, _names in STUDY_CONTEXT.items():
+    for _n in _names:
+        _u = _unit(_n)
+        register(f"{_n}_study_median", f"median of {_n} over the study's foramina (both sides)", _u)
+        register(f"{_n}_study_rank", f"rank of {_n} among the levels of its side in the study (0-1, 1 = largest)", "1")
+        register(f"{_n}_minus_above", f"{_n} minus the same measurement one level up on the same side", _u)
+        register(f"{_n}_minus_below", f"{_n} minus the same measurement one level down on the same side", _u)
+
+
 def table():
     """The registry as rows ``(name, unit, definition)``."""
     return [(f.name, f.unit, f.definition) for f in sorted(REGISTRY.values(), key=lambda f: f.name)]
