@@ -118,14 +118,41 @@ def fit_sharpening(rows: pd.DataFrame, proba: np.ndarray, *, what: str = "any-se
     """
     if rows.empty:
         return 0.0
-    joined = rows[["study_id", "condition", "level", "row_id", "severity"]].reset_index(drop=True).assign(group="spinal")
-    sub = to_submission(rows, proba)
+    return _bounded_min(sharpening_loss(rows, proba), *BETA_BOUNDS, what, warn_low=False)
 
-    def loss(beta):
-        sharp = sharpen_any_severe(sub, beta)
-        return score_joined(joined.assign(**{c: sharp[c].to_numpy() for c in CLASS_COLUMNS}))["score"]
 
-    return _bounded_min(loss, *BETA_BOUNDS, what, warn_low=False)
+def sharpening_loss(rows: pd.DataFrame, proba: np.ndarray):
+    """``beta -> `` the metric's score (spinal and any_severe_spinal terms) of the spinal ``rows`` with
+    probabilities ``proba`` after :func:`sharpen_any_severe` by ``beta``.
+
+    The same number as scoring the sharpened submission with :func:`~spinefeat.metric.score_joined`, in
+    arrays: the minimiser calls it some 25 times, and the table route costs a second on 2,000 studies.
+    """
+    from .metric import EPS, _normalise, weighted_log_loss
+
+    study, sev = rows["study_id"].to_numpy(), rows["severity"].to_numpy(int)
+    p = np.asarray(proba, float)
+    # The row sharpening changes in each study: its largest severe probability (the first on ties).
+    top = pd.Series(p[:, 2]).groupby(study).idxmax().to_numpy()
+    order = np.argsort(study, kind="stable")
+    starts = np.flatnonzero(np.r_[True, study[order][1:] != study[order][:-1]])
+    truth = np.maximum.reduceat((sev[order] == 2).astype(float), starts)
+    weight = np.maximum.reduceat(np.asarray(SEVERITY_WEIGHTS, float)[sev[order]], starts)
+    p_top = p[top, 2]
+    rest = np.clip(1 - p_top, 1e-12, None)
+
+    def loss(beta: float) -> float:
+        q = p.copy()
+        if beta != 0:
+            odds = p_top / rest * np.exp(beta)
+            new = odds / (1 + odds)
+            q[top, :2] *= ((1 - new) / rest)[:, None]
+            q[top, 2] = new
+        pred = np.clip(np.maximum.reduceat(_normalise(q)[order, 2], starts), EPS, 1 - EPS)
+        any_severe = np.sum(weight * -(truth * np.log(pred) + (1 - truth) * np.log(1 - pred))) / weight.sum()
+        return (weighted_log_loss(sev, q) + float(any_severe)) / 2
+
+    return loss
 
 
 def worst_grades(train: pd.DataFrame) -> pd.Series:
@@ -210,35 +237,102 @@ def early_stopping_studies(studies, fold_of: dict[int, int], worst: pd.Series, f
     return held
 
 
+class _Problem:
+    """One grader's training rows, binned once: every fold and the final fit train on subsets of one Dataset.
+
+    Binning once (on all rows' feature values, never their labels) instead of once per fold's training rows
+    moves a bin edge slightly and saves rebuilding the bins 2 x folds + 1 times.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, fold: np.ndarray, stops, *, cols: list[str], params: dict,
+                 folds: int, scored: np.ndarray | None = None):
+        self.x, self.y, self.fold, self.folds, self.params = x, y, fold, folds, params
+        self.scored = np.ones(len(y), bool) if scored is None else scored
+        self.stops = stops
+        self.data = lgb.Dataset(x, y, weight=np.asarray(SEVERITY_WEIGHTS)[y], feature_name=cols, params=params,
+                                free_raw_data=False).construct()
+
+    def masks(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fold k's training, early-stopping and scored rows."""
+        stops = self.stops(k)
+        return (self.fold != k) & ~stops, (self.fold != k) & stops & self.scored, (self.fold == k) & self.scored
+
+    def fold_fit(self, k: int):
+        """Fit fold k (early stopping on its inner split); a function giving (best iteration, raw scores of
+        the scored fold, raw scores of the early-stopping rows). The subsets are built here, in the calling
+        thread; the returned function trains and may run in another thread."""
+        tr, es, va = self.masks(k)
+        dtr, des = self.data.subset(np.flatnonzero(tr)).construct(), self.data.subset(np.flatnonzero(es)).construct()
+
+        def run():
+            b = lgb.train(self.params, dtr, MAX_ROUNDS, valid_sets=[des],
+                          callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
+            it = b.best_iteration
+            return it, b.predict(self.x[va], num_iteration=it, raw_score=True), \
+                b.predict(self.x[es], num_iteration=it, raw_score=True)
+        return run
+
+    def final_fit(self, rounds: int) -> lgb.Booster:
+        t0 = time.perf_counter()
+        b = lgb.train(self.params, self.data, rounds)
+        self.final_seconds = time.perf_counter() - t0
+        return b
+
+
+def final_rounds(best: list[int]) -> int:
+    """Rounds of the fit on all rows: the folds' mean best iteration plus 10 % (it has more rows)."""
+    return max(int(np.mean(best) * 1.1), 10)
+
+
+def _cross_fit(problems: dict, *, jobs: int, final: bool, on_fold=None) -> tuple[dict, dict]:
+    """Every fold of every problem (and, with ``final``, each problem's fit on all rows once its folds are done),
+    ``jobs`` fits at a time in threads, each fit on one LightGBM thread.
+
+    LightGBM releases the GIL while it trains. On 2 cores two single-threaded fits at once beat one fit on two
+    threads (a fit on a few thousand rows spends much of each round waiting at its threads' barriers, and far
+    more when other processes hold the cores). Each fit sees the same data and parameters whatever ``jobs`` is,
+    so the models are too. Returns ``{name: {k: (best, raw_va, raw_es)}}`` and ``{name: Booster}``;
+    ``on_fold(name, k)`` is called (in this thread) as each fit finishes (``k`` None: the final fit).
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    folds_done: dict = {name: {} for name in problems}
+    boosters: dict = {}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        pending = {pool.submit(p.fold_fit(k)): (name, k) for name, p in problems.items() for k in range(p.folds)}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                name, k = pending.pop(fut)
+                if k is None:
+                    boosters[name] = fut.result()
+                else:
+                    folds_done[name][k] = fut.result()
+                    p = problems[name]
+                    if final and len(folds_done[name]) == p.folds:
+                        rounds = final_rounds([folds_done[name][i][0] for i in range(p.folds)])
+                        pending[pool.submit(p.final_fit, rounds)] = (name, None)
+                if on_fold is not None:
+                    on_fold(name, k)
+    return folds_done, boosters
+
+
 def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner, *, cols: list[str], params: dict,
-               folds: int, scored: np.ndarray | None = None, on_fold=None) -> tuple[np.ndarray, list[int]]:
+               folds: int, scored: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
     """Out-of-fold raw scores of the grader (LightGBM, weights 1/2/4) in study-grouped folds.
 
     ``fold`` gives each row's scored fold; ``inner(k)`` the mask of the training rows that stop fold k's
     boosting early (rows of :func:`early_stopping_studies`). Rows with ``scored`` False only ever train.
     The held-out fold is never used to choose anything, so its predictions are honest.
-    ``on_fold(k, booster, es)`` is called after each fold with its booster and the mask of its
-    early-stopping rows. Returns the raw scores (zero on rows never scored) and the best iteration of
-    each fold.
+    ``params["num_threads"]`` folds are fitted at a time, each on one thread. Returns the raw scores (zero on
+    rows never scored) and the best iteration of each fold.
     """
-    scored = np.ones(len(y), bool) if scored is None else scored
-    w = np.asarray(SEVERITY_WEIGHTS)[y]
+    p = _Problem(x, y, fold, inner, cols=cols, params=dict(params, num_threads=1), folds=folds, scored=scored)
+    res, _ = _cross_fit({"cv": p}, jobs=int(params.get("num_threads", 1)), final=False)
     raw = np.zeros((len(y), 3))
-    best = []
-    for k in range(folds):
-        stops = inner(k)
-        va = (fold == k) & scored
-        es = (fold != k) & stops & scored
-        tr = (fold != k) & ~stops
-        dtr = lgb.Dataset(x[tr], y[tr], weight=w[tr], feature_name=cols, free_raw_data=False)
-        des = lgb.Dataset(x[es], y[es], weight=w[es], reference=dtr)
-        b = lgb.train(params, dtr, MAX_ROUNDS, valid_sets=[des],
-                      callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
-        best.append(b.best_iteration)
-        raw[va] = b.predict(x[va], num_iteration=b.best_iteration, raw_score=True)
-        if on_fold is not None:
-            on_fold(k, b, es)
-    return raw, best
+    for k, (_, raw_va, _) in res["cv"].items():
+        raw[p.masks(k)[2]] = raw_va
+    return raw, [res["cv"][k][0] for k in range(folds)]
 
 
 def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: int = 1, seed: int = 0,
@@ -278,48 +372,46 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
     if lost:
         raise SpinefeatError(f"study {lost[0]} has feature rows but no fold")
     held = early_stopping_studies(studies, fold_of, worst, folds, seed)
-    params = dict(PARAMS, num_threads=jobs, seed=seed)
+    # One LightGBM thread a fit, ``jobs`` fits at a time (see _cross_fit): the same models whatever ``jobs`` is.
+    params = dict(PARAMS, num_threads=1, seed=seed)
     out = {"boosters": {}, "columns": {}, "temperature": {}, "rounds": {}, "params": params}
     fold_temperature: dict[str, list[float]] = {}
     oof_parts, spinal_held = [], {}
-    final_seconds = 0.0
     t0 = time.perf_counter()
-    n_steps = len(MODEL_GROUPS) * (folds + 1)
-    for gi, group in enumerate(MODEL_GROUPS):
+    problems, tables = {}, {}
+    for group in MODEL_GROUPS:
         g = rows[rows["condition"].isin(MODEL_GROUPS[group])].reset_index(drop=True)
         ga = extra[extra["condition"].isin(MODEL_GROUPS[group]) & extra["study_id"].isin(fold_of)]
         cols = feature_columns(features, group)
-        n_main = len(g)
         both = pd.concat([g, ga.reindex(columns=g.columns)], ignore_index=True)
-        x, y = both[cols].to_numpy(np.float32), both["severity"].to_numpy(int)
-        w = np.asarray(SEVERITY_WEIGHTS)[y]
         study = both["study_id"].to_numpy()
-        fold = both["study_id"].map(fold_of).to_numpy()
-        main = np.arange(len(both)) < n_main
-        temps = []
-
-        def calibrate(k, b, es, group=group, gi=gi):
+        problems[group] = _Problem(both[cols].to_numpy(np.float32), both["severity"].to_numpy(int),
+                                   both["study_id"].map(fold_of).to_numpy(),
+                                   lambda k, study=study: np.isin(study, held[k]), cols=cols, params=params,
+                                   folds=folds, scored=np.arange(len(both)) < len(g))
+        tables[group] = (g, both)
+        out["columns"][group] = cols
+    n_steps, steps = len(MODEL_GROUPS) * (folds + 1), iter(range(1, len(MODEL_GROUPS) * (folds + 1) + 1))
+    res, boosters = _cross_fit(problems, jobs=jobs, final=True,
+                               on_fold=None if progress is None else lambda *_: progress(next(steps), n_steps))
+    for group, p in problems.items():
+        g, both = tables[group]
+        y, main = p.y, p.scored
+        raw, temps = np.zeros((len(y), 3)), []
+        for k in range(folds):
             # Nested calibration: the fold's temperature from its held-out training studies only.
-            raw_es = b.predict(x[es], num_iteration=b.best_iteration, raw_score=True)
+            _, es, va = p.masks(k)
+            _, raw[va], raw_es = res[group][k]
             temps.append(fit_temperature(y[es], raw_es, what=f"{group} temperature (fold {k})"))
             if group == "spinal":
                 spinal_held[k] = (both[es], _softmax(raw_es / temps[-1]))
-            if progress is not None:
-                progress(gi * folds + k + 1, n_steps)
-
-        raw, best = grouped_cv(x, y, fold, lambda k: np.isin(study, held[k]), cols=cols, params=params, folds=folds,
-                               scored=main, on_fold=calibrate)
-        cal = _softmax(raw / np.asarray(temps)[fold][:, None])
-        rounds = max(int(np.mean(best) * 1.1), 10)
-        t_fit = time.perf_counter()
-        out["boosters"][group] = lgb.train(params, lgb.Dataset(x, y, weight=w, feature_name=cols), rounds)
-        final_seconds += time.perf_counter() - t_fit
-        out["columns"][group], out["rounds"][group] = cols, rounds
+        cal = _softmax(raw / np.asarray(temps)[p.fold][:, None])
+        out["boosters"][group] = boosters[group]
+        out["rounds"][group] = final_rounds([res[group][k][0] for k in range(folds)])
         out["temperature"][group] = fit_temperature(y[main], raw[main], what=f"{group} temperature (deployed)")
         fold_temperature[group] = temps
         oof_parts.append((g, raw[main], cal[main], group))
-        if progress is not None:
-            progress(len(MODEL_GROUPS) * folds + gi + 1, n_steps)
+    final_seconds = sum(p.final_seconds for p in problems.values())
     raw_sub = pd.concat([to_submission(g, _softmax(r)) for g, r, _, _ in oof_parts], ignore_index=True)
     cal_sub = pd.concat([to_submission(g, c) for g, _, c, _ in oof_parts], ignore_index=True)
     joined_rows = pd.concat([g[["study_id", "condition", "level", "row_id", "severity"]] for g, *_ in oof_parts],

@@ -98,6 +98,39 @@ def test_sharpening_touches_only_the_largest_spinal_severe_row():
     assert out.loc[1, ["normal_mild", "moderate", "severe"]].sum() == pytest.approx(1.0)
 
 
+def test_sharpening_loss_is_the_metric_on_the_sharpened_submission():
+    """The array form of the sharpening's loss gives the metric's own score of the sharpened table (the
+    metric module's route: sharpen_any_severe, then score_joined), ties and a study's equal rows included."""
+    from spinefeat.dataset import LEVELS
+    from spinefeat.metric import score_joined
+
+    rng = np.random.default_rng(5)
+    rows = pd.DataFrame([{"study_id": s, "condition": "spinal_canal_stenosis", "level": lv,
+                          "row_id": f"{s}_spinal_canal_stenosis_{lv}", "severity": int(rng.choice(3, p=[.6, .25, .15]))}
+                         for s in (31, 4, 17, 9, 22, 8) for lv in LEVELS]).sample(frac=1, random_state=1)
+    proba = models._softmax(rng.normal(0, 1.5, (len(rows), 3)))
+    proba[rows["study_id"].to_numpy() == 17] = [0.5, 0.3, 0.2]          # five rows tied for the largest severe
+    proba[:3, 2] = 0.999                                                # near 1: the clipping counts
+    proba /= proba.sum(axis=1, keepdims=True)
+    loss = models.sharpening_loss(rows, proba)
+    joined = rows.reset_index(drop=True).assign(group="spinal")
+    for beta in (0.0, 0.3, 1.7, 3.0):
+        sharp = models.sharpen_any_severe(models.to_submission(rows, proba), beta)
+        want = score_joined(joined.assign(**{c: sharp[c].to_numpy() for c in ("normal_mild", "moderate", "severe")}))
+        assert loss(beta) == pytest.approx(want["score"], rel=1e-12, abs=1e-12)
+    assert loss(1.7) != pytest.approx(loss(0.0))
+
+
+def test_graders_are_the_same_whatever_the_number_of_parallel_fits():
+    """Each fit runs on one LightGBM thread, ``jobs`` of them at a time: jobs changes the speed, not the models."""
+    feats, train = _table(n_studies=30, seed=4)
+    a, b = models.fit(feats, train, folds=3, jobs=1), models.fit(feats, train, folds=3, jobs=2)
+    pd.testing.assert_frame_equal(a["oof"], b["oof"])
+    for group in models.MODEL_GROUPS:
+        assert a["boosters"][group].model_to_string() == b["boosters"][group].model_to_string()
+    assert a["rounds"] == b["rounds"] and a["temperature"] == b["temperature"]
+
+
 def test_train_writes_text_models_and_manifest(trained):
     man = json.loads((trained / "manifest.json").read_text())
     assert set(man["models"]) == {"spinal", "foraminal", "subarticular"}
