@@ -153,20 +153,39 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
         near_lab, _ = ndi.label(ndi.binary_dilation(allowed, disk(int(round(0.5 * join_mm / spacing_mm)))))
         comp = allowed & (near_lab == near_lab[comp].max())
     px = max(1, int(np.ceil(input_px_mm / spacing_mm)))
-    grown = ndi.binary_dilation(comp, disk(px))
+    close_px = int(round(close_mm / spacing_mm)) if close_mm > 0 else 0
+    # Everything below stays within 2 px (the ring) and 2 close_px (the closing) of the component: it runs on
+    # that window of the crop, with the same result as on the whole crop (a window edge inside the crop is
+    # further away than any dilation reaches; at the crop's edge the window ends where the crop does).
+    win = _window(comp, 2 * px + 2 * close_px + 3)
+    xw, cw = x[win], comp[win]
+    grown = ndi.binary_dilation(cw, disk(px))
     ring = ndi.binary_dilation(grown, disk(px)) & ~grown
-    lo = float(np.median(x[ring])) if ring.any() else 0.0
+    lo = float(np.median(xw[ring])) if ring.any() else 0.0
     thr = 0.5 * (hi + lo)
-    bright = grown & (x >= thr) | comp
+    bright = grown & (xw >= thr) | cw
     lab2, _ = ndi.label(bright)
-    bright = np.isin(lab2, np.unique(lab2[comp]))
+    bright = np.isin(lab2, np.unique(lab2[cw]))
     mask = bright
     if close_mm > 0:
-        mask = ndi.binary_closing(np.pad(mask, px + 2), disk(int(round(close_mm / spacing_mm))))[px + 2:-px - 2, px + 2:-px - 2]
+        mask = ndi.binary_closing(np.pad(mask, px + 2), disk(close_px))[px + 2:-px - 2, px + 2:-px - 2]
     if fill:
         mask = ndi.binary_fill_holes(mask)
-    info.update(lo=lo, threshold=thr, bright=bright)
-    return mask, info
+    info.update(lo=lo, threshold=thr, bright=_placed(bright, win, x.shape))
+    return _placed(mask, win, x.shape), info
+
+
+def _window(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The bounding box of ``mask`` grown by ``margin`` pixels on each side, within the image."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return (slice(max(0, rows[0] - margin), rows[-1] + margin + 1),
+            slice(max(0, cols[0] - margin), cols[-1] + margin + 1))
+
+
+def _placed(part: np.ndarray, win: tuple[slice, slice], shape) -> np.ndarray:
+    out = np.zeros(shape, bool)
+    out[win] = part
+    return out
 
 
 def extent_mm(mask: np.ndarray, spacing_mm: float) -> tuple[float, float]:
