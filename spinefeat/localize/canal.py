@@ -48,8 +48,28 @@ def body_depth_mm(x: np.ndarray, dc: float, *, air: float = 0.06) -> np.ndarray:
     body = ndi.binary_fill_holes(ndi.binary_closing(ndi.uniform_filter(x, 9) > air, iterations=3))
     if body.all() or not body.any():
         return np.full(x.shape, np.inf)
-    return ndi.distance_transform_edt(np.pad(body, ((0, 0), (1, 1)), constant_values=True),
-                                      sampling=(1e9, dc))[:, 1:-1]
+    return row_distance_mm(body, dc)
+
+
+def row_distance_mm(inside: np.ndarray, dc: float) -> np.ndarray:
+    """Per pixel: the distance (mm) along its row to the nearest pixel not ``inside`` (0 on those; inf when
+    its row has none): the nearest one before and after each pixel, by running maxima and minima."""
+    cols = np.arange(inside.shape[1], dtype=float)
+    before = np.maximum.accumulate(np.where(inside, -np.inf, cols), axis=1)
+    after = np.minimum.accumulate(np.where(inside, np.inf, cols)[:, ::-1], axis=1)[:, ::-1]
+    return np.minimum(cols - before, after - cols) * dc
+
+
+def _row_centres(mask: np.ndarray) -> np.ndarray:
+    """Mean column of the pixels of each row of ``mask`` (every row has one)."""
+    return (mask * np.arange(mask.shape[1])).sum(axis=1) / mask.sum(axis=1)
+
+
+def _members(lab: np.ndarray, n: int, ids) -> np.ndarray:
+    """``np.isin(lab, ids)`` for a label image with labels 0..n, by look-up."""
+    keep = np.zeros(n + 1, bool)
+    keep[list(ids)] = True
+    return keep[lab]
 
 
 def _join_pieces(pieces: dict[int, tuple[np.ndarray, np.ndarray]], seed: int, dr: float, dc: float) -> list[int]:
@@ -59,8 +79,9 @@ def _join_pieces(pieces: dict[int, tuple[np.ndarray, np.ndarray]], seed: int, dr
     chain_ids = [seed]
     rr, cc = pieces[seed]
     todo = set(pieces) - {seed}
+    top, bottom = {i: r.min() for i, (r, _) in pieces.items()}, {i: r.max() for i, (r, _) in pieces.items()}
     while todo:
-        gap = {i: min(abs(pieces[i][0].min() - rr.max()), abs(rr.min() - pieces[i][0].max())) for i in todo}
+        gap = {i: min(abs(top[i] - rr.max()), abs(rr.min() - bottom[i])) for i in todo}
         i = min(todo, key=gap.get)
         todo.discard(i)
         if gap[i] * dr > 50.0:
@@ -88,17 +109,18 @@ def beside_periodicity(x: np.ndarray, mask: np.ndarray, dr: float, dc: float, *,
     if len(rows) < 2 or np.ptp(rows) * dr < 2 * period_mm[0]:
         return 0.0
     r = np.arange(rows[0], rows[-1] + 1, 1.0 / dr)
-    cen = np.interp(r, rows, [np.flatnonzero(mask[q]).mean() for q in rows])
+    cen = np.interp(r, rows, _row_centres(mask[rows]))
     best = 0.0
     for side in (-1.0, 1.0):
         cols = cen[:, None] + side * np.arange(5.0, 25.1, 5.0)[None, :] / dc
         p = ndi.map_coordinates(x, [np.repeat(r[:, None], cols.shape[1], 1), cols], order=1, mode="nearest").mean(1)
         p = p - ndi.uniform_filter1d(p, 61, mode="nearest")
         den = float(np.sum(p * p))
-        if den <= 0:
+        lags = np.arange(int(period_mm[0]), min(int(period_mm[1]), len(p) - 10) + 1)
+        if den <= 0 or not len(lags):
             continue
-        for lag in range(int(period_mm[0]), min(int(period_mm[1]), len(p) - 10) + 1):
-            best = max(best, float(np.sum(p[:-lag] * p[lag:]) / den))
+        # sum(p[:-lag] * p[lag:]) for every lag at once
+        best = max(best, float(np.correlate(p, p, "full")[len(p) - 1 + lags].max() / den))
     return best
 
 
@@ -155,7 +177,7 @@ def _seed_column(img: np.ndarray, pixel_spacing_mm, *, cut: float) -> tuple[np.n
     for _, i in cands:
         r, c = np.nonzero(lab[slices[i - 1]] == i)
         pieces[i] = (r + slices[i - 1][0].start, c + slices[i - 1][1].start)
-    chains = [np.isin(lab, _join_pieces(pieces, seed, dr, dc)) for _, seed in sorted(cands)[-6:]]
+    chains = [_members(lab, n, _join_pieces(pieces, seed, dr, dc)) for _, seed in sorted(cands)[-6:]]
     score = [th[m].mean() * np.sqrt(np.ptp(np.flatnonzero(m.any(axis=1))) + 1) * (0.5 + beside_periodicity(x, m, dr, dc))
              for m in chains]
     best = int(np.argmax(score))
@@ -231,7 +253,7 @@ def follow_column(ridge: np.ndarray, mask: np.ndarray, pixel_spacing_mm, *, low:
             out[r, a:b + 1] = True
     # Rows bridged inside the column (tight levels) keep a one-pixel path at the interpolated centre.
     rows = np.flatnonzero(out.any(axis=1))
-    cen = np.array([np.flatnonzero(out[r]).mean() for r in rows])
+    cen = _row_centres(out[rows])
     gaps = np.setdiff1d(np.arange(rows[0], rows[-1] + 1), rows)
     out[gaps, np.round(np.interp(gaps, rows, cen)).astype(int)] = True
     return out
