@@ -155,16 +155,18 @@ def labels_long(train: pd.DataFrame) -> pd.DataFrame:
     is empty (predicted but not scored).
     """
     codes = {s: i for i, s in enumerate(SEVERITIES)}
-    rows = []
-    for study_id, rec in train.iterrows():
-        for condition in CONDITIONS:
-            for level in LEVELS:
-                target = f"{condition}_{level}"
-                val = rec[target]
-                rows.append(
-                    (int(study_id), condition, level, target, f"{int(study_id)}_{target}", codes.get(val, -1))
-                )
-    return pd.DataFrame(rows, columns=["study_id", "condition", "level", "target", "row_id", "severity"])
+    pairs = [(condition, level) for condition in CONDITIONS for level in LEVELS]
+    targets = [f"{c}_{lv}" for c, lv in pairs]
+    ids = [int(s) for s in train.index]
+    # Study by study, each study's targets in CONDITIONS x LEVELS order (in arrays: a row loop took seconds).
+    return pd.DataFrame({
+        "study_id": np.repeat(np.asarray(ids, dtype=np.int64), len(targets)),
+        "condition": [c for c, _ in pairs] * len(ids),
+        "level": [lv for _, lv in pairs] * len(ids),
+        "target": targets * len(ids),
+        "row_id": [f"{s}_{t}" for s in ids for t in targets],
+        "severity": np.array([codes.get(v, -1) for v in train[targets].to_numpy().ravel()], dtype=np.int64),
+    })
 
 
 def read_coordinates(path: Path) -> pd.DataFrame:
