@@ -329,7 +329,8 @@ def time_training(features: pd.DataFrame, train: pd.DataFrame, *, studies: int, 
     return {"train_studies": studies, "train_rows": res["cv"]["rows"], "train_jobs": jobs,
             "train_seconds_5fold_cv_plus_final": time.perf_counter() - t0,
             "train_cpu_seconds_5fold_cv_plus_final": time.process_time() - c0,
-            "train_seconds_final_fit_25_targets": res["cv"]["seconds_final_fit"]}
+            "train_seconds_final_fit_25_targets": res["cv"]["seconds_final_fit"],
+            "train_rounds": res["rounds"]}
 
 
 def environment() -> dict:
@@ -423,9 +424,11 @@ def markdown(res: dict) -> str:
                      f"{res['startup_help_cpu_s']:.2f} s CPU.")
     if "train_seconds_5fold_cv_plus_final" in res:
         lines.append(f"Training on {res['train_studies']} studies' rows ({res['train_rows']} rows, 25 targets, "
-                     f"{res['train_jobs']} threads): {res['train_seconds_5fold_cv_plus_final']:.1f} s for 5-fold CV "
-                     f"plus the final fit ({res['train_seconds_final_fit_25_targets']:.1f} s); CPU "
-                     f"{res.get('train_cpu_seconds_5fold_cv_plus_final', float('nan')):.1f} s over all threads.")
+                     f"{res['train_jobs']} fits at a time, one thread each): "
+                     f"{res['train_seconds_5fold_cv_plus_final']:.1f} s for 5-fold CV plus the final fit (the final "
+                     f"fits {res['train_seconds_final_fit_25_targets']:.1f} s together); CPU "
+                     f"{res.get('train_cpu_seconds_5fold_cv_plus_final', float('nan')):.1f} s over all threads"
+                     + (f"; rounds of the final fits {res['train_rounds']}" if "train_rounds" in res else "") + ".")
     lines.append(f"Peak memory of this process: {res['peak_rss_mb']:.0f} MB.")
     lines += ["", "| study | instances | syntax | " + " | ".join(STAGES) + " | path | floor | ratio | CPU ratio |",
               "|---|---:|---|" + "---:|" * (len(STAGES) + 4)]

@@ -313,7 +313,7 @@ def train(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Labelled folder in the Kaggle layout.")],
     out: Annotated[Path, typer.Option(help="Models folder to write.")] = Path("models"),
     folds: Annotated[int, typer.Option(min=2, help="Study-grouped CV folds.")] = 5,
-    jobs: Annotated[int, typer.Option(min=1, help="Studies extracted in parallel; LightGBM threads.")] = 1,
+    jobs: Annotated[int, typer.Option(min=1, help="Studies extracted in parallel; graders fitted in parallel.")] = 1,
     features_path: Annotated[Optional[Path], typer.Option("--features", exists=True, dir_okay=False,
                                                           help="Feature table at the label points (skips that extraction).")] = None,
     seed: Annotated[int, typer.Option(help="Fold assignment and LightGBM seed.")] = 0,
@@ -394,7 +394,7 @@ def bench(
                                                          help="train.csv for the training timing (default: the first "
                                                               "folder's).")] = None,
     train_studies: Annotated[int, typer.Option(min=10, help="Studies' rows for the training timing.")] = 2000,
-    jobs: Annotated[int, typer.Option(min=1, help="LightGBM threads for the training timing.")] = 2,
+    jobs: Annotated[int, typer.Option(min=1, help="Graders fitted in parallel for the training timing.")] = 2,
     out_dir: Annotated[Path, typer.Option(help="Where NAME.md and NAME.json go.")] = Path("reports/benchmarks"),
     name: Annotated[Optional[list[str]], typer.Option(help="Report name per folder (default: the folder's name).")] = None,
 ) -> None:
