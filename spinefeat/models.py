@@ -251,6 +251,7 @@ class _Problem:
         self.stops = stops
         self.data = lgb.Dataset(x, y, weight=np.asarray(SEVERITY_WEIGHTS)[y], feature_name=cols, params=params,
                                 free_raw_data=False).construct()
+        self.final_seconds = 0.0
 
     def masks(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Fold k's training, early-stopping and scored rows."""
@@ -391,7 +392,8 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
                                    folds=folds, scored=np.arange(len(both)) < len(g))
         tables[group] = (g, both)
         out["columns"][group] = cols
-    n_steps, steps = len(MODEL_GROUPS) * (folds + 1), iter(range(1, len(MODEL_GROUPS) * (folds + 1) + 1))
+    n_steps = len(MODEL_GROUPS) * (folds + 1)
+    steps = iter(range(1, n_steps + 1))
     res, boosters = _cross_fit(problems, jobs=jobs, final=True,
                                on_fold=None if progress is None else lambda *_: progress(next(steps), n_steps))
     for group, p in problems.items():
