@@ -244,6 +244,9 @@ def add_relative_features(df: pd.DataFrame) -> pd.DataFrame:
     for group, names in RELATIVE.items():
         sel = cond.str.contains(group).to_numpy()
         study, level = df["study_id"].to_numpy()[sel], df["level"].to_numpy()[sel]
+        # Each row's (study, level, side) and the other side's, for every measurement of the group.
+        keys = pd.MultiIndex.from_arrays([study, level, side[sel]])
+        other_keys = pd.MultiIndex.from_arrays([study, level, np.where(side[sel] == "left", "right", "left")])
         for n in names:
             if n not in df.columns:
                 cols[n] = np.full(len(df), np.nan)
@@ -254,10 +257,8 @@ def add_relative_features(df: pd.DataFrame) -> pd.DataFrame:
             cols[f"{n}_rel_study"] = rel
             if group != "spinal_canal_stenosis":
                 # The same measurement on the other side at this level (the first measured one, if several).
-                keys = pd.MultiIndex.from_arrays([study, level, side[sel]])
                 first = vals.set_axis(keys).dropna().groupby(level=[0, 1, 2]).first()
-                other = first.reindex(pd.MultiIndex.from_arrays(
-                    [study, level, np.where(side[sel] == "left", "right", "left")])).to_numpy(float)
+                other = first.reindex(other_keys).to_numpy(float)
                 rel = np.full(len(df), np.nan)
                 rel[sel] = vals.to_numpy() / np.where(other == 0, np.nan, other)
                 cols[f"{n}_rel_side"] = rel
