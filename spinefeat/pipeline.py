@@ -87,7 +87,12 @@ def train_all(data: Path, out: Path, *, folds: int = 5, jobs: int = 1, seed: int
         if len(labelled) < folds:
             raise SpinefeatError(f"{len(labelled)} labelled studies: need at least {folds} for {folds}-fold CV")
         fold_of = stratified_folds(labelled, worst_grades(train), folds, seed)
-        loc, fold_locs = train_localizers(data, labels, folds=fold_of if points == "both" else None, spider=spider,
+        extra = None
+        if spider is not None:
+            from .spider import spider_training
+
+            extra = spider_training(spider)
+        loc, fold_locs = train_localizers(data, labels, folds=fold_of if points == "both" else None, extra=extra,
                                           jobs=jobs, progress=lambda n, t: report("learning the localisers", n, t))
         loc.save(work)
         augment = None

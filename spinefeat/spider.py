@@ -292,3 +292,17 @@ def check_spider(folder: Path, *, localizer=None, folds: int = 4, base=None, job
                                     f"leave-patients-out, {folds} folds" + (", plus the given training folder" if base else ""))
     summary["discs"]["patients_in_training"] = int(sum(r.get("in_training", False) for r in rows))
     return {"patients": rows, **summary}
+
+
+def spider_training(folder: Path) -> dict:
+    """What the localiser learns from a SPIDER folder (:func:`spinefeat.localize.train_localizers`'s
+    ``extra``): every patient's detector samples and disc gaps."""
+    out = {"x": [], "y": [], "gaps": [], "trained_on": {}}
+    patients = read_spider(folder)
+    for p in patients:
+        xs, ys, gaps = spider_samples(p)
+        out["x"] += xs
+        out["y"] += ys
+        out["gaps"] += gaps
+    out["trained_on"]["spider_patients"] = [p.patient for p in patients]
+    return out

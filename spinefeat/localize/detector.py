@@ -214,16 +214,16 @@ def rsna_samples(root: Path, points: pd.DataFrame, *, progress=None) -> dict:
     return out
 
 
-def train_localizer(root: Path, points: pd.DataFrame, *, spider: Path | None = None, jobs: int = 1,
+def train_localizer(root: Path, points: pd.DataFrame, *, extra: dict | None = None, jobs: int = 1,
                     progress=None) -> Localizer:
     """Learn the detector, the level spacing and the offsets of the other points from labelled studies,
-    and with ``spider`` (a SPIDER folder, :mod:`spinefeat.spider`) the detector and the spacing also from
-    its real sagittal T2 and disc masks."""
-    return train_localizers(root, points, spider=spider, jobs=jobs, progress=progress)[0]
+    and with ``extra`` (e.g. :func:`spinefeat.spider.spider_training`: real sagittal T2 with disc masks) the
+    detector and the spacing also from those samples."""
+    return train_localizers(root, points, extra=extra, jobs=jobs, progress=progress)[0]
 
 
 def train_localizers(root: Path, points: pd.DataFrame, *, folds: dict[int, int] | None = None,
-                     spider: Path | None = None, jobs: int = 1,
+                     extra: dict | None = None, jobs: int = 1,
                      progress=None) -> tuple[Localizer, dict[int, Localizer]]:
     """:func:`train_localizer` on all studies, and with ``folds`` (study -> fold) one localiser per fold
     learnt without that fold's studies (to cross-fit: each study localised by a localiser that never saw
@@ -231,17 +231,12 @@ def train_localizers(root: Path, points: pd.DataFrame, *, folds: dict[int, int] 
     got = rsna_samples(root, points, progress=progress)
     owner = list(got["owner"])
     trained_on = {"studies": got["studies"]}
-    if spider is not None:
-        from ..spider import read_spider, spider_samples
-
-        patients = read_spider(spider)
-        for p in patients:
-            xs, ys, gaps = spider_samples(p)
-            got["x"] += xs
-            got["y"] += ys
-            got["gaps"] += gaps
-            owner += [None] * len(xs)
-        trained_on["spider_patients"] = [p.patient for p in patients]
+    if extra is not None:                 # real material besides the studies (SPIDER), never scored
+        got["x"] += extra["x"]
+        got["y"] += extra["y"]
+        got["gaps"] += extra["gaps"]
+        owner += [None] * len(extra["x"])
+        trained_on.update(extra["trained_on"])
     # A SPIDER slice may carry no gap (gaps and samples are then not one to one): gaps keep their own owners.
     gap_owner = list(got["owner"]) + [None] * (len(got["gaps"]) - len(got["owner"]))
 
