@@ -15,6 +15,10 @@ SAGITTAL_KEYS = ("ap_width_mm", "ap_width_above_mm", "ap_width_below_mm", "width
 #: Where the sac's centre lies behind the line joining the two recess points, in units of their distance
 #: (the recess points mark the sac's antero-lateral corners; anatomy, not fitted to grades).
 SAC_BEHIND_RECESS = 0.2
+#: Below this share of the sac crop's range (1st to 99.5th percentile), the brightest tissue within 4 mm of
+#: the seed is not CSF: the sac is compressed and grey (no CSF signal left), or the seed missed it.
+#: Chosen on the development half of the real axial crops (0.4 .. 0.7 compared), see the README.
+SAC_CSF_LEVEL = 0.6
 
 
 def axial_sac_seed(recess_rc, *, pixel_spacing_mm, posterior_rc=(1.0, 0.0)) -> tuple[float, float]:
@@ -51,8 +55,10 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior
     caliper diameter, minor axis of the ellipse of the same moments),
     ``csf_fraction`` (share of the filled sac that is bright CSF, low when
     rootlets clump) and ``solidity``. What fills it is sampled by
-    :func:`spinefeat.features.axial.sac_profile`. A blank or saturated
-    crop, or no bright structure within 4 mm of the seed, is ``failed``.
+    :func:`spinefeat.features.axial.sac_profile`. When nothing within 4 mm
+    of the seed reaches :data:`SAC_CSF_LEVEL` of the crop's range, the sac
+    holds no CSF: every size is 0 and the result is ``weak``. A blank or
+    saturated crop, or no bright structure near the seed, is ``failed``.
 
     Examples
     --------
@@ -70,8 +76,14 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior
     back = tuple(float(v) for v in posterior_rc)
     across = (-back[1], back[0])
     mask, info = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)), join_mm=2.0,
-                               strict=strict)
+                               strict=strict, min_level=SAC_CSF_LEVEL)
     if not mask.any():
+        if np.isfinite(info["hi"]) and info["hi"] <= SAC_CSF_LEVEL:
+            # No CSF near the seed: a sac without CSF measures none (Schizas C/D), but a seed that missed
+            # the sac looks the same, so the finding is only ``weak``.
+            meas = {k: 0.0 for k in AXIAL_KEYS}
+            meas["solidity"] = NAN
+            return Segmentation(mask, meas, WEAK, spacing_mm, origin, ["no CSF near the seed"])
         return Segmentation(mask, {k: NAN for k in AXIAL_KEYS}, FAILED, spacing_mm, origin,
                             ["no bright structure near the seed"])
     # Rootlets lie against the dependent (posterior) wall and notch the CSF from
