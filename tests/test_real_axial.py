@@ -92,6 +92,7 @@ def test_free_space_counts_the_space_lateral_of_the_root():
     shut = np.where(xx < -0.5, 1.0, 0.1)
     m = free_space(shut, posterior_rc=(1, 0), lateral_rc=(0, 1), spacing_mm=sp)
     assert m["free_space_lateral_mm"] < 0.3 and m["free_space_mm"] < 0.8
+    assert m["free_space_medial_mm"] > 4.5                     # the sac's side is read on its own
 
 
 def test_recess_depth_along_the_patients_back():

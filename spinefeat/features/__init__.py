@@ -75,7 +75,8 @@ SHAPE_DEFINITIONS = {
                          "orientation tags)",
         "free_space_front_mm": "the same, mean of the rays 90 and 60 deg towards the front",
         "free_space_lateral_mm": "the same, mean of the rays within 30 deg of lateral",
-        "free_space_back_mm": "the same, mean of the rays 60 and 90 deg towards the back"}),
+        "free_space_back_mm": "the same, mean of the rays 60 and 90 deg towards the back",
+        "free_space_medial_mm": "the same, mean of the rays within 30 deg of medial (towards the sac)"}),
 }
 
 

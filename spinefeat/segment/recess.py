@@ -14,7 +14,7 @@ OBLITERATED_LEVEL = 0.45
 FREE_SPACE_ANGLES_DEG = (-90, -60, -30, 0, 30, 60, 90)
 FREE_SPACE_REACH_MM = 6.0
 FREE_SPACE_GROUPS = {"free_space_front_mm": (-90, -60), "free_space_lateral_mm": (-30, 0, 30),
-                     "free_space_back_mm": (60, 90)}
+                     "free_space_back_mm": (60, 90), "free_space_medial_mm": (150, 180, 210)}
 KEYS = ("area_mm2", "depth_mm", "lateral_extent_mm", "csf_fraction", "lf_thickness_mm", "dark_fraction",
         "free_space_mm", *FREE_SPACE_GROUPS)
 
@@ -28,7 +28,8 @@ def free_space(x: np.ndarray, *, posterior_rc, lateral_rc, spacing_mm: float) ->
     ray, not only up to the first dark one: the point sits on the dark traversing root. A patent recess is
     CSF and fat around the root (about 6 mm on every ray); a shut one is disc, ligament and facet (0). No
     segmentation, so a recess mask that follows the sac's CSF medially does not count.
-    ``free_space_mm`` is the mean over all rays; the groups of :data:`FREE_SPACE_GROUPS` over theirs.
+    ``free_space_mm`` is the mean over those rays; the groups of :data:`FREE_SPACE_GROUPS` over theirs
+    (``free_space_medial_mm``: three rays towards the sac, not in the mean).
     """
     from scipy.ndimage import gaussian_filter
 
@@ -36,13 +37,13 @@ def free_space(x: np.ndarray, *, posterior_rc, lateral_rc, spacing_mm: float) ->
     c = (x.shape[0] - 1) / 2
     k = np.arange(int(round(FREE_SPACE_REACH_MM / spacing_mm)))
     ray = {}
-    for a in FREE_SPACE_ANGLES_DEG:
+    for a in sorted({*FREE_SPACE_ANGLES_DEG, *(a for g in FREE_SPACE_GROUPS.values() for a in g)}):
         t = np.radians(a)
         d = (np.sin(t) * posterior_rc[0] + np.cos(t) * lateral_rc[0], np.sin(t) * posterior_rc[1] + np.cos(t) * lateral_rc[1])
         i = np.clip(np.rint(c + k * d[0]).astype(int), 0, x.shape[0] - 1)
         j = np.clip(np.rint(c + k * d[1]).astype(int), 0, x.shape[1] - 1)
         ray[a] = float((xs[i, j] >= 0.5).sum()) * spacing_mm
-    out = {"free_space_mm": float(np.mean(list(ray.values())))}
+    out = {"free_space_mm": float(np.mean([ray[a] for a in FREE_SPACE_ANGLES_DEG]))}
     out.update({name: float(np.mean([ray[a] for a in angles])) for name, angles in FREE_SPACE_GROUPS.items()})
     return out
 
