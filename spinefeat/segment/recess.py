@@ -39,7 +39,7 @@ def free_space(x: np.ndarray, *, posterior_rc, lateral_rc, spacing_mm: float) ->
     ray = {}
     for a in sorted({*FREE_SPACE_ANGLES_DEG, *(a for g in FREE_SPACE_GROUPS.values() for a in g)}):
         t = np.radians(a)
-        d = (np.sin(t) * posterior_rc[0] + np.cos(t) * lateral_rc[0], np.sin(t) * posterior_rc[1] + np.cos(t) * lateral_rc[1])
+        d = np.sin(t) * np.asarray(posterior_rc, float) + np.cos(t) * np.asarray(lateral_rc, float)
         i = np.clip(np.rint(c + k * d[0]).astype(int), 0, x.shape[0] - 1)
         j = np.clip(np.rint(c + k * d[1]).astype(int), 0, x.shape[1] - 1)
         ray[a] = float((xs[i, j] >= 0.5).sum()) * spacing_mm
