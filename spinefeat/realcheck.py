@@ -243,20 +243,21 @@ def sagittal_series_rows(folder: Path, points: pd.DataFrame) -> list[dict]:
 
 
 def sac_seed(points_on_crop: pd.DataFrame, *, pixel_spacing_mm) -> tuple[float, float] | None:
-    """Where the dural sac is seeded on an axial crop: from its left and right recess points
-    (:func:`spinefeat.segment.canal.axial_sac_seed`, the crop in the standard axial orientation).
+    """Where the dural sac is seeded on an axial crop: from its left and right recess points, or from the one
+    it holds (:func:`spinefeat.segment.canal.axial_sac_seed`, the crop in the standard axial orientation).
 
-    None when the crop does not hold both (one point alone does not say where the midline is).
+    None when the crop holds no recess point.
     """
     from .geometry import axial_directions
     from .segment.canal import axial_sac_seed
 
     sides = points_on_crop.drop_duplicates("condition")
-    if len(sides) < 2:
+    if sides.empty:
         return None
-    back, _ = axial_directions(STANDARD_IOP["canal_ax"])
+    back, left = axial_directions(STANDARD_IOP["canal_ax"])
+    side = [1 if c.startswith("left") else -1 for c in sides["condition"]]
     return axial_sac_seed(sides[["y_crop", "x_crop"]].to_numpy(float), pixel_spacing_mm=pixel_spacing_mm,
-                          posterior_rc=back)
+                          posterior_rc=back, left_rc=left, sides=side if len(sides) == 1 else None)
 
 
 def axial_series_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame,
@@ -288,7 +289,8 @@ def axial_series_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame,
             continue
         row = _row(crop.study_id, "spinal_canal_stenosis", level, grade[(crop.study_id, level)])
         row.update(series_id=int(crop.series_id), image=crop.image, seed_row=seed[0], seed_col=seed[1],
-                   diagnostics_pixel_spacing_mm=float(ps[0]), diagnostics_series_high=high)
+                   diagnostics_pixel_spacing_mm=float(ps[0]), diagnostics_series_high=high,
+                   diagnostics_seed_points=int(pts["condition"].nunique()))
         spi.append(_guarded(row, lambda: {
             **region_features("canal_ax", img, seed, pixel_spacing_mm=ps, series_high=high)[0],
             **whole_patch(img, series_high=high)}))
@@ -417,7 +419,11 @@ def _run_parallel(tasks, *, jobs: int, progress, label: str) -> list:
 def _finish_table(rows: list[dict]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
-    df = pd.DataFrame(rows).sort_values(["study_id", "condition", "level", "image"])
+    df = pd.DataFrame(rows)
+    # A sac seeded from both recess points comes before one seeded from one.
+    first = ["diagnostics_seed_points"] if "diagnostics_seed_points" in df else []
+    df = df.sort_values(["study_id", "condition", "level", *first, "image"],
+                        ascending=[True, True, True, *[False] * len(first), True])
     # One row per target (a study with two series of a kind keeps its first).
     df = df.drop_duplicates("row_id").reset_index(drop=True)
     return add_relative_features(df)

@@ -69,7 +69,14 @@ SHAPE_DEFINITIONS = {
         "lateral_extent_mm": "medial-lateral extent through the point (direction from the orientation tags)",
         "csf_fraction": "bright share",
         "lf_thickness_mm": "dark band (ligamentum flavum, facet) behind the recess",
-        "dark_fraction": "share of the crop darker than the half-maximum"}),
+        "dark_fraction": "share of the crop darker than the half-maximum",
+        "free_space_mm": "bright length (above half the 16 mm crop's 1st-99.5th percentile range) within 6 mm of "
+                         "the point, mean of 7 rays from front through lateral to back (directions from the "
+                         "orientation tags)",
+        "free_space_front_mm": "the same, mean of the rays 90 and 60 deg towards the front",
+        "free_space_lateral_mm": "the same, mean of the rays within 30 deg of lateral",
+        "free_space_back_mm": "the same, mean of the rays 60 and 90 deg towards the back",
+        "free_space_medial_mm": "the same, mean of the rays within 30 deg of medial (towards the sac)"}),
 }
 
 

@@ -184,7 +184,7 @@ def find_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, iop, search_mm: fl
     for pr, pc in cands:
         rc = (r0 + pr * sp / dr, c0 + pc * sp / dc)
         seg = segment_axial_sac(image, rc, pixel_spacing_mm=pixel_spacing_mm, posterior_rc=back, strict=SAC_STRICT)
-        if seg.quality == FAILED:
+        if seg.quality == FAILED or not seg.mask.any():     # no mask: no CSF near this candidate
             continue
         m = seg.measurements
         cr, cc = np.argwhere(seg.mask).mean(axis=0)
@@ -258,7 +258,7 @@ def sac_centre(ax: Stack, k: int, xyz) -> np.ndarray | None:
     pr = g.project(xyz)
     seg = segment_axial_sac(ax.pixels[k], (float(pr["row"][0]), float(pr["col"][0])),
                             pixel_spacing_mm=g.pixel_spacing_mm, posterior_rc=axial_directions(g.iop)[0])
-    if seg.quality == FAILED:
+    if seg.quality == FAILED or not seg.mask.any():         # no mask: no CSF at the projected point
         return None
     cr, cc = np.argwhere(seg.mask).mean(axis=0)
     dr, dc = g.pixel_spacing_mm

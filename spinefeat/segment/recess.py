@@ -9,7 +9,43 @@ from .common import FOUND, Segmentation, bright_region, finish, normalise, open_
 NAN = float("nan")
 #: Below this share of the crop's bright reference (the sac's CSF), nothing near the point is recess space.
 OBLITERATED_LEVEL = 0.45
-KEYS = ("area_mm2", "depth_mm", "lateral_extent_mm", "csf_fraction", "lf_thickness_mm", "dark_fraction")
+#: Rays of the free space around the traversing root, from the point: front (-90 deg) through lateral (0) to
+#: back (+90), each read over :data:`FREE_SPACE_REACH_MM`; bright is above half the crop's range.
+FREE_SPACE_ANGLES_DEG = (-90, -60, -30, 0, 30, 60, 90)
+FREE_SPACE_REACH_MM = 6.0
+FREE_SPACE_GROUPS = {"free_space_front_mm": (-90, -60), "free_space_lateral_mm": (-30, 0, 30),
+                     "free_space_back_mm": (60, 90), "free_space_medial_mm": (150, 180, 210)}
+KEYS = ("area_mm2", "depth_mm", "lateral_extent_mm", "csf_fraction", "lf_thickness_mm", "dark_fraction",
+        "free_space_mm", *FREE_SPACE_GROUPS)
+
+
+def free_space(x: np.ndarray, *, posterior_rc, lateral_rc, spacing_mm: float) -> dict[str, float]:
+    """How much of the space lateral of the point (front, lateral, back of it) is bright, in mm along rays.
+
+    On each ray of :data:`FREE_SPACE_ANGLES_DEG` from the centre of the normalised crop ``x`` (0 deg is
+    ``lateral_rc``, +90 ``posterior_rc``), the length within :data:`FREE_SPACE_REACH_MM` brighter than 0.5
+    (after a 0.5 mm Gaussian: noise and partial volume). Bright pixels are counted wherever they lie on the
+    ray, not only up to the first dark one: the point sits on the dark traversing root. A patent recess is
+    CSF and fat around the root (about 6 mm on every ray); a shut one is disc, ligament and facet (0). No
+    segmentation, so a recess mask that follows the sac's CSF medially does not count.
+    ``free_space_mm`` is the mean over those rays; the groups of :data:`FREE_SPACE_GROUPS` over theirs
+    (``free_space_medial_mm``: three rays towards the sac, not in the mean).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    xs = gaussian_filter(x, 0.5 / spacing_mm)
+    c = (x.shape[0] - 1) / 2
+    k = np.arange(int(round(FREE_SPACE_REACH_MM / spacing_mm)))
+    ray = {}
+    for a in sorted({*FREE_SPACE_ANGLES_DEG, *(a for g in FREE_SPACE_GROUPS.values() for a in g)}):
+        t = np.radians(a)
+        d = np.sin(t) * np.asarray(posterior_rc, float) + np.cos(t) * np.asarray(lateral_rc, float)
+        i = np.clip(np.rint(c + k * d[0]).astype(int), 0, x.shape[0] - 1)
+        j = np.clip(np.rint(c + k * d[1]).astype(int), 0, x.shape[1] - 1)
+        ray[a] = float((xs[i, j] >= 0.5).sum()) * spacing_mm
+    out = {"free_space_mm": float(np.mean([ray[a] for a in FREE_SPACE_ANGLES_DEG]))}
+    out.update({name: float(np.mean([ray[a] for a in angles])) for name, angles in FREE_SPACE_GROUPS.items()})
+    return out
 
 
 def measure_recess(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_rc=(1.0, 0.0), lateral_rc=(0.0, 1.0),
@@ -24,7 +60,8 @@ def measure_recess(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_rc
     extent across, ``area_mm2`` its area within the crop.
     ``lf_thickness_mm`` is the dark band (ligamentum flavum, facet) met going
     back from the recess; ``dark_fraction`` the share of the crop darker than
-    the half-maximum (encroaching tissue). What fills it is sampled by
+    the half-maximum (encroaching tissue); ``free_space_*`` the bright
+    length on rays lateral of the point (:func:`free_space`). What fills it is sampled by
     :func:`spinefeat.features.axial.recess_profile`.
     """
     crop, origin, fail = open_crop(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
@@ -39,11 +76,13 @@ def measure_recess(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_rc
     # a low strict level keeps fat, hole filling takes the root in.
     mask, info = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)),
                                search_mm=3.0, strict=0.5, close_mm=0.5, min_level=OBLITERATED_LEVEL)
+    space = free_space(x, posterior_rc=back, lateral_rc=out, spacing_mm=spacing_mm)
     if not mask.any():
         # Nothing bright near the point: the recess is obliterated (Bartynski 3), a finding.
         meas = {k: 0.0 for k in KEYS}
         meas["lf_thickness_mm"] = NAN
         meas["dark_fraction"] = float((x < 0.5 * info["hi"]).mean()) if np.isfinite(info["hi"]) else NAN
+        meas.update(space)
         return Segmentation(mask, meas, FOUND, spacing_mm, origin, ["recess obliterated"])
     rr, cc = np.nonzero(mask)
     # Nearest mask pixel to the seed, then the runs through it.
@@ -64,6 +103,6 @@ def measure_recess(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_rc
     meas = {"area_mm2": float(mask.sum()) * spacing_mm ** 2, "depth_mm": depth, "lateral_extent_mm": lateral,
             "csf_fraction": float(info["bright"][mask].mean()),
             "lf_thickness_mm": lf * spacing_mm if inside else NAN,
-            "dark_fraction": float((x < info["threshold"]).mean())}
+            "dark_fraction": float((x < info["threshold"]).mean()), **space}
     # The recess opens into the canal, so reaching the crop border is expected here.
     return finish(mask, meas, spacing_mm, origin, min_area_mm2=1.0, border_is_weak=False)
