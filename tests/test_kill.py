@@ -110,15 +110,28 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the worker processes")
+def _repeated(cohort: Path, out: Path, times: int) -> Path:
+    """The cohort's training studies ``times`` over under new study ids (folders linked, CSVs rewritten): an
+    extract long enough to be interrupted while its workers run (6 studies take about a second)."""
+    (out / "train_images").mkdir(parents=True)
+    for name in ("train.csv", "train_label_coordinates.csv", "train_series_descriptions.csv"):
+        df = pd.read_csv(cohort / name)
+        pd.concat([df.assign(study_id=df["study_id"] + i) for i in range(times)]).to_csv(out / name, index=False)
+    for study in (cohort / "train_images").iterdir():
+        for i in range(times):
+            (out / "train_images" / str(int(study.name) + i)).symlink_to(study)
+    return out
+
+
 def test_ctrl_c_stops_the_worker_processes(cohort, tmp_path):
-    proc = cli("extract", cohort, "--out", tmp_path / "f.parquet", "--jobs", 2)
+    proc = cli("extract", _repeated(cohort, tmp_path / "c", 20), "--out", tmp_path / "f.parquet", "--jobs", 2)
     workers: set[int] = set()
 
     def started():
         workers.update(_children(proc.pid))
         return len(workers) >= 2
-    # Signalled as soon as both workers run: a 6-study extract ends within a second of that on a quiet machine.
     wait_for(started, proc)
+    time.sleep(0.5)
     workers.update(_children(proc.pid))
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=120)[0].decode()
