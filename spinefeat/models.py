@@ -258,20 +258,16 @@ class _Problem:
         stops = self.stops(k)
         return (self.fold != k) & ~stops, (self.fold != k) & stops & self.scored, (self.fold == k) & self.scored
 
-    def fold_fit(self, k: int):
-        """Fit fold k (early stopping on its inner split); a function giving (best iteration, raw scores of
-        the scored fold, raw scores of the early-stopping rows). The subsets are built here, in the calling
-        thread; the returned function trains and may run in another thread."""
+    def fold_fit(self, k: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """Fit fold k (early stopping on its inner split): best iteration, raw scores of the scored fold and
+        of the early-stopping rows."""
         tr, es, va = self.masks(k)
         dtr, des = self.data.subset(np.flatnonzero(tr)).construct(), self.data.subset(np.flatnonzero(es)).construct()
-
-        def run():
-            b = lgb.train(self.params, dtr, MAX_ROUNDS, valid_sets=[des],
-                          callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
-            it = b.best_iteration
-            return it, b.predict(self.x[va], num_iteration=it, raw_score=True), \
-                b.predict(self.x[es], num_iteration=it, raw_score=True)
-        return run
+        b = lgb.train(self.params, dtr, MAX_ROUNDS, valid_sets=[des],
+                      callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
+        it = b.best_iteration
+        return it, b.predict(self.x[va], num_iteration=it, raw_score=True), \
+            b.predict(self.x[es], num_iteration=it, raw_score=True)
 
     def final_fit(self, rounds: int) -> lgb.Booster:
         t0 = time.perf_counter()
@@ -285,34 +281,24 @@ def final_rounds(best: list[int]) -> int:
     return max(int(np.mean(best) * 1.1), 10)
 
 
-def _cross_fit(problems: dict, *, jobs: int, final: bool, on_fold=None) -> tuple[dict, dict]:
-    """Every fold of every problem (and, with ``final``, each problem's fit on all rows once its folds are done),
-    each fit on one LightGBM thread, one after another (see the comment below), so the models are the same
-    whatever ``jobs`` is. Returns ``{name: {k: (best, raw_va, raw_es)}}`` and ``{name: Booster}``;
-    ``on_fold(name, k)`` is called as each fit finishes (``k`` None: the final fit).
+def _cross_fit(problems: dict, *, final: bool, on_fold=None) -> tuple[dict, dict]:
+    """Every fold of every problem, then (with ``final``) each problem's fit on all rows, one fit after another
+    on one LightGBM thread each, so the models are the same whatever ``--jobs`` is. (Fits run at once in
+    threads of one process gave different models in 3 of 12 repeats.) Returns
+    ``{name: {k: (best, raw_va, raw_es)}}`` and ``{name: Booster}``; ``on_fold(name, k)`` is called as each
+    fit finishes (``k`` None: the final fit).
     """
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
     folds_done: dict = {name: {} for name in problems}
+    for name, p in problems.items():
+        for k in range(p.folds):
+            folds_done[name][k] = p.fold_fit(k)
+            if on_fold is not None:
+                on_fold(name, k)
     boosters: dict = {}
-    # One fit at a time for now: LightGBM fits running at once in threads of one process gave different models
-    # in 3 of 12 repeats (jobs 1 against 2, tests/test_models.py), so ``jobs`` does not parallelise them yet.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = {pool.submit(p.fold_fit(k)): (name, k) for name, p in problems.items() for k in range(p.folds)}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                name, k = pending.pop(fut)
-                if k is None:
-                    boosters[name] = fut.result()
-                else:
-                    folds_done[name][k] = fut.result()
-                    p = problems[name]
-                    if final and len(folds_done[name]) == p.folds:
-                        rounds = final_rounds([folds_done[name][i][0] for i in range(p.folds)])
-                        pending[pool.submit(p.final_fit, rounds)] = (name, None)
-                if on_fold is not None:
-                    on_fold(name, k)
+    for name, p in problems.items() if final else ():
+        boosters[name] = p.final_fit(final_rounds([folds_done[name][i][0] for i in range(p.folds)]))
+        if on_fold is not None:
+            on_fold(name, None)
     return folds_done, boosters
 
 
@@ -323,11 +309,11 @@ def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner, *, cols: l
     ``fold`` gives each row's scored fold; ``inner(k)`` the mask of the training rows that stop fold k's
     boosting early (rows of :func:`early_stopping_studies`). Rows with ``scored`` False only ever train.
     The held-out fold is never used to choose anything, so its predictions are honest.
-    ``params["num_threads"]`` folds are fitted at a time, each on one thread. Returns the raw scores (zero on
+    Each fold is fitted on one LightGBM thread. Returns the raw scores (zero on
     rows never scored) and the best iteration of each fold.
     """
     p = _Problem(x, y, fold, inner, cols=cols, params=dict(params, num_threads=1), folds=folds, scored=scored)
-    res, _ = _cross_fit({"cv": p}, jobs=int(params.get("num_threads", 1)), final=False)
+    res, _ = _cross_fit({"cv": p}, final=False)
     raw = np.zeros((len(y), 3))
     for k, (_, raw_va, _) in res["cv"].items():
         raw[p.masks(k)[2]] = raw_va
@@ -392,7 +378,7 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         out["columns"][group] = cols
     n_steps = len(MODEL_GROUPS) * (folds + 1)
     steps = iter(range(1, n_steps + 1))
-    res, boosters = _cross_fit(problems, jobs=jobs, final=True,
+    res, boosters = _cross_fit(problems, final=True,
                                on_fold=None if progress is None else lambda *_: progress(next(steps), n_steps))
     for group, p in problems.items():
         g, both = tables[group]
