@@ -31,6 +31,7 @@ from .geometry import axial_directions
 from .images import StudyImages
 from .segment import FAILED, FOUND, Segmentation, measure_recess, measure_sagittal_canal, segment_axial_sac, \
     segment_foramen
+from .segment.canal import SAC_SEED_OFFSETS_MM
 from .segment.common import crop_mm
 from .series import project_to_series
 
@@ -87,7 +88,8 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
             seg = measure_recess(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, posterior_rc=back,
                                  lateral_rc=out)
         else:
-            seg = segment_axial_sac(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, posterior_rc=back)
+            seg = segment_axial_sac(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, posterior_rc=back,
+                                    seed_offsets_mm=SAC_SEED_OFFSETS_MM)
     elif region == "canal_sag":
         seg = measure_sagittal_canal(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm)
     else:

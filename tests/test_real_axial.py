@@ -8,7 +8,7 @@ import pytest
 
 from spinefeat.geometry import axial_directions
 from spinefeat.segment import measure_recess, segment_axial_sac
-from spinefeat.segment.canal import RECESS_DISTANCE_MM, SAC_BEHIND_RECESS, axial_sac_seed
+from spinefeat.segment.canal import RECESS_DISTANCE_MM, SAC_BEHIND_RECESS, SAC_SEED_OFFSETS_MM, axial_sac_seed
 from spinefeat.segment.recess import free_space
 
 #: A fixed subset of the share's axial crops: the studies with the smallest ids (about half the share: with
@@ -79,6 +79,30 @@ def test_sac_without_csf_measures_none():
     # the same sac holding CSF is measured
     seg = segment_axial_sac(_ellipse(n, sp, 4, 6, 0, value=0.9, bg=0.15), ((n - 1) / 2,) * 2, pixel_spacing_mm=(sp, sp))
     assert seg.measurements["area_mm2"] == pytest.approx(np.pi * 4 * 6, rel=0.1)
+
+
+def test_sac_from_several_seeds_is_the_consensus():
+    """A seed on a bright speck inside a clump of dark rootlets: one seed measures the speck, the seeds along
+    the AP line (most of them in the sac's CSF) the sac, holes filled."""
+    sp, n = 0.25, 200
+    c = (n - 1) / 2
+    r = np.hypot(*((np.mgrid[:n, :n] - c) * sp))
+    img = np.where(r <= 6.0, 0.9, 0.15)                       # the sac, 6 mm radius
+    img[r <= 2.75] = 0.2                                       # rootlets clumped around the seed
+    img[r <= 0.5] = 1.0                                        # a bright speck at the seed
+    one = segment_axial_sac(img, (c, c), pixel_spacing_mm=(sp, sp))
+    assert one.measurements["area_mm2"] < 5 and one.quality == "weak"
+    seg = segment_axial_sac(img, (c, c), pixel_spacing_mm=(sp, sp), seed_offsets_mm=SAC_SEED_OFFSETS_MM)
+    assert seg.quality == "found" and seg.measurements["area_mm2"] == pytest.approx(np.pi * 36, rel=0.05)
+    # the mask's crop is centred on the given seed: its centroid is the sac's centre
+    rows, cols = np.nonzero(seg.mask)
+    centre = (seg.origin_rc[0] + rows.mean() * seg.spacing_mm / sp, seg.origin_rc[1] + cols.mean() * seg.spacing_mm / sp)
+    assert centre == pytest.approx((c, c), abs=1.0)
+    # a clean sac measures the same from one seed or from several
+    clean = np.where(r <= 6.0, 0.9, 0.15)
+    a1 = segment_axial_sac(clean, (c, c), pixel_spacing_mm=(sp, sp)).measurements["area_mm2"]
+    a5 = segment_axial_sac(clean, (c, c), pixel_spacing_mm=(sp, sp), seed_offsets_mm=SAC_SEED_OFFSETS_MM)
+    assert a5.measurements["area_mm2"] == pytest.approx(a1, rel=0.02)
 
 
 def test_free_space_counts_the_space_lateral_of_the_root():
