@@ -32,6 +32,7 @@ from .images import StudyImages
 from .segment import FAILED, FOUND, Segmentation, measure_recess, measure_sagittal_canal, segment_axial_sac, \
     segment_foramen
 from .segment.canal import SAC_SEED_OFFSETS_MM
+from .segment.recess import RECESS_AROUND_MM
 from .segment.common import crop_mm
 from .series import project_to_series
 
@@ -86,7 +87,7 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
         if region == "recess":
             out = left if side >= 0 else (-left[0], -left[1])
             seg = measure_recess(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, posterior_rc=back,
-                                 lateral_rc=out)
+                                 lateral_rc=out, around_mm=RECESS_AROUND_MM)
         else:
             seg = segment_axial_sac(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, posterior_rc=back,
                                     seed_offsets_mm=SAC_SEED_OFFSETS_MM)

@@ -128,6 +128,22 @@ def test_recess_depth_along_the_patients_back():
     assert seg.measurements["lateral_extent_mm"] == pytest.approx(8.0, abs=0.8)
 
 
+def test_recess_measured_around_the_point():
+    """A round recess space of radius 4 mm, the point at its centre: the AP chord is 8 mm through the point
+    and the points 3 mm in front and behind, 2 sqrt(4^2 - 3^2) mm through the points 3 mm lateral and medial."""
+    from spinefeat.segment.recess import RECESS_AROUND_MM
+
+    sp, n = 0.25, 200
+    r = np.hypot(*((np.mgrid[:n, :n] - (n - 1) / 2) * sp))
+    img = np.where(r <= 4.0, 0.9, 0.1)
+    at = measure_recess(img, ((n - 1) / 2,) * 2, pixel_spacing_mm=(sp, sp))
+    assert at.measurements["depth_mm"] == pytest.approx(8.0, abs=0.3)
+    seg = measure_recess(img, ((n - 1) / 2,) * 2, pixel_spacing_mm=(sp, sp), around_mm=RECESS_AROUND_MM)
+    side = 2 * np.sqrt(16 - RECESS_AROUND_MM ** 2)
+    assert seg.measurements["depth_mm"] == pytest.approx((3 * 8.0 + 2 * side) / 5, abs=0.3)
+    assert seg.quality == at.quality and np.array_equal(seg.mask, at.mask)      # the point's own mask
+
+
 # ---------------------------------------------------------------- real crops (the share)
 
 @pytest.fixture(scope="module")

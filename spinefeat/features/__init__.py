@@ -63,7 +63,8 @@ SHAPE_DEFINITIONS = {
         "feret_max_mm": "largest Feret (caliper) diameter, any orientation",
         "major_axis_mm": "major axis of the ellipse with the same second moments",
         "minor_axis_mm": "minor axis of the ellipse with the same second moments"}),
-    "recess": ("bright space of the lateral recess on the axial T2 slice of the point", {
+    "recess": ("bright space of the lateral recess on the axial T2 slice of the point (each the mean over the "
+               "point and the 4 points 3 mm in front of, behind, lateral and medial of it)", {
         "area_mm2": "area within a 16 mm crop",
         "depth_mm": "antero-posterior depth through the point (direction from the orientation tags)",
         "lateral_extent_mm": "medial-lateral extent through the point (direction from the orientation tags)",
