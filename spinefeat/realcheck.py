@@ -260,10 +260,23 @@ def sac_seed(points_on_crop: pd.DataFrame, *, pixel_spacing_mm) -> tuple[float, 
                           posterior_rc=back, left_rc=left, sides=side if len(sides) == 1 else None)
 
 
+def sac_seed_without_points(image: np.ndarray, *, pixel_spacing_mm) -> tuple[float, float]:
+    """Where the dural sac is seeded on an axial crop that holds no recess point: the centre of the sac the
+    localiser finds from the crop's centre (:func:`spinefeat.localize.placement.find_sac`; the crops are cut
+    around the canal), or the crop's centre when it finds none."""
+    from .localize.placement import find_sac
+
+    centre = ((image.shape[0] - 1) / 2, (image.shape[1] - 1) / 2)
+    fit = find_sac(image, centre, pixel_spacing_mm=pixel_spacing_mm, iop=STANDARD_IOP["canal_ax"])
+    return centre if fit is None else (float(fit.rc[0]), float(fit.rc[1]))
+
+
 def axial_series_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame,
                       spinal: pd.DataFrame | None) -> tuple[list[dict], list[dict]]:
-    """Subarticular rows (recess at each labelled point) and spinal rows (sac between the two recess points)
-    of one axial series' crops. Channel 1 of a crop is its instance (0 and 2 are the neighbours)."""
+    """Subarticular rows (recess at each labelled point) and spinal rows (the sac seeded from the crop's recess
+    points, :func:`sac_seed`, or found near its centre when it holds none, :func:`sac_seed_without_points`;
+    ``diagnostics_seed_points`` says which) of one axial series' crops. Channel 1 of a crop is its instance
+    (0 and 2 are the neighbours)."""
     images = {name: read_image(Path(folder) / "images" / name, channel=1) for name in crops["image"]}
     high = _series_high(images.values())
     grade = {} if spinal is None else dict(zip(zip(spinal["study_id"], spinal["level"]), spinal["severity"]))
@@ -282,11 +295,13 @@ def axial_series_rows(folder: Path, crops: pd.DataFrame, points: pd.DataFrame,
                 **region_features("recess", img, seed, pixel_spacing_mm=ps, series_high=high,
                                   side=row["context_side"])[0],
                 **raw_patch(img, seed, half_px=AXIAL_PATCH_HALF_PX, series_high=high)}))
-        seed = sac_seed(pts, pixel_spacing_mm=ps)
         levels = pts["level"].unique()
         level = levels[0] if len(levels) == 1 else crop.level_of_slice
-        if seed is None or (crop.study_id, level) not in grade:
+        if (crop.study_id, level) not in grade:
             continue
+        seed = sac_seed(pts, pixel_spacing_mm=ps)
+        if seed is None:
+            seed = sac_seed_without_points(img, pixel_spacing_mm=ps)
         row = _row(crop.study_id, "spinal_canal_stenosis", level, grade[(crop.study_id, level)])
         row.update(series_id=int(crop.series_id), image=crop.image, seed_row=seed[0], seed_col=seed[1],
                    diagnostics_pixel_spacing_mm=float(ps[0]), diagnostics_series_high=high,

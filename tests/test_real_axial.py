@@ -42,6 +42,18 @@ def test_sac_seed_lies_behind_the_recess_points():
     assert axial_sac_seed([(40, 30)], pixel_spacing_mm=ps, sides=[-1]) == pytest.approx((40 + back_px, 30 + half_px))
 
 
+def test_sac_seed_without_recess_points_is_the_sac_found_near_the_crops_centre():
+    from spinefeat.realcheck import sac_seed_without_points
+
+    sp, rows, cols = 0.5, 60, 100
+    yy, xx = np.mgrid[:rows, :cols] * sp
+    sac = (29.5 + 4 / sp, 49.5 - 2 / sp)                        # 4 mm behind, 2 mm right of the crop's centre
+    img = np.where(np.hypot(yy - sac[0] * sp, xx - sac[1] * sp) <= 6.0, 0.9, 0.15)
+    assert sac_seed_without_points(img, pixel_spacing_mm=(sp, sp)) == pytest.approx(sac, abs=1.0 / sp)
+    # nothing to find: the crop's centre
+    assert sac_seed_without_points(np.zeros((rows, cols)), pixel_spacing_mm=(sp, sp)) == ((rows - 1) / 2, (cols - 1) / 2)
+
+
 def _ellipse(n, sp, a_mm, b_mm, angle_deg, value=1.0, bg=0.1):
     yy, xx = (np.mgrid[:n, :n] - (n - 1) / 2) * sp
     t = np.radians(angle_deg)
@@ -174,7 +186,9 @@ def test_real_recess_depth_and_sac_area_carry_the_grade(axial_rows):
     sub, spi = axial_rows
     sub, spi = sub[sub.severity >= 0], spi[spi.severity >= 0]
     # spinal rows where a crop holds one recess point too (the midline placed from it)
-    assert len(sub) > 500 and len(spi) > 300 and (spi["diagnostics_seed_points"] == 1).sum() > 100
+    assert len(sub) > 500 and len(spi) > 400 and (spi["diagnostics_seed_points"] == 1).sum() > 100
+    # and where it holds none (the sac found from the crop's centre): 115 of 488 rows on this subset
+    assert (spi["diagnostics_seed_points"] == 0).sum() > 80
     # On the whole share: recess depth -0.58, free space -0.64, sac area -0.47 (README); on this subset
     # -0.62, -0.64 and -0.46 (one point and one seed: -0.48, -0.58 and -0.42).
     rho = {c: sub[c].corr(sub["severity"], method="spearman")
