@@ -417,6 +417,69 @@ def axial_placement(folder: Path, *, jobs: int = 1, progress=None, shift_mm: flo
     return res, df
 
 
+def foramen_placement_rows(folder: Path, points: pd.DataFrame, *, shift_mm: float = PLACEMENT_SEED_SHIFT_MM) -> list[dict]:
+    """Foramina placed on one sagittal series' slices by the localiser's own in-plane search
+    (:func:`spinefeat.localize.placement.find_keyhole`, as ``place_foramen`` uses it on the slice the prior falls
+    on) from a seed ``shift_mm`` off each labelled foramen (a direction per image, condition and level), and
+    from the label itself: one row per labelled foramen. Where no keyhole is found the localiser keeps its
+    prior, so the seed is the placed point."""
+    from .localize.placement import find_keyhole
+
+    images = {name: read_image(Path(folder) / "images" / name) for name in pd.unique(points["image"])}
+    native_mm = sagittal_native_spacing_mm(points)
+    out = []
+    for p in points.itertuples(index=False):
+        img = images[p.image]
+        ps = png_spacing_mm(native_mm, p.rows, p.columns, img.shape)
+        label = (float(p.y_png), float(p.x_png))
+        seeds = {"off": placement_seed(f"{p.image} {p.condition} {p.level}", label, pixel_spacing_mm=ps,
+                                       shift_mm=shift_mm), "at": label}
+        row = {"study_id": int(p.study_id), "series_id": int(p.series_id), "image": p.image, "condition": p.condition,
+               "level": p.level, "severity": int(p.severity), "diagnostics_pixel_spacing_mm": float(ps[0])}
+        for k, seed in seeds.items():
+            fit = find_keyhole(img, seed, pixel_spacing_mm=ps, iop=STANDARD_IOP["foramen"])
+            r, c = fit.rc if fit is not None else seed
+            row.update({f"error_mm_seed_{k}": float(np.hypot((r - label[0]) * ps[0], (c - label[1]) * ps[1])),
+                        f"keyhole_seed_{k}": fit is not None,
+                        f"confidence_seed_{k}": fit.confidence if fit is not None else 0.0})
+        out.append(row)
+    return out
+
+
+def foramen_placement(folder: Path, *, jobs: int = 1, progress=None,
+                      shift_mm: float = PLACEMENT_SEED_SHIFT_MM) -> tuple[dict, pd.DataFrame]:
+    """How far the localiser's foramina land from the labelled ones on real Sagittal T1 slices (see
+    :func:`foramen_placement_rows`), with the seed ``shift_mm`` off: median mm, share within
+    :data:`PLACEMENT_WITHIN_MM`, share without a keyhole and the AUC of the keyhole fit's confidence for a
+    larger error; ``seed_at_labels`` the same from the label itself (what the search costs a right seed).
+    Nothing is learnt from the labels: the same numbers on any subset of a folder."""
+    from functools import partial
+
+    from .localize import confidence_auc
+
+    points = read_sagittal(folder)
+    tasks = [(partial(foramen_placement_rows, shift_mm=shift_mm), (folder, g))
+             for _, g in points.groupby("series_id", sort=True)]
+    df = pd.DataFrame([r for part in _run_parallel(tasks, jobs=jobs, progress=progress, label="foramen placement")
+                       for r in part])
+    res = {"rows": int(len(df)), "studies": int(df["study_id"].nunique()) if len(df) else 0,
+           "series": int(df["series_id"].nunique()) if len(df) else 0, "seed_shift_mm": float(shift_mm),
+           "within_mm": PLACEMENT_WITHIN_MM}
+    if len(df) == 0:
+        return res, df
+
+    def summary(k):
+        e = df[f"error_mm_seed_{k}"]
+        return {"median_mm": float(e.median()), "within_6mm": float((e <= PLACEMENT_WITHIN_MM).mean()),
+                "no_keyhole": float(1 - df[f"keyhole_seed_{k}"].mean()),
+                "confidence_auc": confidence_auc(pd.DataFrame({"error_mm": e, "confidence": df[f"confidence_seed_{k}"]}),
+                                                 threshold_mm=PLACEMENT_WITHIN_MM)}
+
+    res.update(summary("off"))
+    res["seed_at_labels"] = summary("at")
+    return res, df
+
+
 def _run_parallel(tasks, *, jobs: int, progress, label: str) -> list:
     from joblib import Parallel, delayed
 
@@ -644,12 +707,16 @@ def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None,
     peer = read_peer(peer_files) if peer_files else None
     tables: dict[str, pd.DataFrame] = {}
     seconds = {}
+    result: dict = {}
+    out.mkdir(parents=True, exist_ok=True)
     if sagittal_t1 is not None:
         t = time.perf_counter()
         tables["foraminal"] = sagittal_table(sagittal_t1, jobs=jobs, progress=progress)
         seconds["foraminal_measure"] = time.perf_counter() - t
-    result: dict = {}
-    out.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        result["foramen_placement"], placed = foramen_placement(sagittal_t1, jobs=jobs, progress=progress)
+        write_parquet(out / "foramen_placement.parquet", placed)
+        seconds["foramen_placement"] = time.perf_counter() - t
     if axial_t2 is not None:
         t = time.perf_counter()
         tables["subarticular"], tables["spinal"] = axial_tables(axial_t2, jobs=jobs, progress=progress)
@@ -724,6 +791,12 @@ def markdown_table(result: dict) -> str:
                  f"median {ap['median_mm']:.1f} mm, within {ap['within_mm']:g} mm {ap['within_6mm']:.2f}, "
                  f"confidence AUC {ap['confidence_auc']:.2f}; seeded at the labels' sac: median "
                  f"{ap['seed_at_labels']['median_mm']:.1f} mm, within {ap['seed_at_labels']['within_6mm']:.2f}.\n")
+    fp = result.get("foramen_placement")
+    if fp and "median_mm" in fp:
+        text += (f"\nForamen placement on the sagittal T1 slices ({fp['rows']} foramina, seed {fp['seed_shift_mm']:g} mm "
+                 f"off): median {fp['median_mm']:.1f} mm, within {fp['within_mm']:g} mm {fp['within_6mm']:.2f}, no "
+                 f"keyhole {fp['no_keyhole']:.2f}, confidence AUC {fp['confidence_auc']:.2f}; seeded at the label: "
+                 f"median {fp['seed_at_labels']['median_mm']:.1f} mm, within {fp['seed_at_labels']['within_6mm']:.2f}.\n")
     return text
 
 

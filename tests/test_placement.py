@@ -143,3 +143,73 @@ def test_recesses_on_real_crops_from_an_off_seed(crops):
     e = np.hypot(df["label_row_mm_seed_off"] - df["corner_row_mm_seed_off"],
                  df["label_col_mm_seed_off"] - df["corner_col_mm_seed_off"])      # the corners themselves
     assert (e <= 6.0).mean() >= 0.8 and e.median() < 3.5       # this subset: 0.89, 2.6 mm; whole share 0.83, 2.7 mm
+
+
+# ---------------------------------------------------------------- foramina on sagittal T1
+
+SAG = STANDARD_IOP["foramen"]           # rows to the feet, columns to the back
+FP = 0.25                               # mm per pixel of the tiny T1 slices
+
+
+def _t1_slice(n=200, hole_rc=(100, 100), half_h_mm=8.0, half_w_mm=4.0, marrow_rc=None, fat=0.9, marrow=0.8):
+    """A tiny parasagittal T1 slice: grey tissue, an upright ellipse of fat (the keyhole, ``half_h_mm`` tall
+    and ``half_w_mm`` wide about ``hole_rc``) and optionally a round blob of marrow (a pedicle)."""
+    yy, xx = np.mgrid[:n, :n].astype(float)
+    img = np.full((n, n), 0.35)
+    img[((yy - hole_rc[0]) * FP / half_h_mm) ** 2 + ((xx - hole_rc[1]) * FP / half_w_mm) ** 2 <= 1] = fat
+    if marrow_rc is not None:
+        img[np.hypot(yy - marrow_rc[0], xx - marrow_rc[1]) * FP <= 5.0] = marrow
+    return img
+
+
+def test_keyhole_is_found_from_a_seed_several_mm_off_and_marked_down_its_height():
+    from spinefeat.localize.placement import find_keyhole
+
+    hole, h = (100, 100), 8.0
+    img = _t1_slice(hole_rc=hole, half_h_mm=h)
+    for seed_mm in ((0, 0), (5, 0), (-4, 4), (0, -7), (6, 6)):
+        seed = (hole[0] + seed_mm[0] / FP, hole[1] + seed_mm[1] / FP)
+        for share in (0.35, 0.5):
+            fit = find_keyhole(img, seed, pixel_spacing_mm=(FP, FP), iop=SAG, root_share=share)
+            assert fit is not None, seed_mm
+            # the drawn ellipse runs from hole - h to hole + h (rows to the feet): share of the way down. The
+            # segmenter's window about a seed off the middle cuts the keyhole's far end: 1.5 mm off from a seed
+            # inside the keyhole, 3.5 mm from one outside it that still catches its edge (kept as the seed's own)
+            want = (hole[0] + (-h + share * 2 * h) / FP, hole[1])
+            inside = (seed_mm[0] / h) ** 2 + (seed_mm[1] / 4.0) ** 2 <= 1
+            assert np.hypot(fit.rc[0] - want[0], fit.rc[1] - want[1]) * FP < (1.5 if inside else 3.5), (seed_mm, share)
+            assert 0 < fit.confidence <= 1
+
+
+def test_keyhole_down_follows_the_orientation_tags():
+    from spinefeat.localize.placement import find_keyhole
+
+    hole = (100, 100)
+    img = _t1_slice(hole_rc=hole)[::-1]                       # rows now run to the head, and the tags say so
+    fit = find_keyhole(img, (99.0, 100.0), pixel_spacing_mm=(FP, FP), iop=(0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    assert fit.rc[0] > 99.0 + 1.0 / FP                          # the upper part of the keyhole: larger rows here
+
+
+def test_no_keyhole_near_a_collapsed_foramen_keeps_the_seed_not_the_marrow_beside_it():
+    from spinefeat.localize.placement import find_keyhole
+
+    # no fat at the seed (a collapsed foramen), a pedicle's round marrow 9 mm above it, less bright than fat
+    img = _t1_slice(fat=0.35, marrow_rc=(100 - 9 / FP, 100), marrow=0.6)
+    assert find_keyhole(img, (100.0, 100.0), pixel_spacing_mm=(FP, FP), iop=SAG) is None
+    # as bright as fat and as near, it is taken (round, but the search has nothing better): the confidence says so
+    img = _t1_slice(fat=0.35, marrow_rc=(100 - 9 / FP, 100), marrow=0.9)
+    assert find_keyhole(img, (100.0, 100.0), pixel_spacing_mm=(FP, FP), iop=SAG).confidence < 0.9
+    # the keyhole itself beside the same marrow is preferred to it
+    img = _t1_slice(marrow_rc=(100 - 16 / FP, 100))           # 3 mm of tissue between them
+    fit = find_keyhole(img, (100 - 6 / FP, 100.0), pixel_spacing_mm=(FP, FP), iop=SAG)
+    assert np.hypot(fit.centre_rc[0] - 100, fit.centre_rc[1] - 100) * FP < 2.0      # the marrow is 16 mm off
+
+
+def test_label_share_is_where_the_label_sits_down_the_keyhole():
+    from spinefeat.localize.placement import label_share
+
+    img = _t1_slice(hole_rc=(100, 100), half_h_mm=8.0)
+    for share in (0.3, 0.5, 0.7):
+        row = 100 + (-8.0 + share * 16.0) / FP
+        assert label_share(img, (row, 100.0), pixel_spacing_mm=(FP, FP), iop=SAG) == pytest.approx(share, abs=0.04)
+    assert label_share(_t1_slice(fat=0.35), (100.0, 100.0), pixel_spacing_mm=(FP, FP), iop=SAG) is None

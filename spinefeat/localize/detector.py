@@ -19,7 +19,7 @@ from ..errors import SpinefeatError
 from ..images import StudyImages
 from .canal import STEP_MM, Canal, fit_canal, mid_sagittal, normalise_intensity
 from .chain import DISC_RADIUS_MM, chain, disc_centre_mm
-from .placement import RECESSES, fit_recess_rule, recess_corners_xyz
+from .placement import KEYHOLE_ROOT_SHARE, RECESSES, fit_recess_rule, label_share, recess_corners_xyz
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Localizer:
     offsets: dict = field(default_factory=dict)   # condition -> level -> [dx, dy, dz] from the spinal point
     sac_offsets: dict = field(default_factory=dict)  # recess condition -> placement.fit_recess_rule's rule
     trained_on: dict = field(default_factory=dict)   # what the detector learnt from (studies, SPIDER patients)
+    keyhole_share: float = KEYHOLE_ROOT_SHARE   # where foramen labels sit down their keyhole (placement.label_share)
 
     def save(self, out: Path) -> None:
         out = Path(out)
@@ -96,7 +97,8 @@ class Localizer:
 
         write_text(out / "localizer.txt", self.detector.model_to_string())
         write_json(out / "localizer.json", {"gaps_mm": self.gaps.tolist(), "offsets_mm": self.offsets,
-                                            "recess_rules": self.sac_offsets, "step_mm": STEP_MM,
+                                            "recess_rules": self.sac_offsets, "keyhole_share": self.keyhole_share,
+                                            "step_mm": STEP_MM,
                                             "trained_on": self.trained_on})
 
     @property
@@ -104,7 +106,8 @@ class Localizer:
         """Hash of the detector and the learned geometry (cache keys of features at localised points)."""
         import hashlib
 
-        meta = json.dumps({"gaps": self.gaps.tolist(), "offsets": self.offsets, "sac": self.sac_offsets}, sort_keys=True)
+        meta = json.dumps({"gaps": self.gaps.tolist(), "offsets": self.offsets, "sac": self.sac_offsets,
+                           "keyhole": self.keyhole_share}, sort_keys=True)
         return hashlib.sha256(self.detector.model_to_string().encode() + meta.encode()).hexdigest()[:16]
 
     @classmethod
@@ -113,7 +116,7 @@ class Localizer:
 
         detector, meta = load_localizer_files(models)   # hashes checked against manifest.json
         return cls(detector, np.array(meta["gaps_mm"]), meta["offsets_mm"], meta.get("recess_rules", {}),
-                   meta.get("trained_on", {}))
+                   meta.get("trained_on", {}), meta.get("keyhole_share", KEYHOLE_ROOT_SHARE))
 
     def find_discs(self, stack: Stack) -> tuple[int, float, np.ndarray, np.ndarray]:
         """Mid-sagittal slice, the midline's offset from it (mm), the five disc (row, col) on it, a confidence per level."""
@@ -169,7 +172,7 @@ def rsna_samples(root: Path, points: pd.DataFrame, *, progress=None) -> dict:
     ser = folder.series("train")
     out = {"x": [], "y": [], "gaps": [], "owner": [], "studies": 0,
            "offsets": {c: {lv: [] for lv in LEVELS} for c in CONDITIONS[1:]},
-           "sac_offsets": {c: {lv: [] for lv in LEVELS} for c in RECESSES}}
+           "sac_offsets": {c: {lv: [] for lv in LEVELS} for c in RECESSES}, "keyhole_shares": []}
     study_ids = sorted(points["study_id"].unique())
     for n, sid in enumerate(study_ids):
         if progress is not None:
@@ -207,6 +210,12 @@ def rsna_samples(root: Path, points: pd.DataFrame, *, progress=None) -> dict:
                         if corners:
                             out["sac_offsets"][cond][p["level"]].append(
                                 (int(sid), ((xyz - centre).tolist(), (corners[cond] - centre).tolist())))
+                    elif "foraminal" in cond:
+                        st, j = images.locate(p["series_id"], p["instance_number"])
+                        t = label_share(st.pixels[j], (p["y"], p["x"]), pixel_spacing_mm=st.geometry.pixel_spacing_mm,
+                                        iop=st.geometry.iop)
+                        if t is not None:
+                            out["keyhole_shares"].append((int(sid), t))
                 except (SpinefeatError, KeyError):
                     pass
     if progress is not None:
@@ -254,7 +263,8 @@ def train_localizers(root: Path, points: pd.DataFrame, *, folds: dict[int, int] 
                          gap_stats(gaps), medians(got["offsets"]),
                          {c: fit_recess_rule({lv: [o for sid, o in v if keep(sid)] for lv, v in d.items()})
                           for c, d in got["sac_offsets"].items()},
-                         dict(trained_on, studies=sum(1 for sid in got["owner"] if keep(sid))))
+                         dict(trained_on, studies=sum(1 for sid in got["owner"] if keep(sid))),
+                         float(np.median([t for sid, t in got["keyhole_shares"] if keep(sid)] or [KEYHOLE_ROOT_SHARE])))
 
     by_fold = {k: fit(lambda sid, k=k: folds.get(sid) != k) for k in sorted(set((folds or {}).values()))}
     return fit(lambda sid: True), by_fold

@@ -77,9 +77,10 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
                 missing.append(f"{cond} {lv}: outside the {desc} series")
                 continue
             # The label marks the middle of the foramen: the centre of its fat keyhole on T1.
-            j, r, c = place_foramen(st, xyz, pr, images.series_high(sid))
+            j, r, c, hole_conf = place_foramen(st, xyz, pr, root_share=loc.keyhole_share)
             rows.append({"study_id": study_id, "series_id": sid, "instance_number": int(st.instance_numbers[j]),
-                         "condition": cond, "level": lv, "x": c, "y": r, "confidence": float(conf[LEVELS.index(lv)]),
+                         "condition": cond, "level": lv, "x": c, "y": r,
+                         "confidence": float(conf[LEVELS.index(lv)]) * hole_conf,
                          "sop_instance_uid": st.sop_uid(j)})
     for lv in LEVELS if images.series_of(CONDITION_SERIES[RECESSES[0]]) else ():
         got, why = place_level_recesses(images, midline[lv], lv, frame=frame, rules=loc.sac_offsets)
