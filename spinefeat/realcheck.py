@@ -450,8 +450,9 @@ def foramen_placement(folder: Path, *, jobs: int = 1, progress=None,
                       shift_mm: float = PLACEMENT_SEED_SHIFT_MM) -> tuple[dict, pd.DataFrame]:
     """How far the localiser's foramina land from the labelled ones on real Sagittal T1 slices (see
     :func:`foramen_placement_rows`), with the seed ``shift_mm`` off: median mm, share within
-    :data:`PLACEMENT_WITHIN_MM`, share without a keyhole and the AUC of the keyhole fit's confidence for a
-    larger error; ``seed_at_labels`` the same from the label itself (what the search costs a right seed).
+    :data:`PLACEMENT_WITHIN_MM`, share without a keyhole (the seed kept) and the AUC of the keyhole fit's
+    confidence for a larger error over the others; ``seed_at_labels`` the same from the label itself (what the
+    search costs a right seed).
     Nothing is learnt from the labels: the same numbers on any subset of a folder."""
     from functools import partial
 
@@ -469,11 +470,12 @@ def foramen_placement(folder: Path, *, jobs: int = 1, progress=None,
         return res, df
 
     def summary(k):
-        e = df[f"error_mm_seed_{k}"]
+        e, found = df[f"error_mm_seed_{k}"], df[f"keyhole_seed_{k}"].astype(bool)
+        # The AUC over the foramina placed on a keyhole: the others stay at the seed, here a known distance off.
+        placed = pd.DataFrame({"error_mm": e[found], "confidence": df[f"confidence_seed_{k}"][found]})
         return {"median_mm": float(e.median()), "within_6mm": float((e <= PLACEMENT_WITHIN_MM).mean()),
-                "no_keyhole": float(1 - df[f"keyhole_seed_{k}"].mean()),
-                "confidence_auc": confidence_auc(pd.DataFrame({"error_mm": e, "confidence": df[f"confidence_seed_{k}"]}),
-                                                 threshold_mm=PLACEMENT_WITHIN_MM)}
+                "no_keyhole": float(1 - found.mean()),
+                "confidence_auc": confidence_auc(placed, threshold_mm=PLACEMENT_WITHIN_MM)}
 
     res.update(summary("off"))
     res["seed_at_labels"] = summary("at")
