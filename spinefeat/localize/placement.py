@@ -146,27 +146,12 @@ def keyhole_candidates(image: np.ndarray, seed_rc, *, pixel_spacing_mm, iop=None
                        search_mm: float = KEYHOLE_SEARCH_MM, root_share: float = KEYHOLE_ROOT_SHARE) -> list[KeyholeFit]:
     """Every keyhole candidate :func:`find_keyhole` weighs, scored; the one segmented at the seed itself (when
     there is one) first, marked ``terms["seeded"]``."""
-    from scipy import ndimage as ndi
-
-    from ..segment.common import crop_mm, normalise
-
-    dr, dc = (float(v) for v in pixel_spacing_mm)
-    sp = _BLOB_SPACING_MM
-    crop, (r0, c0) = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=2 * search_mm + 30.0,
-                             spacing_mm=sp)
-    if np.ptp(crop) < 1e-6:
-        return []
-    x = normalise(crop, hi_pct=99.5)
-    dog = ndi.gaussian_filter(x, 2.0 / sp) - ndi.gaussian_filter(x, 6.0 / sp)
-    c = (crop.shape[0] - 1) / 2
-    yy, xx = np.indices(crop.shape)
-    near = np.hypot(yy - c, xx - c) * sp <= search_mm
-    peak = (dog == ndi.maximum_filter(dog, size=int(round(4.0 / sp)))) & near & (dog > 0)
-    order = np.argsort(dog[peak])[::-1][:KEYHOLE_CANDIDATES]
+    got = _blob_candidates(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, search_mm=search_mm, margin_mm=30.0,
+                           sigmas_mm=(2.0, 6.0), most=KEYHOLE_CANDIDATES)
     out = []
-    for i, (pr, pc) in enumerate([(c, c)] + [tuple(p) for p in np.argwhere(peak)[order]]):
-        fit = _keyhole_fit(image, (r0 + pr * sp / dr, c0 + pc * sp / dc), seed_rc, pixel_spacing_mm=pixel_spacing_mm,
-                           iop=iop, search_mm=search_mm, root_share=root_share)
+    for i, rc in enumerate(got[2] if got is not None else []):
+        fit = _keyhole_fit(image, rc, seed_rc, pixel_spacing_mm=pixel_spacing_mm, iop=iop, search_mm=search_mm,
+                           root_share=root_share)
         if fit is not None:
             fit.terms["seeded"] = i == 0
             out.append(fit)
@@ -310,6 +295,33 @@ class SacFit:
     terms: dict
 
 
+def _blob_candidates(image: np.ndarray, seed_rc, *, pixel_spacing_mm, search_mm: float, margin_mm: float,
+                     sigmas_mm: tuple[float, float], most: int):
+    """Where a search segments: the seed and the ``most`` strongest bright blobs within ``search_mm`` of it (local
+    maxima 4 mm apart of a difference of Gaussians at ``sigmas_mm``), as input-pixel (row, col), the seed first;
+    with the normalised crop they were found on (:data:`_BLOB_SPACING_MM` pixels, ``2 search_mm + margin_mm``
+    wide) and its origin. None when the crop is blank."""
+    from scipy import ndimage as ndi
+
+    from ..segment.common import crop_mm, normalise
+
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    sp = _BLOB_SPACING_MM
+    crop, (r0, c0) = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=2 * search_mm + margin_mm,
+                             spacing_mm=sp)
+    if np.ptp(crop) < 1e-6:
+        return None
+    x = normalise(crop, hi_pct=99.5)
+    dog = ndi.gaussian_filter(x, sigmas_mm[0] / sp) - ndi.gaussian_filter(x, sigmas_mm[1] / sp)
+    c = (crop.shape[0] - 1) / 2
+    yy, xx = np.indices(crop.shape)
+    near = np.hypot(yy - c, xx - c) * sp <= search_mm
+    peak = (dog == ndi.maximum_filter(dog, size=int(round(4.0 / sp)))) & near & (dog > 0)
+    order = np.argsort(dog[peak])[::-1][:most]
+    cands = [(c, c)] + [tuple(p) for p in np.argwhere(peak)[order]]
+    return x, (r0, c0), [(r0 + pr * sp / dr, c0 + pc * sp / dc) for pr, pc in cands]
+
+
 def _mirror_symmetry(x: np.ndarray, centre, left_rc, back_rc, *, half_mm=(18.0, 14.0), spacing_mm: float) -> float:
     """Correlation of a window of ``x`` (a resampled crop) about the antero-posterior line through ``centre``
     with its mirror image across that line: the canal sits on the body's mirror plane, fat pads beside it do not."""
@@ -337,30 +349,19 @@ def find_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, iop, search_mm: fl
     a Gaussian prior on the distance to the seed. The best-scoring one is returned (None when nothing
     bright is segmented). Directions come from ``iop`` (:func:`spinefeat.geometry.axial_directions`).
     """
-    from scipy import ndimage as ndi
-
     from ..geometry import axial_directions
     from ..segment import FAILED, WEAK, segment_axial_sac
-    from ..segment.common import crop_mm, normalise
 
     back, left = axial_directions(iop)
     dr, dc = (float(v) for v in pixel_spacing_mm)
     sp = _BLOB_SPACING_MM
-    crop, (r0, c0) = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=2 * search_mm + 50.0,
-                             spacing_mm=sp)
-    if np.ptp(crop) < 1e-6:
+    got = _blob_candidates(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, search_mm=search_mm, margin_mm=50.0,
+                           sigmas_mm=(2.5, 7.0), most=6)
+    if got is None:
         return None
-    x = normalise(crop, hi_pct=99.5)
-    dog = ndi.gaussian_filter(x, 2.5 / sp) - ndi.gaussian_filter(x, 7.0 / sp)
-    c = (crop.shape[0] - 1) / 2
-    yy, xx = np.indices(crop.shape)
-    near = np.hypot(yy - c, xx - c) * sp <= search_mm
-    peak = (dog == ndi.maximum_filter(dog, size=int(round(4.0 / sp)))) & near & (dog > 0)
-    order = np.argsort(dog[peak])[::-1][:6]
-    cands = [(c, c)] + [tuple(p) for p in np.argwhere(peak)[order]]
+    x, (r0, c0), cands = got
     best = None
-    for pr, pc in cands:
-        rc = (r0 + pr * sp / dr, c0 + pc * sp / dc)
+    for rc in cands:
         seg = segment_axial_sac(image, rc, pixel_spacing_mm=pixel_spacing_mm, posterior_rc=back, strict=SAC_STRICT)
         if seg.quality == FAILED or not seg.mask.any():     # no mask: no CSF near this candidate
             continue
