@@ -182,3 +182,19 @@ def test_recess_depth_and_obliteration():
     closed = np.where(img == 0.7, 0.15, img)
     seg = measure_recess(closed, ((n - 1) / 2, (n - 1) / 2), pixel_spacing_mm=(sp, sp))
     assert seg.measurements["depth_mm"] == 0 and "obliterated" in seg.notes[0]
+
+
+def test_foramen_with_fat_only_away_from_the_root_is_a_finding():
+    """Fat in the keyhole's ellipse but none within 4 mm of the point: the fat around the root is lost
+    (area 0, four directions lost), not a failed measurement."""
+    from spinefeat.segment import segment_foramen
+    sp = 0.5
+    n = 80
+    yy, xx = (np.mgrid[:n, :n] - (n - 1) / 2) * sp
+    img = np.full((n, n), 0.3)
+    img[np.hypot(yy, xx) <= 4.0] = 0.5              # grey tissue around the point: not fat, not empty
+    img[np.hypot(yy - 8.0, xx) <= 2.5] = 1.0        # a fat piece 5.5-10.5 mm below the point
+    seg = segment_foramen(img, ((n - 1) / 2, (n - 1) / 2), pixel_spacing_mm=(sp, sp), series_high=1.0)
+    assert seg.quality == FOUND and seg.notes == ["no fat near the seed"]
+    assert seg.measurements["fat_area_mm2"] == 0 and seg.measurements["n_directions_lost"] == 4
+    assert seg.measurements["fat_within_mm2"] == pytest.approx(np.pi * 2.5 ** 2, rel=0.15)

@@ -63,9 +63,7 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     near = np.hypot(yy - (n - 1) / 2, xx - (n - 1) / 2) * spacing_mm <= 4.0
     fat_level = float(np.percentile(crop[near], 95) / series_high) if series_high else NAN
     if fat_level < FAT_LEVEL:
-        meas = {k: 0.0 for k in KEYS}
-        meas.update(n_directions_lost=4.0, fat_level=fat_level, root_area_mm2=NAN, narrowest_width_mm=0.0)
-        return Segmentation(np.zeros(crop.shape, bool), meas, FOUND, spacing_mm, origin, ["no fat left"])
+        return _no_fat(crop.shape, fat_level, spacing_mm, origin, "no fat left")
     # Fat is the tissue brighter than half-way between the crop's typical tissue (its median: marrow,
     # disc, muscle) and the brightest fat near the point; scale- and offset-free, so it holds on any
     # scanner's contrast and on windowed 8-bit exports.
@@ -84,8 +82,11 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     keep = np.unique(lab[near & above])
     pieces = np.isin(lab, keep[keep > 0])
     if not pieces.any():
-        return Segmentation(np.zeros(crop.shape, bool), {k: NAN for k in KEYS}, FAILED, spacing_mm, origin,
-                            ["no fat near the seed"])
+        # Fat in the ellipse but none within 4 mm of the root: the fat around the root is lost (a finding,
+        # as above), not a failure to measure.
+        seg = _no_fat(crop.shape, fat_level, spacing_mm, origin, "no fat near the seed")
+        seg.measurements["fat_within_mm2"] = float(above.sum()) * spacing_mm ** 2
+        return seg
     mask = convex_hull_image(pieces)
     fat = pieces
     root = mask & ~fat
@@ -125,3 +126,10 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
             "fat_back_mm": back, "min_fat_mm": float(dirs.min()), "n_directions_lost": float((dirs < FAT_LOST_MM).sum()),
             "fat_level": fat_level, "feret_max_mm": feret, "major_axis_mm": major, "minor_axis_mm": minor}
     return finish(view.undo(mask), meas, spacing_mm, origin, min_area_mm2=3.0)
+
+
+def _no_fat(shape, fat_level: float, spacing_mm: float, origin, note: str) -> Segmentation:
+    """No fat around the root: areas 0, all four directions lost (Lee's worst)."""
+    meas = {k: 0.0 for k in KEYS}
+    meas.update(n_directions_lost=4.0, fat_level=fat_level, root_area_mm2=NAN, narrowest_width_mm=0.0)
+    return Segmentation(np.zeros(shape, bool), meas, FOUND, spacing_mm, origin, [note])
