@@ -8,7 +8,7 @@ import pandas as pd
 from .dataset import CLASS_COLUMNS
 from .features import REGISTRY
 from .features import texture  # noqa: F401  (registers the texture family)
-from .models import MODEL_GROUPS, Graders, _softmax
+from .models import MODEL_GROUPS, Graders, _softmax, score_offset
 
 
 def _describe(name: str) -> tuple[str, str]:
@@ -32,7 +32,8 @@ def contributions(graders: Graders, rows: pd.DataFrame, group: str) -> tuple[np.
     """Per-prediction contributions, shape ``(n, 3, features + 1)``; the last column is the expected value.
 
     For each row and class, the contributions plus the expected value sum to
-    the raw (pre-softmax, pre-temperature) score.
+    LightGBM's raw score (pre-softmax, pre-temperature; the grader adds its
+    :func:`~spinefeat.models.score_offset`).
     """
     b = graders.boosters[group]
     cols = graders.manifest["columns"][group]
@@ -56,7 +57,7 @@ def explain_study(graders: Graders, features: pd.DataFrame, study_id: int, *, to
         if g.empty:
             continue
         contrib, cols = contributions(graders, g, group)
-        raw = contrib.sum(axis=2)
+        raw = contrib.sum(axis=2) + np.asarray(score_offset(graders.manifest, group))
         proba = _softmax(raw / graders.manifest["temperature"][group])
         for i, (_, rec) in enumerate(g.iterrows()):
             k = int(np.argmax(proba[i]))

@@ -1,8 +1,9 @@
 """Per-condition LightGBM graders: grouped CV, calibration aimed at the metric, text models + JSON manifest.
 
 One multiclass model per condition (the spinal canal, the neural foramina, the
-subarticular recesses), level and side as features. Trained with the metric's
-sample weights 1/2/4 in study-grouped folds stratified on each study's worst grade,
+subarticular recesses), level and side as features. Trained unweighted, the
+metric's weights 1/2/4 added to the raw scores as their log (:data:`SCORE_OFFSET`),
+in study-grouped folds stratified on each study's worst grade,
 early stopping on the weighted loss of an inner split of each fold's training
 studies (never on the fold itself). That inner split also fits the fold's
 temperature per condition and its sharpening of each study's largest spinal
@@ -51,6 +52,12 @@ PARAMS = {
 }
 MAX_ROUNDS = 1000
 EARLY_STOP = 30
+#: What the graders add to LightGBM's raw scores (per class, before the temperature): the log of the metric's
+#: weights 1/2/4. The boosters fit the grades unweighted (the class posteriors); for the weighted log loss the
+#: best prediction is the posterior times the weights, renormalised, which this offset gives. Fitting with
+#: the weights as sample weights aims at the same target with each rare Severe row counted four times, a
+#: noisier fit: on the development half of the real foramina 0.619 -> 0.608 (LightGBM seeds 0 and 1).
+SCORE_OFFSET = tuple(float(v) for v in np.log(SEVERITY_WEIGHTS))
 
 
 def group_of(condition: str) -> str:
@@ -249,8 +256,8 @@ class _Problem:
         self.x, self.y, self.fold, self.folds, self.params = x, y, fold, folds, params
         self.scored = np.ones(len(y), bool) if scored is None else scored
         self.stops = stops
-        self.data = lgb.Dataset(x, y, weight=np.asarray(SEVERITY_WEIGHTS)[y], feature_name=cols, params=params,
-                                free_raw_data=False).construct()
+        # Unweighted: the metric's weights enter through SCORE_OFFSET.
+        self.data = lgb.Dataset(x, y, feature_name=cols, params=params, free_raw_data=False).construct()
         self.final_seconds = 0.0
 
     def masks(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -266,14 +273,19 @@ class _Problem:
         b = lgb.train(self.params, dtr, MAX_ROUNDS, valid_sets=[des],
                       callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
         it = b.best_iteration
-        return it, b.predict(self.x[va], num_iteration=it, raw_score=True), \
-            b.predict(self.x[es], num_iteration=it, raw_score=True)
+        return it, raw_scores(b, self.x[va], num_iteration=it), raw_scores(b, self.x[es], num_iteration=it)
 
     def final_fit(self, rounds: int) -> lgb.Booster:
         t0 = time.perf_counter()
         b = lgb.train(self.params, self.data, rounds)
         self.final_seconds = time.perf_counter() - t0
         return b
+
+
+def raw_scores(booster: lgb.Booster, x: np.ndarray, *, num_iteration: int | None = None,
+               offset=SCORE_OFFSET) -> np.ndarray:
+    """A grader's raw scores: LightGBM's plus ``offset`` (:data:`SCORE_OFFSET`; a model's manifest keeps its own)."""
+    return booster.predict(x, num_iteration=num_iteration, raw_score=True) + np.asarray(offset, float)
 
 
 def final_rounds(best: list[int]) -> int:
@@ -304,7 +316,7 @@ def _cross_fit(problems: dict, *, final: bool, on_fold=None) -> tuple[dict, dict
 
 def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner, *, cols: list[str], params: dict,
                folds: int, scored: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
-    """Out-of-fold raw scores of the grader (LightGBM, weights 1/2/4) in study-grouped folds.
+    """Out-of-fold raw scores of the grader (LightGBM, :data:`SCORE_OFFSET` added) in study-grouped folds.
 
     ``fold`` gives each row's scored fold; ``inner(k)`` the mask of the training rows that stop fold k's
     boosting early (rows of :func:`early_stopping_studies`). Rows with ``scored`` False only ever train.
@@ -464,6 +476,12 @@ def prior_proba(severity) -> np.ndarray:
     return q / q.sum()
 
 
+def score_offset(manifest: dict, group: str) -> tuple[float, ...]:
+    """The offset a model's raw scores take (:data:`SCORE_OFFSET` at training; none for models trained
+    with the weights as sample weights, before it was kept in the manifest)."""
+    return tuple(manifest.get("score_offset", {}).get(group, (0.0, 0.0, 0.0)))
+
+
 @dataclass
 class Graders:
     """Loaded, verified models."""
@@ -485,7 +503,7 @@ class Graders:
             g = features[features["condition"].isin(MODEL_GROUPS[group]) & (err == "")]
             if len(g):
                 x = g.reindex(columns=man["columns"][group]).to_numpy(np.float32)
-                raw = booster.predict(x, raw_score=True)
+                raw = raw_scores(booster, x, offset=score_offset(man, group))
                 parts.append(to_submission(g, _softmax(raw / man["temperature"][group])))
         pred = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["row_id", *CLASS_COLUMNS])
         have = set(pred["row_id"])
@@ -545,6 +563,7 @@ def save(result: dict, out: Path) -> Path:
         "groups": {g: list(c) for g, c in MODEL_GROUPS.items()}, "columns": result["columns"],
         "models": files, "files": extra, "params": result["params"], "rounds": result["rounds"],
         "temperature": result["temperature"], "beta": result["beta"], "priors": result["priors"],
+        "score_offset": {g: list(SCORE_OFFSET) for g in result["boosters"]},
         "training_fingerprint": result["fingerprint"], "cv": cv,
     }
     write_csv(out / "oof.csv", result["oof"])

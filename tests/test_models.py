@@ -222,3 +222,20 @@ def test_folds_of_a_handful_of_studies_whose_grades_are_all_rarer_than_the_folds
     worst = pd.Series({1: 2, 2: 2, 3: 1, 4: 0})
     fold = models.stratified_folds([1, 2, 3, 4], worst, 3, seed=0)
     assert sorted(fold) == [1, 2, 3, 4] and sorted(set(fold.values())) == [0, 1, 2]
+
+
+def test_an_uninformative_grader_predicts_the_weighted_class_frequencies():
+    """The graders fit the grades unweighted and add log(1/2/4) to the raw scores: with nothing to learn from,
+    the prediction is the best constant of the weighted metric (class frequencies times the weights,
+    normalised), not the plain frequencies."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    y = rng.choice(3, size=n, p=[0.7, 0.2, 0.1])
+    x = rng.normal(size=(n, 2)).astype(np.float32)        # independent of the grade
+    fold = rng.integers(0, 5, n)
+    stop = rng.random(n) < 0.2
+    raw, _ = models.grouped_cv(x, y, fold, lambda k: stop, cols=["a", "b"], params=models.PARAMS, folds=5)
+    p = models._softmax(raw).mean(axis=0)
+    freq = np.bincount(y, minlength=3) / n
+    assert p == pytest.approx(models.prior_proba(y), abs=0.03)
+    assert abs(p[2] - freq[2]) > 0.1          # the plain frequencies are far off: 0.10 against ~0.28
