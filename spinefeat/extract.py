@@ -26,14 +26,14 @@ from .features import RELATIVE, STUDY_CONTEXT, shape_name
 from .features.axial import recess_profile, sac_profile
 from .features.profile import foramen_profile
 from .io import inside, write_bytes, write_parquet
-from .features.texture import ROI_MM, ROI_SPACING_MM, roi_features
+from .features.texture import ROI_MM, ROI_SPACING_MM, aligned_hog, roi_features, spine_axes_rc
 from .geometry import axial_directions
 from .images import StudyImages
 from .segment import FAILED, FOUND, Segmentation, measure_recess, measure_sagittal_canal, segment_axial_sac, \
     segment_foramen
 from .segment.canal import SAC_SEED_OFFSETS_MM
 from .segment.recess import RECESS_AROUND_MM
-from .segment.common import crop_mm
+from .segment.common import View, crop_mm
 from .series import project_to_series
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,16 @@ def _shape(region: str, seg: Segmentation) -> dict[str, float]:
 
 
 def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float,
-                    iop=None, side: float = 0.0, roi: bool = True) -> tuple[dict[str, float], Segmentation]:
+                    iop=None, side: float = 0.0, roi: bool = True, axis_rc=None) -> tuple[dict[str, float], Segmentation]:
     """One region's shape features (segmenter at the seed) and the intensity/texture crop around the seed.
 
     The one path from pixels to features: ``extract`` calls it on DICOM slices with their PixelSpacing and
     ImageOrientationPatient, ``real-check`` on the real slices and crops with an estimated spacing and the
     standard orientation of their plane. ``region`` is ``foramen``, ``recess``, ``canal_ax`` or ``canal_sag``;
     ``side`` (+1 left, -1 right) orients a recess's lateral direction; ``roi=False`` leaves out the
-    intensity/texture crop (the axial sac of a spinal row, whose crop is the sagittal point's).
+    intensity/texture crop (the axial sac of a spinal row, whose crop is the sagittal point's); ``axis_rc``
+    (foramen: the spine's direction to the feet at the point, :func:`spinefeat.features.texture.spine_axes_rc`)
+    turns the window of the foramen's HOG.
     """
     iop = STANDARD_IOP[region] if iop is None else iop
     if region == "foramen":
@@ -105,18 +107,33 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
     elif region == "canal_ax":
         feats.update(sac_profile(image, seed_rc, seg, pixel_spacing_mm=pixel_spacing_mm, series_high=series_high,
                                  posterior_rc=back, left_rc=left))
-    if roi:
+    if roi or region == "foramen":
         crop, _ = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=ROI_MM,
                           spacing_mm=ROI_SPACING_MM)
+    if roi:
         feats.update(roi_features(crop, series_high=series_high))
+    if region == "foramen":
+        feats.update(aligned_hog(crop, series_high=series_high, view=View.from_iop(iop), axis_rc=axis_rc))
     return feats, seg
 
 
-def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tuple[str, Stack, int, Segmentation, tuple]]]:
+def spine_axis_rc(side_points: pd.DataFrame, level: str, pixel_spacing_mm) -> tuple[float, float] | None:
+    """The spine's direction to the feet at ``level`` (:func:`~spinefeat.features.texture.spine_axes_rc`) from
+    the points (columns ``level``, ``x``, ``y``: image pixels) of one side of one series; None without them."""
+    if side_points is None or level not in set(side_points["level"]):
+        return None
+    pts = side_points.drop_duplicates("level")
+    axes = spine_axes_rc(pts["level"].map(LEVELS.index), pts["y"], pts["x"], pixel_spacing_mm=pixel_spacing_mm)
+    return axes[list(pts["level"]).index(level)]
+
+
+def point_features(images: StudyImages, point: pd.Series, side_points: pd.DataFrame | None = None
+                   ) -> tuple[dict, list[tuple[str, Stack, int, Segmentation, tuple]]]:
     """Features of one labelled point, and what was segmented (for overlays).
 
-    A region that could not be measured (the axial sac when the point cannot move to an Axial T2 series)
-    is NaN, and ``diagnostics_note`` says why."""
+    ``side_points``: the study's points of the same condition on the same series (a foramen's HOG window
+    turns to the spine's axis through them). A region that could not be measured (the axial sac when the
+    point cannot move to an Axial T2 series) is NaN, and ``diagnostics_note`` says why."""
     cond = point["condition"]
     st, k = images.locate(point["series_id"], point["instance_number"], _sop_uid(point))
     img = st.pixels[k]
@@ -125,8 +142,9 @@ def point_features(images: StudyImages, point: pd.Series) -> tuple[dict, list[tu
     high = images.series_high(point["series_id"])
     region = "canal_sag" if cond == "spinal_canal_stenosis" else ("foramen" if "foraminal" in cond else "recess")
     side = 1.0 if cond.startswith("left") else -1.0
+    axis = spine_axis_rc(side_points, point["level"], ps) if region == "foramen" else None
     feats, seg = region_features(region, img, seed, pixel_spacing_mm=ps, series_high=high, iop=st.geometry.iop,
-                                 side=side)
+                                 side=side, axis_rc=axis)
     regions, notes = [(region, st, k, seg, seed)], []
     if cond == "spinal_canal_stenosis":
         xyz = st.geometry.to_patient(k, seed[0], seed[1])
@@ -191,7 +209,9 @@ def extract_study(root: Path, split: str, study_id: int, series: pd.DataFrame, p
                 if "confidence" in pts:
                     row["diagnostics_point_confidence"] = float(pts["confidence"].iloc[hit])
                 try:
-                    feats, regions = point_features(images, pts.iloc[hit])
+                    p = pts.iloc[hit]
+                    feats, regions = point_features(images, p, pts[(pts["condition"] == cond)
+                                                                   & (pts["series_id"] == p["series_id"])])
                     row.update(feats)
                     if overlays is not None:
                         _write_overlays(Path(overlays), row["row_id"], regions)

@@ -26,7 +26,7 @@ import pandas as pd
 from . import __version__
 from .dataset import CLASS_COLUMNS, LEVELS, SEVERITIES, SEVERITY_WEIGHTS
 from .errors import DataError
-from .extract import QUALITY_CODE, STANDARD_IOP, add_relative_features, region_features
+from .extract import QUALITY_CODE, STANDARD_IOP, add_relative_features, region_features, spine_axis_rc
 from .io import write_json, write_parquet, write_png, write_text
 
 log = logging.getLogger(__name__)
@@ -227,17 +227,22 @@ def sagittal_series_rows(folder: Path, points: pd.DataFrame) -> list[dict]:
     images = {name: read_image(Path(folder) / "images" / name) for name in pd.unique(points["image"])}
     high = _series_high(images.values())
     native_mm = sagittal_native_spacing_mm(points)
+    # Each side's points on the PNGs (the spine's axis at each foramen, for its HOG window).
+    sides = {c: g[["level", "x_png", "y_png"]].set_axis(["level", "x", "y"], axis=1)
+             for c, g in points.groupby("condition")}
     out = []
     for p in points.itertuples(index=False):
         img = images[p.image]
         ps = png_spacing_mm(native_mm, p.rows, p.columns, img.shape)
+        side = sides[p.condition]
         seed = (float(p.y_png), float(p.x_png))
         row = _row(p.study_id, p.condition, p.level, p.severity)
         row.update(series_id=int(p.series_id), image=p.image, seed_row=seed[0], seed_col=seed[1],
                    diagnostics_pixel_spacing_mm=float(ps[0]), diagnostics_pixel_spacing_col_mm=float(ps[1]),
                    diagnostics_native_spacing_mm=native_mm, diagnostics_series_high=high)
         out.append(_guarded(row, lambda: {
-            **region_features("foramen", img, seed, pixel_spacing_mm=ps, series_high=high)[0],
+            **region_features("foramen", img, seed, pixel_spacing_mm=ps, series_high=high,
+                              axis_rc=spine_axis_rc(side, p.level, ps))[0],
             **raw_patch(img, seed, half_px=SAGITTAL_PATCH_HALF_PX, series_high=high)}))
     return out
 

@@ -59,3 +59,76 @@ def roi_features(crop: np.ndarray, *, series_high: float) -> dict[str, float]:
         "roi_texture_lbp_flat": float(hist[8]),
         "roi_texture_hog_mean": float(h.mean()), "roi_texture_hog_std": float(h.std()),
     }
+
+
+# ---------------------------------------------------------------- the foramen's appearance along the spine
+
+#: The window turned to the spine's axis for the foramen's HOG: side (mm), cell side (mm), orientation bins.
+HOG_WINDOW_MM, HOG_CELL_MM, HOG_ORIENTATIONS = 16.0, 4.0, 6
+_HOG_CELLS = int(HOG_WINDOW_MM / HOG_CELL_MM)
+HOG_NAMES = {
+    f"foramen_hog_r{r}c{c}_o{k}": (
+        f"HOG of the {HOG_WINDOW_MM:g} mm window around the point turned to the spine's axis "
+        f"({HOG_CELL_MM:g} mm cells, each L2-Hys normalised): cell row {r} (0 = cranial) and column {c} "
+        f"(0 = anterior), gradients {k * 180 // HOG_ORIENTATIONS}-{(k + 1) * 180 // HOG_ORIENTATIONS} deg "
+        f"from the spine's perpendicular")
+    for r in range(_HOG_CELLS) for c in range(_HOG_CELLS) for k in range(HOG_ORIENTATIONS)}
+for _n, _d in HOG_NAMES.items():
+    register(_n, f"{_d}; resampled to {ROI_SPACING_MM} mm, over the series' 99.5th percentile; sagittal T1, "
+                 "directions from ImageOrientationPatient and the labelled levels", "1")
+
+
+def spine_axes_rc(level_index, rows, cols, *, pixel_spacing_mm) -> list[tuple[float, float] | None]:
+    """The spine's direction towards the feet at each point of one side of one sagittal series.
+
+    ``level_index`` (0 = L1/L2 .. 4 = L5/S1), ``rows``, ``cols``: the points (image pixels). At each point,
+    the unit (row, col) direction in mm (pixel spacing per axis) from the level above to the level below (the point itself at
+    either end of the chain); None where the side has no other level. Levels missing between two points are
+    bridged.
+    """
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    li = np.asarray(level_index, float)
+    pos = np.c_[np.asarray(rows, float) * dr, np.asarray(cols, float) * dc]
+    out: list[tuple[float, float] | None] = []
+    for i in range(len(li)):
+        above, below = li < li[i], li > li[i]
+        a = pos[np.flatnonzero(above)[np.argmax(li[above])]] if above.any() else pos[i]
+        b = pos[np.flatnonzero(below)[np.argmin(li[below])]] if below.any() else pos[i]
+        d = b - a
+        n = float(np.hypot(*d))
+        out.append((float(d[0] / n), float(d[1] / n)) if n > 0 else None)
+    return out
+
+
+def aligned_hog(crop: np.ndarray, *, series_high: float, view, axis_rc=None) -> dict[str, float]:
+    """HOG of the foramen's window turned to the spine's axis (see :data:`HOG_NAMES`).
+
+    ``crop``: the :data:`ROI_MM` crop at :data:`ROI_SPACING_MM` around the point (image axes); ``view``
+    (:class:`spinefeat.segment.common.View`) turns it to rows to the feet and columns to the back;
+    ``axis_rc``: the spine's direction towards the feet in the image's (row, col) (:func:`spine_axes_rc`;
+    None: the image's own cranio-caudal axis). A normal and a narrowed keyhole differ in the edges around
+    the root; turned to the spine and sampled in mm, the same cells look at the same anatomy in every series.
+    """
+    import cv2
+
+    if crop.size == 0 or not np.isfinite(series_high) or series_high <= 0:
+        return {n: float("nan") for n in HOG_NAMES}
+    x = view.apply(np.clip(crop / series_high, 0, 1.5).astype(np.float32))
+    a = np.array([1.0, 0.0])
+    if axis_rc is not None:
+        v = np.array(axis_rc, float)
+        v = v[::-1] if view.transpose else v                # the axis in the view's (row, col)
+        v = v * [-1 if view.flip_rows else 1, -1 if view.flip_cols else 1]
+        a = v / np.hypot(*v)
+    b = np.array([-a[1], a[0]])                             # the perpendicular towards the back
+    c = (x.shape[0] - 1) / 2
+    n = int(round(HOG_WINDOW_MM / ROI_SPACING_MM))
+    h = (n - 1) / 2
+    # Window pixel (i along the axis, j along b) samples the view at c + (i - h) a + (j - h) b (x = col, y = row).
+    m = np.array([[b[1], a[1], 0.0], [b[0], a[0], 0.0]])
+    m[:, 2] = c - m[:, :2] @ [h, h]
+    win = cv2.warpAffine(x, m, (n, n), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+    cell = int(round(HOG_CELL_MM / ROI_SPACING_MM))
+    v = hog(win, orientations=HOG_ORIENTATIONS, pixels_per_cell=(cell, cell), cells_per_block=(1, 1),
+            feature_vector=True)
+    return {name: float(val) for name, val in zip(HOG_NAMES, v)}
