@@ -70,7 +70,8 @@ def _shape(region: str, seg: Segmentation) -> dict[str, float]:
 
 
 def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float,
-                    iop=None, side: float = 0.0, roi: bool = True, axis_rc=None) -> tuple[dict[str, float], Segmentation]:
+                    iop=None, side: float = 0.0, roi: bool = True,
+                    axis_rc=None) -> tuple[dict[str, float], Segmentation]:
     """One region's shape features (segmenter at the seed) and the intensity/texture crop around the seed.
 
     The one path from pixels to features: ``extract`` calls it on DICOM slices with their PixelSpacing and

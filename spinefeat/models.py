@@ -4,7 +4,7 @@ One multiclass model per condition (the spinal canal, the neural foramina, the
 subarticular recesses), level and side as features. Trained unweighted, the
 metric's weights 1/2/4 added to the raw scores as their log (:data:`SCORE_OFFSET`),
 in study-grouped folds stratified on each study's worst grade,
-early stopping on the weighted loss of an inner split of each fold's training
+early stopping on the (unweighted) log loss of an inner split of each fold's training
 studies (never on the fold itself). That inner split also fits the fold's
 temperature per condition and its sharpening of each study's largest spinal
 severe probability (the any_severe_spinal term): the calibration is nested, and

@@ -265,7 +265,8 @@ def test_foramen_hog_turns_with_the_spine():
     from scipy import ndimage as ndi
 
     # The keyhole on smooth tissue texture (so every HOG cell has edges to orient, not interpolation noise).
-    img = (_keyhole() + 0.9 * ndi.gaussian_filter(np.random.default_rng(0).normal(size=(160, 160)), 6)).astype(np.float32)
+    texture = 0.9 * ndi.gaussian_filter(np.random.default_rng(0).normal(size=(160, 160)), 6)
+    img = (_keyhole() + texture).astype(np.float32)
     c = (img.shape[0] - 1) / 2
     turn = cv2.getRotationMatrix2D((c, c), 25, 1.0)         # counter-clockwise on screen
     turned = cv2.warpAffine(img, turn, img.shape[::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)

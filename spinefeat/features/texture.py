@@ -82,9 +82,9 @@ def spine_axes_rc(level_index, rows, cols, *, pixel_spacing_mm) -> list[tuple[fl
     """The spine's direction towards the feet at each point of one side of one sagittal series.
 
     ``level_index`` (0 = L1/L2 .. 4 = L5/S1), ``rows``, ``cols``: the points (image pixels). At each point,
-    the unit (row, col) direction in mm (pixel spacing per axis) from the level above to the level below (the point itself at
-    either end of the chain); None where the side has no other level. Levels missing between two points are
-    bridged.
+    the unit (row, col) direction in mm (pixel spacing per axis) from the level above to the level below
+    (the point itself at either end of the chain); None where the side has no other level. Levels missing
+    between two points are bridged.
     """
     dr, dc = (float(v) for v in pixel_spacing_mm)
     li = np.asarray(level_index, float)
