@@ -305,8 +305,21 @@ def decode_pixels(ds, path: Path, out: np.ndarray | None = None) -> np.ndarray:
     whole series (:func:`load_series` does it). A compressed transfer syntax without a decoder raises
     :class:`DicomError` naming the syntax and the extra to install.
     """
+    arr = _pixel_array(ds, path)
+    if out is None:
+        out = np.empty(arr.shape, np.float32)
+    elif out.shape != arr.shape:
+        raise DicomError(f"{path}: pixel array of shape {arr.shape}, but Rows/Columns say {out.shape}")
+    return _to_modality(ds, arr, out)
+
+
+def _pixel_array(ds, path: Path) -> np.ndarray:
+    """The decoded frame, as the decoder gives it (pydicom's ``pixel_array`` function: the Dataset property
+    would also read a dozen tags twice to cache the array, which a series read once does not need)."""
+    from pydicom.pixels import pixel_array
+
     try:
-        arr = ds.pixel_array
+        arr = pixel_array(ds)
     except Exception as exc:  # pydicom raises RuntimeError/NotImplementedError/ValueError by handler
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = ts.name if ts is not None else "unknown transfer syntax"
@@ -314,10 +327,11 @@ def decode_pixels(ds, path: Path, out: np.ndarray | None = None) -> np.ndarray:
         raise DicomError(f"{path}: cannot decode pixels ({name}): {hint}") from exc
     if arr.ndim != 2:
         raise DicomError(f"{path}: expected one 2-D frame, got pixel array of shape {arr.shape}")
-    if out is None:
-        out = np.empty(arr.shape, np.float32)
-    elif out.shape != arr.shape:
-        raise DicomError(f"{path}: pixel array of shape {arr.shape}, but Rows/Columns say {out.shape}")
+    return arr
+
+
+def _to_modality(ds, arr: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``arr`` as float32 modality values written into ``out`` (RescaleSlope / RescaleIntercept applied)."""
     out[...] = arr
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
@@ -354,44 +368,69 @@ def load_series(series_dir: Path, *, description: str = "", study_id: int | None
     series_dir = Path(series_dir)
     study_id = int(series_dir.parent.name) if study_id is None else study_id
     series_id = int(series_dir.name) if series_id is None else series_id
-    items, skipped = [], []
-    for f in series_files(series_dir):
+    skipped: dict[int, str] = {}         # file index -> "<file>: why"
+
+    def skip(i: int, f: Path, exc: DicomError) -> None:
+        # One bad slice does not cost the series: it is left out and recorded.
+        why = str(exc).split(": ", 1)[-1]
+        log.warning("study %s series %s: skipping %s: %s", study_id, series_id, f.name, why)
+        skipped[i] = f"{f.name}: {why}"
+
+    heads: dict[int, _Header] = {}
+    for i, f in enumerate(series_files(series_dir)):
         try:
-            item = _slice(f)
+            heads[i] = _slice_header(f)
         except DicomError as exc:
-            # One bad slice does not cost the series: it is left out and recorded.
-            why = str(exc).split(": ", 1)[-1]
-            log.warning("study %s series %s: skipping %s: %s", study_id, series_id, f.name, why)
-            skipped.append(f"{f.name}: {why}")
-            continue
-        items.append(item)
-    if not items:
-        first = f" (first: {skipped[0]})" if skipped else ""
+            skip(i, f, exc)
+    # The stacks' layout comes from the headers, so each slice is decoded straight into its stack's array.
+    # A slice that then fails to decode is left out and the layout redone without it (its gaps may differ).
+    while True:
+        layout, pixels, failed = _layout(list(heads.values())), [], {}
+        for members in layout:
+            arr = np.empty((len(members), *members[0].shape), np.float32)
+            for j, h in enumerate(members):
+                try:
+                    _decode_into(h, arr[j])
+                except DicomError as exc:
+                    failed[h.path] = exc
+            pixels.append(arr)
+        if not failed:
+            break
+        for i, h in list(heads.items()):
+            if h.path in failed:
+                skip(i, h.path, failed[h.path])
+                del heads[i]
+    if not heads:
+        first = f" (first: {skipped[min(skipped)]})" if skipped else ""
         raise DicomError(f"study {study_id} series {series_id}: no decodable instance with geometry{first}")
-    numbers = [it[4] for it in items]
+    numbers = [h.instance_number for h in heads.values()]
     dups = tuple(sorted({n for n in numbers if numbers.count(n) > 1}))
     if dups:
         log.warning("study %s series %s: instance numbers %s are on more than one slice", study_id, series_id,
                     list(dups))
-    # Images of different size never share a stack.
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    for i, it in enumerate(items):
-        by_shape.setdefault(it[0].shape, []).append(i)
+    skipped_files = tuple(skipped[i] for i in sorted(skipped))
     stacks: list[Stack] = []
-    inverted: list[np.ndarray] = []
-    for shape, members in by_shape.items():
-        ipps = np.array([items[i][1] for i in members])
-        iops = np.array([items[i][2] for i in members])
-        for idx in split_stacks(ipps, iops):
-            sel = [members[i] for i in idx]
-            geo = StackGeometry(ipps[idx], iops[idx[0]], items[sel[0]][3], shape, items[sel[0]][5])
-            stacks.append(Stack(study_id, series_id, description,
-                                np.stack([items[i][0] for i in sel]), geo,
-                                np.array([items[i][4] for i in sel]),
-                                np.array([items[i][6] for i in sel], dtype=object), tuple(skipped), dups))
-            inverted.append(np.array([items[i][7] for i in sel]))
-    _invert_monochrome1(stacks, inverted)
+    for members, arr in zip(layout, pixels):
+        first = members[0]
+        geo = StackGeometry(np.array([h.ipp for h in members]), first.iop, first.ps, first.shape, first.frame)
+        stacks.append(Stack(study_id, series_id, description, arr, geo,
+                            np.array([h.instance_number for h in members]),
+                            np.array([h.sop_uid for h in members], dtype=object), skipped_files, dups))
+    _invert_monochrome1(stacks, [np.array([h.monochrome1 for h in members]) for members in layout])
     return stacks
+
+
+def _layout(heads: list[_Header]) -> list[list[_Header]]:
+    """The files of each stack, in stack order: split by image size (images of different size never share a
+    stack), then by orientation and gaps (:func:`spinefeat.geometry.split_stacks`)."""
+    by_shape: dict[tuple[int, int], list[_Header]] = {}
+    for h in heads:
+        by_shape.setdefault(h.shape, []).append(h)
+    out = []
+    for members in by_shape.values():
+        for idx in split_stacks(np.array([h.ipp for h in members]), np.array([h.iop for h in members])):
+            out.append([members[i] for i in idx])
+    return out
 
 
 def _expected_pixel_bytes(ds) -> int | None:
@@ -417,13 +456,28 @@ def _has_decoder(ts) -> bool:
 MAX_SIDE = 8192
 
 
+@dataclass
+class _Header:
+    """One usable file of a series, read but not yet decoded: its dataset (pixel data still encoded) and tags."""
+
+    path: Path
+    ds: object
+    ipp: list[float]
+    iop: list[float]
+    ps: list[float]
+    instance_number: int
+    frame: str
+    sop_uid: str
+    monochrome1: bool
+    shape: tuple[int, int]
+
+
 @_guard
-def _slice(f: Path) -> tuple:
-    """(pixels, ipp, iop, pixel spacing, instance number, frame of reference, SOPInstanceUID, MONOCHROME1)
-    of one file.
+def _slice_header(f: Path) -> _Header:
+    """The file read once (pixels kept encoded) and its header checked.
 
     Raises :class:`DicomError` saying what is wrong with it: unreadable, geometry tags missing,
-    Rows x Columns absurd or disagreeing with the pixel data, no pixel data, undecodable.
+    Rows x Columns absurd or disagreeing with native pixel data, no pixel data, no decoder installed.
     """
     ds = _read(f, stop_before_pixels=False)
     ipp = _floats(ds, "ImagePositionPatient", 3)
@@ -450,18 +504,29 @@ def _slice(f: Path) -> tuple:
     if ts is not None and ts.is_compressed and not _has_decoder(ts):
         raise DicomError(f"{f}: no decoder installed for its pixel data ({ts.name}); JPEG and JPEG 2000 data need "
                          "`pip install 'spinefeat[jpeg]'`")
+    return _Header(f, ds, ipp, iop, ps, _int(ds, "InstanceNumber", -1), _str(ds, "FrameOfReferenceUID"),
+                   _str(ds, "SOPInstanceUID"), _str(ds, "PhotometricInterpretation") == "MONOCHROME1", (rows, cols))
+
+
+@_guard
+def _decode_into(h: _Header, out: np.ndarray) -> None:
+    """Decode a checked file's pixels straight into ``out`` (its slice of the stack's array).
+
+    Raises :class:`DicomError` when its data cannot be decoded or is not the size its header says."""
+    f, ds = h.path, h.ds
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
-        pixels = decode_pixels(ds, f)
+        arr = _pixel_array(ds, f)
     except DicomError as exc:
         if ts is not None and ts.is_compressed:      # the decoder is there: the data is damaged
             raise DicomError(f"{f}: cannot decode its {ts.name} pixel data (damaged or not of that syntax)") from exc
         raise
     except (*_READ_ERRORS, MemoryError) as exc:
         raise DicomError(f"{f}: cannot decode pixels ({type(exc).__name__})") from None
-    if pixels.shape != (rows, cols):
-        raise DicomError(f"{f}: decoded image is {pixels.shape[0]} x {pixels.shape[1]}, header says {rows} x {cols}")
-    return (pixels, ipp, iop, ps, _int(ds, "InstanceNumber", -1), _str(ds, "FrameOfReferenceUID"),
-            _str(ds, "SOPInstanceUID"), _str(ds, "PhotometricInterpretation") == "MONOCHROME1")
+    if arr.shape != h.shape:
+        raise DicomError(f"{f}: decoded image is {arr.shape[0]} x {arr.shape[1]}, header says {h.shape[0]} x "
+                         f"{h.shape[1]}")
+    _to_modality(ds, arr, out)
 
 
 #: The plane each series type is acquired in.
