@@ -168,28 +168,32 @@ def worst_grades(train: pd.DataFrame) -> pd.Series:
     return long.groupby("study_id")["severity"].max()
 
 
-def stratified_folds(studies, worst: pd.Series, folds: int, seed: int) -> dict[int, int]:
+def stratified_folds(studies, worst: pd.Series, folds: int, seed: int, *,
+                     groups: dict[int, int] | None = None) -> dict[int, int]:
     """Fold of each study: ``StratifiedGroupKFold`` on the study's worst grade, the study as the group.
 
     Stratifying keeps the rare Severe studies (and so the any_severe_spinal term) spread over the folds.
     When no grade has ``folds`` studies (a handful of studies) there is nothing to stratify: the studies
-    are dealt round the folds in a seeded random order.
+    are dealt round the folds in a seeded random order. ``groups`` (study -> group) keeps the studies of a
+    group in one fold (copies of one study, as the benchmark's bootstrap makes).
     """
     import warnings
 
     from sklearn.model_selection import StratifiedGroupKFold
 
     studies = np.asarray(sorted(int(s) for s in studies))
+    group = studies if groups is None else np.array([groups.get(int(s), int(s)) for s in studies])
     y = worst.reindex(studies).fillna(-1).to_numpy(int)
     if np.bincount(y + 1).max() < folds:
-        order = np.random.default_rng(seed).permutation(studies)
-        return {int(s): i % folds for i, s in enumerate(order)}
+        order = np.random.default_rng(seed).permutation(np.unique(group))
+        fold_of_group = {g: i % folds for i, g in enumerate(order)}
+        return {int(s): fold_of_group[g] for s, g in zip(studies, group)}
     out = {}
     with warnings.catch_warnings():
         # "the least populated class has fewer members than folds": expected on small cohorts.
         warnings.simplefilter("ignore", UserWarning)
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-        for k, (_, test) in enumerate(splitter.split(studies, y, groups=studies)):
+        for k, (_, test) in enumerate(splitter.split(studies, y, groups=group)):
             out.update({int(s): k for s in studies[test]})
     return out
 
@@ -232,32 +236,27 @@ def _sha(path: Path) -> str:
 
 
 def early_stopping_studies(studies, fold_of: dict[int, int], worst: pd.Series, folds: int,
-                           seed: int) -> dict[int, np.ndarray]:
+                           seed: int, *, groups: dict[int, int] | None = None) -> dict[int, np.ndarray]:
     """Per fold ``k``, the training studies that stop its boosting early and fit its calibration: a
     stratified 1/``folds`` share of the ``studies`` outside fold ``k`` (:func:`stratified_folds` with seed
-    ``seed + 1 + k``). The scored fold itself chooses nothing."""
+    ``seed + 1 + k``, ``groups`` kept together). The scored fold itself chooses nothing."""
     held = {}
     for k in range(folds):
         part = [int(s) for s in studies if fold_of[int(s)] != k]
-        inner = stratified_folds(part, worst, min(folds, len(part)), seed + 1 + k)
+        inner = stratified_folds(part, worst, min(folds, len(part)), seed + 1 + k, groups=groups)
         held[k] = np.array([s for s in part if inner[s] == 0])
     return held
 
 
 class _Problem:
-    """One grader's training rows, binned once: every fold and the final fit train on subsets of one Dataset.
-
-    Binning once (on all rows' feature values, never their labels) instead of once per fold's training rows
-    moves a bin edge slightly and saves rebuilding the bins 2 x folds + 1 times.
-    """
+    """One grader's training rows and folds. Every fit of it (each fold's, the final one) trains on subsets of one
+    LightGBM Dataset binned once, on all rows' feature values (never their labels), in the process that fits."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, fold: np.ndarray, stops, *, cols: list[str], params: dict,
                  folds: int, scored: np.ndarray | None = None):
-        self.x, self.y, self.fold, self.folds, self.params = x, y, fold, folds, params
+        self.x, self.y, self.fold, self.folds, self.params, self.cols = x, y, fold, folds, params, cols
         self.scored = np.ones(len(y), bool) if scored is None else scored
         self.stops = stops
-        # Unweighted: the metric's weights enter through SCORE_OFFSET.
-        self.data = lgb.Dataset(x, y, feature_name=cols, params=params, free_raw_data=False).construct()
         self.final_seconds = 0.0
 
     def masks(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -265,21 +264,70 @@ class _Problem:
         stops = self.stops(k)
         return (self.fold != k) & ~stops, (self.fold != k) & stops & self.scored, (self.fold == k) & self.scored
 
-    def fold_fit(self, k: int) -> tuple[int, np.ndarray, np.ndarray]:
-        """Fit fold k (early stopping on its inner split): best iteration, raw scores of the scored fold and
-        of the early-stopping rows."""
-        tr, es, va = self.masks(k)
-        dtr, des = self.data.subset(np.flatnonzero(tr)).construct(), self.data.subset(np.flatnonzero(es)).construct()
-        b = lgb.train(self.params, dtr, MAX_ROUNDS, valid_sets=[des],
-                      callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
-        it = b.best_iteration
-        return it, raw_scores(b, self.x[va], num_iteration=it), raw_scores(b, self.x[es], num_iteration=it)
+    def rows(self, key: str, folder: Path | None) -> "_Rows":
+        """What a fit needs of this problem: its arrays here, or (``folder``) a file a worker process reads."""
+        return _Rows(key, self.x, self.y, self.cols, self.params, folder)
 
-    def final_fit(self, rounds: int) -> lgb.Booster:
+
+class _Rows:
+    """A grader's rows as its fits need them. Pickled (to a worker process), it carries the name of a file
+    holding the arrays, written once, instead of the arrays; each process bins them once (:func:`_binned`)."""
+
+    def __init__(self, key: str, x, y, cols, params, folder: Path | None):
+        self.key, self.x, self.y, self.cols, self.params, self.path = key, x, y, cols, params, None
+        if folder is not None:
+            self.path = Path(folder) / f"{key}.npz"
+            np.savez(self.path, x=x, y=y)
+
+    def __getstate__(self) -> dict:
+        return {"key": self.key, "cols": self.cols, "params": self.params, "path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, x=None, y=None)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.x is None:
+            with np.load(self.path) as f:
+                self.x, self.y = f["x"], f["y"]
+        return self.x, self.y
+
+
+#: Per process: the binned Dataset of each grader fitted here in the current training run (key -> Dataset).
+_BINNED: dict[str, lgb.Dataset] = {}
+
+
+def _binned(rows: _Rows) -> tuple[lgb.Dataset, np.ndarray]:
+    """The Dataset of ``rows`` (binned on its first fit in this process) and its feature values."""
+    if rows.key not in _BINNED:
+        run = rows.key.split(":")[0]
+        for old in [k for k in _BINNED if not k.startswith(run + ":")]:     # another training run's
+            del _BINNED[old]
+        x, y = rows.arrays()
+        # Unweighted: the metric's weights enter through SCORE_OFFSET.
+        _BINNED[rows.key] = lgb.Dataset(x, y, feature_name=rows.cols, params=rows.params,
+                                        free_raw_data=False).construct()
+    data = _BINNED[rows.key]
+    return data, data.get_data()
+
+
+def _fit(rows: _Rows, train: np.ndarray | None, stop: np.ndarray | None, score: np.ndarray | None,
+         rounds: int = MAX_ROUNDS):
+    """One fit on one LightGBM thread (a pure function of its arguments: where it runs changes nothing).
+
+    With ``stop`` (row indices): a fold's fit on ``train`` rows, early stopping on ``stop``; returns the best
+    iteration and the raw scores of the ``score`` rows and of the ``stop`` rows. Without: the fit on all rows
+    for ``rounds`` rounds; returns its model text and seconds.
+    """
+    data, x = _binned(rows)
+    if stop is None:
         t0 = time.perf_counter()
-        b = lgb.train(self.params, self.data, rounds)
-        self.final_seconds = time.perf_counter() - t0
-        return b
+        b = lgb.train(rows.params, data, rounds)
+        return b.model_to_string(), time.perf_counter() - t0
+    dtr, des = data.subset(train).construct(), data.subset(stop).construct()
+    b = lgb.train(rows.params, dtr, MAX_ROUNDS, valid_sets=[des],
+                  callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
+    it = b.best_iteration
+    return it, raw_scores(b, x[score], num_iteration=it), raw_scores(b, x[stop], num_iteration=it)
 
 
 def raw_scores(booster: lgb.Booster, x: np.ndarray, *, num_iteration: int | None = None,
@@ -293,24 +341,76 @@ def final_rounds(best: list[int]) -> int:
     return max(int(np.mean(best) * 1.1), 10)
 
 
-def _cross_fit(problems: dict, *, final: bool, on_fold=None) -> tuple[dict, dict]:
-    """Every fold of every problem, then (with ``final``) each problem's fit on all rows, one fit after another
-    on one LightGBM thread each, so the models are the same whatever ``--jobs`` is. (Fits run at once in
-    threads of one process gave different models in 3 of 12 repeats.) Returns
-    ``{name: {k: (best, raw_va, raw_es)}}`` and ``{name: Booster}``; ``on_fold(name, k)`` is called as each
-    fit finishes (``k`` None: the final fit).
+def _cross_fit(problems: dict, *, final: bool, jobs: int = 1, on_fold=None) -> tuple[dict, dict]:
+    """Every fold of every problem, then (with ``final``) each problem's fit on all rows.
+
+    Each fit runs on one LightGBM thread: with ``jobs`` > 1 in ``jobs`` worker processes (joblib's loky), the
+    largest problems first and a problem's final fit as soon as its folds are done; the models come back as
+    text. Every fit is the same function of the same arrays wherever it runs, so the models are byte for byte
+    the same whatever ``jobs`` is. (Fits at once in threads of one process gave different models in 3 of 12
+    repeats.) Returns ``{name: {k: (best, raw_va, raw_es)}}`` and ``{name: Booster}``; ``on_fold(name, k)`` is
+    called as each fit finishes (``k`` None: the final fit).
     """
+    import tempfile
+    import uuid
+
+    run = uuid.uuid4().hex
     folds_done: dict = {name: {} for name in problems}
-    for name, p in problems.items():
-        for k in range(p.folds):
-            folds_done[name][k] = p.fold_fit(k)
-            if on_fold is not None:
-                on_fold(name, k)
-    boosters: dict = {}
-    for name, p in problems.items() if final else ():
-        boosters[name] = p.final_fit(final_rounds([folds_done[name][i][0] for i in range(p.folds)]))
+    texts: dict = {}
+
+    def fold_args(p, rows, k):
+        tr, es, va = (np.flatnonzero(m) for m in p.masks(k))
+        return rows, tr, es, va
+
+    def final_args(name, rows):
+        p = problems[name]
+        return rows, None, None, None, final_rounds([folds_done[name][i][0] for i in range(p.folds)])
+
+    def done(name, k, res):
+        if k is None:
+            texts[name] = res
+        else:
+            folds_done[name][k] = res
         if on_fold is not None:
-            on_fold(name, None)
+            on_fold(name, k)
+
+    if jobs <= 1:
+        for name, p in problems.items():
+            rows = p.rows(f"{run}:{name}", None)
+            for k in range(p.folds):
+                done(name, k, _fit(*fold_args(p, rows, k)))
+            if final:
+                done(name, None, _fit(*final_args(name, rows)))
+        for key in [key for key in _BINNED if key.startswith(run)]:
+            del _BINNED[key]
+    else:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        from joblib.externals.loky import get_reusable_executor
+
+        with tempfile.TemporaryDirectory(prefix="spinefeat-fit-") as tmp:
+            rows = {name: p.rows(f"{run}:{name}", Path(tmp)) for name, p in problems.items()}
+            executor = get_reusable_executor(max_workers=jobs)
+            pending = {}
+            try:
+                for name in sorted(problems, key=lambda n: -len(problems[n].y)):
+                    for k in range(problems[name].folds):
+                        pending[executor.submit(_fit, *fold_args(problems[name], rows[name], k))] = (name, k)
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        name, k = pending.pop(fut)
+                        done(name, k, fut.result())
+                        if final and k is not None and len(folds_done[name]) == problems[name].folds:
+                            pending[executor.submit(_fit, *final_args(name, rows[name]))] = (name, None)
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+    boosters: dict = {}
+    for name, (text, seconds) in texts.items():
+        boosters[name] = lgb.Booster(model_str=text)
+        problems[name].final_seconds = seconds
     return folds_done, boosters
 
 
@@ -333,7 +433,8 @@ def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner, *, cols: l
 
 
 def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: int = 1, seed: int = 0,
-        augment: pd.DataFrame | None = None, fold_of: dict[int, int] | None = None, progress=None) -> dict:
+        augment: pd.DataFrame | None = None, fold_of: dict[int, int] | None = None,
+        groups: dict[int, int] | None = None, progress=None) -> dict:
     """Cross-validate and fit the three graders.
 
     Folds are :func:`stratified_folds` (``StratifiedGroupKFold`` on each study's
@@ -348,6 +449,10 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
     example at the label points when ``features`` are at the localiser's
     points): they join the training folds of their studies, never the scored
     out-of-fold rows, so the CV score stays that of ``features``.
+
+    ``groups`` (optional, study -> group): the studies of a group stay on one side of every split (the folds
+    and each fold's early-stopping share), as copies of one study must. ``jobs``: fits run at once in that
+    many worker processes (the same models for any ``jobs``).
 
     Returns a dict with ``boosters`` (group -> Booster fitted on all rows),
     ``columns``, ``temperature``, ``beta`` (deployed), ``oof`` (nested-calibrated
@@ -364,11 +469,11 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
     worst = worst_grades(train)
     given_folds = fold_of is not None
     if fold_of is None:
-        fold_of = stratified_folds(studies, worst, folds, seed)
+        fold_of = stratified_folds(studies, worst, folds, seed, groups=groups)
     lost = [int(s) for s in studies if int(s) not in fold_of]
     if lost:
         raise SpinefeatError(f"study {lost[0]} has feature rows but no fold")
-    held = early_stopping_studies(studies, fold_of, worst, folds, seed)
+    held = early_stopping_studies(studies, fold_of, worst, folds, seed, groups=groups)
     # One LightGBM thread a fit (see _cross_fit): the same models whatever ``jobs`` is.
     params = dict(PARAMS, num_threads=1, seed=seed)
     out = {"boosters": {}, "columns": {}, "temperature": {}, "rounds": {}, "params": params}
@@ -390,7 +495,7 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         out["columns"][group] = cols
     n_steps = len(MODEL_GROUPS) * (folds + 1)
     steps = iter(range(1, n_steps + 1))
-    res, boosters = _cross_fit(problems, final=True,
+    res, boosters = _cross_fit(problems, final=True, jobs=jobs,
                                on_fold=None if progress is None else lambda *_: progress(next(steps), n_steps))
     for group, p in problems.items():
         g, both = tables[group]

@@ -86,6 +86,24 @@ def test_folds_spread_the_studies_with_a_severe_grade():
     assert "StratifiedGroupKFold" in res["cv"]["method"]["folds"]
 
 
+def test_copies_of_a_study_stay_on_one_side_of_every_split():
+    """``groups``: the copies of one study (the benchmark's bootstrap) share their fold and their side of each
+    fold's early-stopping split; without it they are scattered (the leak that kept every fit from stopping)."""
+    _, train = _table(n_studies=30, seed=6)
+    copies = pd.concat([train.rename(index=lambda s, c=c: s * 10 + c) for c in range(4)])
+    groups = {int(s): int(s) // 10 for s in copies.index}
+    worst = models.worst_grades(copies)
+    for g in (groups, None):
+        fold_of = models.stratified_folds(copies.index, worst, 5, 0, groups=g)
+        held = models.early_stopping_studies(sorted(copies.index), fold_of, worst, 5, 0, groups=g)
+        sides = pd.DataFrame({"group": [groups[s] for s in fold_of], "fold": list(fold_of.values())})
+        for k in range(5):
+            sides[f"stops_{k}"] = [s in set(held[k]) for s in fold_of]
+        together = (sides.groupby("group").nunique() == 1).all().all()
+        assert together == (g is not None)
+    assert len(set(fold_of.values())) == 5 and all(len(h) for h in held.values())
+
+
 def test_sharpening_touches_only_the_largest_spinal_severe_row():
     rows = [{"row_id": f"7_spinal_canal_stenosis_{lv}", "normal_mild": 0.6, "moderate": 0.2, "severe": s}
             for lv, s in zip(("l1_l2", "l2_l3"), (0.2, 0.4))]
