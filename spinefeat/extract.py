@@ -265,44 +265,53 @@ def add_relative_features(df: pd.DataFrame) -> pd.DataFrame:
     cond = df["condition"].astype(str)
     side = np.where(cond.str.startswith("left"), "left", "right")
     cols: dict[str, np.ndarray] = {}
+
+    def values(sel, names) -> pd.DataFrame:
+        # One table of the group's measurements (all NaN where a column is absent): each pandas step below runs
+        # once over every measurement of the group instead of once per measurement.
+        v = np.column_stack([df[n].to_numpy(float)[sel] if n in df.columns else np.full(sel.sum(), np.nan)
+                             for n in names])
+        return pd.DataFrame(v, columns=names)
+
+    def put(name, sel, v):
+        col = np.full(len(df), np.nan)
+        col[sel] = v
+        cols[name] = col
+
     for group, names in RELATIVE.items():
         sel = cond.str.contains(group).to_numpy()
         study, level = df["study_id"].to_numpy()[sel], df["level"].to_numpy()[sel]
-        # Each row's (study, level, side) and the other side's, for every measurement of the group.
-        keys = pd.MultiIndex.from_arrays([study, level, side[sel]])
-        other_keys = pd.MultiIndex.from_arrays([study, level, np.where(side[sel] == "left", "right", "left")])
-        for n in names:
+        vals = values(sel, names)
+        med = vals.groupby(study).transform("median").to_numpy()
+        rel_study = vals.to_numpy() / np.where(med == 0, np.nan, med)
+        if group != "spinal_canal_stenosis":
+            # Each row's (study, level, side) and the other side's; per measurement the other side's first
+            # measured value at this level (GroupBy.first skips NaN in each column).
+            keys = pd.MultiIndex.from_arrays([study, level, side[sel]])
+            other_keys = pd.MultiIndex.from_arrays([study, level, np.where(side[sel] == "left", "right", "left")])
+            other = vals.set_axis(keys).groupby(level=[0, 1, 2]).first().reindex(other_keys).to_numpy(float)
+            rel_side = vals.to_numpy() / np.where(other == 0, np.nan, other)
+        for j, n in enumerate(names):
             if n not in df.columns:
                 cols[n] = np.full(len(df), np.nan)
-            vals = pd.Series(df[n].to_numpy(float)[sel] if n in df.columns else np.full(sel.sum(), np.nan))
-            med = vals.groupby(study).transform("median").to_numpy()
-            rel = np.full(len(df), np.nan)
-            rel[sel] = vals.to_numpy() / np.where(med == 0, np.nan, med)
-            cols[f"{n}_rel_study"] = rel
+            put(f"{n}_rel_study", sel, rel_study[:, j])
             if group != "spinal_canal_stenosis":
-                # The same measurement on the other side at this level (the first measured one, if several).
-                first = vals.set_axis(keys).dropna().groupby(level=[0, 1, 2]).first()
-                other = first.reindex(other_keys).to_numpy(float)
-                rel = np.full(len(df), np.nan)
-                rel[sel] = vals.to_numpy() / np.where(other == 0, np.nan, other)
-                cols[f"{n}_rel_side"] = rel
+                put(f"{n}_rel_side", sel, rel_side[:, j])
     level_index = df["level"].map(LEVELS.index).to_numpy()
     for group, names in STUDY_CONTEXT.items():
         sel = cond.str.contains(group).to_numpy()
         study, li, sd = df["study_id"].to_numpy()[sel], level_index[sel], side[sel]
-        for n in names:
-            vals = pd.Series(df[n].to_numpy(float)[sel] if n in df.columns else np.full(sel.sum(), np.nan))
-            here = pd.Series(vals.to_numpy(), index=pd.MultiIndex.from_arrays([study, sd, li])).dropna()
-            here = here[~here.index.duplicated()]
-            found = {"study_median": vals.groupby(study).transform("median").to_numpy(),
-                     "study_rank": vals.groupby([study, sd]).rank(pct=True).to_numpy()}
-            for name, step in (("above", -1), ("below", 1)):
-                nb = here.reindex(pd.MultiIndex.from_arrays([study, sd, li + step])).to_numpy(float)
-                found[f"minus_{name}"] = vals.to_numpy() - nb
+        vals = values(sel, names)
+        # Per measurement, the first measured value at each (study, side, level).
+        here = vals.set_axis(pd.MultiIndex.from_arrays([study, sd, li])).groupby(level=[0, 1, 2]).first()
+        found = {"study_median": vals.groupby(study).transform("median").to_numpy(),
+                 "study_rank": vals.groupby([study, sd]).rank(pct=True).to_numpy()}
+        for name, step in (("above", -1), ("below", 1)):
+            nb = here.reindex(pd.MultiIndex.from_arrays([study, sd, li + step])).to_numpy(float)
+            found[f"minus_{name}"] = vals.to_numpy() - nb
+        for j, n in enumerate(names):
             for suffix, v in found.items():
-                col = np.full(len(df), np.nan)
-                col[sel] = v
-                cols[f"{n}_{suffix}"] = col
+                put(f"{n}_{suffix}", sel, v[:, j])
     kept = df.drop(columns=[c for c in cols if c in df.columns])
     out = pd.concat([kept, pd.DataFrame(cols, index=df.index)], axis=1)
     return out[[c for c in df.columns] + [c for c in cols if c not in df.columns]]
