@@ -35,14 +35,30 @@ _COMPRESSED_HINT = (
 )
 
 
+def _raw_text(ds, keyword: str) -> list[str] | None:
+    """The text values of a decimal or integer string element (DS, IS) that pydicom has not converted yet, or
+    None (absent, already converted, of another VR).
+
+    Read from the element's bytes: pydicom's conversion builds and validates one object per value, which on
+    a header of 30 elements costs more than decoding an RLE slice."""
+    elem = ds.get_item(keyword) if keyword in ds else None
+    if elem is None or not isinstance(elem.value, bytes) or elem.VR not in ("DS", "IS", None):
+        return None
+    return elem.value.decode("ascii").split("\\")
+
+
 def _floats(ds, keyword: str, n: int) -> list[float]:
     """``n`` floats of a tag; NaNs when it is absent, malformed ("abc") or of another length."""
     try:
-        val = ds.get(keyword)
-        if val is None:
-            return [float("nan")] * n
-        vals = [float(v) for v in (val if n > 1 else [val])]
-    except (TypeError, ValueError, OverflowError):
+        raw = _raw_text(ds, keyword)
+        if raw is not None:
+            vals = [float(v.strip(" \0")) for v in raw]
+        else:
+            val = ds.get(keyword)
+            if val is None:
+                return [float("nan")] * n
+            vals = [float(v) for v in (val if n > 1 else [val])]
+    except (TypeError, ValueError, OverflowError, UnicodeDecodeError):
         return [float("nan")] * n
     if len(vals) != n:
         return [float("nan")] * n
@@ -51,9 +67,15 @@ def _floats(ds, keyword: str, n: int) -> list[float]:
 
 def _int(ds, keyword: str, default: int) -> int:
     try:
+        raw = _raw_text(ds, keyword)
+        if raw is not None:
+            if len(raw) != 1 or not raw[0].strip(" \0"):
+                return default
+            v = float(raw[0].strip(" \0"))
+            return int(v) if v == int(v) else default
         val = ds.get(keyword)
         return int(val) if val not in (None, "") else default
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError, UnicodeDecodeError):
         return default
 
 
@@ -149,9 +171,9 @@ def _read(path: Path, *, stop_before_pixels: bool):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-            # Elements are parsed lazily: touch the ones read later so their errors surface here.
-            for kw in ("InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
-                       "Columns", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation"):
+            # Elements are parsed lazily: touch the ones read later so their errors surface here (the geometry
+            # tags and InstanceNumber are read from their bytes by _floats and _int).
+            for kw in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation"):
                 ds.get(kw)
     except _READ_ERRORS as exc:
         raise DicomError(f"{path}: not a readable DICOM file ({type(exc).__name__})") from None
