@@ -264,7 +264,7 @@ class _Problem:
         stops = self.stops(k)
         return (self.fold != k) & ~stops, (self.fold != k) & stops & self.scored, (self.fold == k) & self.scored
 
-    def rows(self, key: str, folder: Path | None) -> "_Rows":
+    def rows(self, key: str, folder: Path | None) -> _Rows:
         """What a fit needs of this problem: its arrays here, or (``folder``) a file a worker process reads."""
         return _Rows(key, self.x, self.y, self.cols, self.params, folder)
 
@@ -386,11 +386,13 @@ def _cross_fit(problems: dict, *, final: bool, jobs: int = 1, on_fold=None) -> t
     else:
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        from joblib.externals.loky import get_reusable_executor
+        from joblib.executor import get_memmapping_executor
 
         with tempfile.TemporaryDirectory(prefix="spinefeat-fit-") as tmp:
             rows = {name: p.rows(f"{run}:{name}", Path(tmp)) for name, p in problems.items()}
-            executor = get_reusable_executor(max_workers=jobs)
+            # joblib's own reusable executor (the one its Parallel reuses for extraction: a plain loky one in
+            # its place would break the next Parallel call in this process).
+            executor = get_memmapping_executor(jobs)
             pending = {}
             try:
                 for name in sorted(problems, key=lambda n: -len(problems[n].y)):
