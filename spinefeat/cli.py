@@ -277,8 +277,13 @@ def _points(data: Path, coords: Optional[str], split: str, *, models: Optional[P
         task = prog.add_task(f"localising {split} studies", total=None)
         pts, missing = points_at(data, coords, split, models=models, jobs=jobs, scheduler=scheduler,
                                  progress=lambda n, t: prog.update(task, completed=n, total=t))
-    if len(missing):
-        console.print(f"[yellow]{len(missing)} points could not be placed[/yellow] (e.g. {missing.reason.iloc[0]})")
+    doubtful = missing.reason.astype(str).str.startswith("levels: ")     # placed, but counted from a doubtful sacrum
+    if (~doubtful).any():
+        console.print(f"[yellow]{int((~doubtful).sum())} points could not be placed[/yellow] "
+                      f"(e.g. {missing.reason[~doubtful].iloc[0]})")
+    if doubtful.any():
+        console.print(f"[yellow]{missing.study_id[doubtful].nunique()} studies with a doubtful level count[/yellow], "
+                      f"their points at low confidence (e.g. {missing.reason[doubtful].iloc[0]})")
     return pts
 
 

@@ -179,10 +179,11 @@ def disc_row(p: SpiderPatient, localizer) -> dict:
     of the slice the localiser picked, and whether any detected disc is nearer another level's point."""
     row: dict = {"patient": p.patient}
     try:
-        k, _, rc, conf = localizer.find_discs(p.stack)
+        k, _, rc, conf, flags = localizer.find_discs(p.stack)
     except SpinefeatError as exc:
         row["error"] = str(exc)
         return row
+    row["count_flags"] = "; ".join(flags)
     truth = lumbar_disc_points(p.masks[k])
     if truth is None:
         row["error"] = "fewer than five discs in the mask on the picked slice"
@@ -222,24 +223,25 @@ def widest_slice(p: SpiderPatient) -> int:
 
 def spider_samples(p: SpiderPatient, *, around: int = 1) -> tuple[list, list, list]:
     """Detector samples of one patient (on the widest canal slice and ``around`` slices either side: the
-    localiser's mid-sagittal pick is rarely exact) and its disc gaps (mm). Discs above L1/L2 are background:
-    the detector learns to count from the sacrum."""
+    localiser's mid-sagittal pick is rarely exact) and its disc gaps (mm). Every disc of the mask is a
+    disc, the lowest L5/S1 (:func:`~spinefeat.localize.disc_samples` with ``all_discs``): the detector
+    learns discs and the sacrum, the chain counts from it."""
     from .localize import disc_samples
 
     xs, ys, gaps = [], [], []
     w = widest_slice(p)
     g = p.stack.geometry
     for k in range(max(0, w - around), min(g.n_slices, w + around + 1)):
-        truth = lumbar_disc_points(p.masks[k])
-        if truth is None:
+        discs = disc_points(p.masks[k])
+        if len(discs) < 5:
             continue
-        got = disc_samples(p.stack.pixels[k], g.pixel_spacing_mm, g.iop, truth)
+        got = disc_samples(p.stack.pixels[k], g.pixel_spacing_mm, g.iop, discs, all_discs=True)
         if got is None:
             continue
         xs.append(got[0])
         ys.append(got[1])
         if k == w:
-            gaps.append(np.linalg.norm(np.diff(truth, axis=0) * g.pixel_spacing_mm, axis=1))
+            gaps.append(np.linalg.norm(np.diff(discs[-5:], axis=0) * g.pixel_spacing_mm, axis=1))
     return xs, ys, gaps
 
 

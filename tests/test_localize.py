@@ -280,3 +280,34 @@ def test_phantom_localiser_learns_where_its_foramen_labels_sit_down_the_keyhole(
     assert loc.keyhole_share == pytest.approx(0.5, abs=0.1)
     json_text = (trained / "localizer.json").read_text()
     assert '"keyhole_share"' in json_text
+
+
+def test_a_field_of_view_cut_above_the_sacrum_is_flagged_not_silently_counted(trained, cohort):
+    """The same phantom T2 whole and cut 10 mm below L4/L5: whole, the count from the sacrum is clean; cut,
+    the lowest disc left is L4/L5, and the study is flagged with every level at low confidence."""
+    import dataclasses
+
+    import pandas as pd
+
+    from spinefeat.dataset import DataFolder
+    from spinefeat.dicom import Stack
+    from spinefeat.images import StudyImages
+    from spinefeat.localize import Localizer
+    from spinefeat.localize.detector import DOUBTFUL_CONFIDENCE
+
+    loc = Localizer.load(trained)
+    truth = pd.read_csv(cohort / "truth" / "test_label_coordinates.csv")
+    sp = truth[truth.condition == "Spinal Canal Stenosis"].sort_values(["study_id", "level"])
+    sid = int(sp.study_id.iloc[0])
+    sp = sp[sp.study_id == sid]
+    folder = DataFolder(cohort)
+    (stack,) = StudyImages(folder, "test", sid, folder.series("test")).stacks(int(sp.series_id.iloc[0]))[:1]
+    _, _, rc, conf, flags = loc.find_discs(stack)
+    assert flags == [] and conf.min() > DOUBTFUL_CONFIDENCE
+    cut = int(sp.y.iloc[3] + 10.0 / stack.geometry.pixel_spacing_mm[0])
+    g = stack.geometry
+    short = Stack(stack.study_id, stack.series_id, stack.description, stack.pixels[:, :cut].copy(),
+                  dataclasses.replace(g, shape=(cut, g.shape[1])), stack.instance_numbers)
+    _, _, rc_cut, conf_cut, flags_cut = loc.find_discs(short)
+    assert flags_cut and all(f.startswith("levels: ") for f in flags_cut)
+    assert np.all(conf_cut <= DOUBTFUL_CONFIDENCE)

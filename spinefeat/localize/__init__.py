@@ -4,16 +4,22 @@
    elongated bright column; a curve ``col = f(row)`` is fitted through the
    column (pieces broken by a tight canal joined along the curve), continued
    straight past its ends, and sampled every millimetre.
-2. At each sample, the tissue anterior to the canal (vertebral bodies and
-   discs alternate) near the sample and up to 64 mm along the curve (is there
-   a disc above and below: the sacrum has none), the canal's width, the
-   distance to the end of the CSF and the height in the image (fields of view
-   are centred on the lumbar spine) feed a LightGBM classifier: background or
-   one of the five discs.
-3. A chain model picks exactly five ordered samples, L1/L2 at the top, by
+2. At each sample, the vertebral column anterior to the canal, read along the
+   curve's normals (straightened) and scaled by its own median and
+   interquartile range (no scanner or sequence sets the scale), near the
+   sample and up to 64 mm along the curve (is there a disc above and below:
+   the sacrum has none), its edges (the endplates), the canal's width and
+   direction and the distance to the end of the CSF feed a LightGBM
+   classifier: background or a disc (any disc; which one is counted). It is
+   trained on each sample also with the column's contrast flipped: discs are
+   bright on a healthy T2, dark on a degenerated one.
+3. A chain model picks exactly five ordered samples, counted from the sacrum
+   (L5/S1 is the lowest disc, with no disc below it; four discs above it), by
    dynamic programming over the detector's log-probabilities plus spacing
    priors learned from the training coordinates: no level is skipped or
-   doubled. Each disc then sits at the centre of its detector plateau.
+   doubled. Each disc then sits at the centre of its detector plateau. A
+   field of view that ends at L5/S1, an L5/S1 not clearly seen or a disc
+   below it (transitional anatomy) is flagged and caps the study's confidence.
 4. The dural sac centres on the axial T2 slices through the discs give the
    midline at each level (a Theil-Sen line along the spine: the sagittal plane
    may be tilted); each spinal point goes on the sagittal slice nearest to it.
@@ -42,6 +48,7 @@ from .chain import chain, disc_centre_mm
 from .check import confidence_auc, point_errors, summarize_errors
 from .detector import (
            Localizer,
+           count_discs,
            disc_samples,
            fit_detector,
            gap_stats,
@@ -63,7 +70,7 @@ from .placement import (
 )
 from .study import COORD_COLUMNS, localize, localize_study
 
-__all__ = ["COORD_COLUMNS", "Canal", "Localizer", "RECESSES", "body_depth_mm", "chain", "confidence_auc", "csf_column",
+__all__ = ["COORD_COLUMNS", "Canal", "Localizer", "RECESSES", "body_depth_mm", "chain", "confidence_auc", "count_discs", "csf_column",
            "disc_centre_mm", "disc_samples", "fit_canal", "fit_detector", "follow_column", "gap_stats", "localize",
            "localize_study", "mid_sagittal", "middle_of_run", "midline_offsets_mm", "place_foramen",
            "place_level_recesses", "place_recesses", "point_errors", "SacFit", "find_sac", "fit_recess_rule",

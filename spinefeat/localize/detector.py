@@ -24,57 +24,79 @@ from .placement import KEYHOLE_ROOT_SHARE, RECESSES, fit_recess_rule, label_shar
 log = logging.getLogger(__name__)
 
 
+#: Where the vertebral column is read, anterior to the canal along the curve's normal (mm).
 ANTERIOR_MM = (8.0, 13.0, 18.0, 23.0)
-ALONG_MM = tuple(np.arange(-12.0, 12.1, 2.0))
-#: Wider context, followed along the canal curve: is there a disc a level above or below (the sacrum has none)?
-FAR_ANTERIOR_MM = (13.0, 18.0)
-FAR_ALONG_MM = tuple(d for d in np.arange(-64.0, 64.1, 8.0) if abs(d) >= 16)
+#: Along the curve (mm): near (is this a disc, thin between two bodies) and far (is there a disc a level above
+#: and below: the sacrum has none).
+NEAR_ALONG_MM = tuple(np.arange(-32.0, 32.1, 2.0))
+FAR_ALONG_MM = tuple(d for d in np.arange(-64.0, 64.1, 4.0) if abs(d) > 32)
+#: Edge strength along the column (the endplates) is read here along the curve (mm).
+EDGE_ALONG_MM = tuple(np.arange(-10.0, 10.1, 2.0))
 #: The canal's direction is read here along the curve (mm).
 ANGLE_ALONG_MM = (-60.0, -40.0, -20.0, 0.0, 20.0, 40.0, 60.0)
-DET_PARAMS = {"objective": "multiclass", "num_class": 6, "learning_rate": 0.1, "num_leaves": 31,
+#: Detector classes: background, a disc (any: which one is counted from the sacrum by the chain).
+BACKGROUND, DISC = 0, 1
+DET_PARAMS = {"objective": "multiclass", "num_class": 2, "learning_rate": 0.1, "num_leaves": 31,
               "min_data_in_leaf": 40, "feature_fraction": 0.8, "verbose": -1, "seed": 0, "deterministic": True,
               "force_col_wise": True}
+#: The first this many features are signed intensities (flipped to train for either disc contrast).
+N_SIGNED = len(ANTERIOR_MM) * len(NEAR_ALONG_MM) + len(FAR_ALONG_MM)
+
+
+def straightened(x: np.ndarray, pixel_spacing_mm, canal: Canal, depth_mm: float = 30.0) -> np.ndarray:
+    """``x`` read along the canal curve's normals, towards anterior: (samples, 0..``depth_mm`` in 1 mm steps).
+    The vertebral column straightened: a disc is a band across it whatever the lordosis."""
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    tr, tc = np.gradient(canal.rows) * dr, np.gradient(canal.cols) * dc
+    norm = np.maximum(np.hypot(tr, tc), 1e-9)
+    nr, nc = -tc / norm, tr / norm
+    side = np.where(nc * canal.anterior < 0, -1.0, 1.0)          # the normal that points anterior
+    a = np.arange(0.0, depth_mm + 0.5, 1.0)
+    rr = canal.rows[:, None] + (side * nr)[:, None] * a[None] / dr
+    cc = canal.cols[:, None] + (side * nc)[:, None] * a[None] / dc
+    return ndi.map_coordinates(x, [rr, cc], order=1, mode="nearest")
+
+
+def _along(v: np.ndarray, d_mm: float) -> np.ndarray:
+    """``v`` (one value per canal sample) read ``d_mm`` further down the curve; NaN beyond its ends."""
+    j = np.arange(len(v)) + int(round(d_mm / STEP_MM))
+    ok = (j >= 0) & (j < len(v))
+    out = np.full(len(v), np.nan, np.float32)
+    out[ok] = v[j[ok]]
+    return out
 
 
 def sample_features(img: np.ndarray, pixel_spacing_mm, canal: Canal) -> np.ndarray:
-    """Per canal sample: tissue intensities anterior to the canal over +-12 mm along the image rows and at
-    +-16..64 mm along the canal curve (NaN beyond its ends), the CSF width, the position."""
+    """Per canal sample: the vertebral column anterior to it (:func:`straightened`) over +-32 mm along the
+    curve and, further, +-36..64 mm (NaN beyond its ends), its edge strength (the endplates), the distance
+    to the end of the CSF, the CSF width and the canal's direction.
+
+    Intensities are the column's own: each image's straightened column less its median, over its
+    interquartile range, so no scanner, sequence or brightest tissue sets the scale. Discs are bright on
+    a healthy T2, dark on a degenerated one or on T1: :func:`flip_contrast` trains the detector for both.
+    """
     dr, dc = (float(v) for v in pixel_spacing_mm)
     x = ndi.uniform_filter(normalise_intensity(img), size=max(3, int(round(2.0 / dr))))
-    h, w = x.shape
-    feats = []
-    for a in ANTERIOR_MM:
-        for d in ALONG_MM:
-            r = np.clip(np.round(canal.rows + d / dr), 0, h - 1).astype(int)
-            c = np.clip(np.round(canal.cols + canal.anterior * a / dc), 0, w - 1).astype(int)
-            feats.append(x[r, c])
-    prof = np.array(feats).T                          # (n, len(ANTERIOR)*len(ALONG))
-    n = len(canal.rows)
-    far = []
-    for a in FAR_ANTERIOR_MM:
-        c_all = np.clip(np.round(canal.cols + canal.anterior * a / dc), 0, w - 1).astype(int)
-        r_all = np.clip(np.round(canal.rows), 0, h - 1).astype(int)
-        for d in FAR_ALONG_MM:
-            j = np.arange(n) + int(round(d / STEP_MM))
-            ok = (j >= 0) & (j < n)
-            v = np.full(n, np.nan, np.float32)
-            v[ok] = x[r_all[j[ok]], c_all[j[ok]]]
-            far.append(v)
-    centre = prof[:, [i * len(ALONG_MM) + len(ALONG_MM) // 2 for i in range(len(ANTERIOR_MM))]]
-    rel = prof - prof.reshape(len(canal.rows), len(ANTERIOR_MM), len(ALONG_MM)).mean(axis=2).repeat(len(ALONG_MM), 1)
-    # Where along the image: fields of view are centred on the lumbar spine (real layouts put L3/L4 near the middle).
-    pos = np.stack([canal.end_mm - canal.s_mm, canal.width_mm, (canal.rows - (h - 1) / 2) * dr], 1)
-    # The canal's direction (degrees from the image's vertical, positive leaning anterior going down) here and
-    # along it: the lordosis peaks at L3-L4 and the canal turns back behind the sacrum.
+    col = straightened(x, pixel_spacing_mm, canal)
+    band = col[:, 6:27]
+    lo, med, hi = np.percentile(band, [25, 50, 75])
+    z = ndi.uniform_filter1d((col - med) / max(hi - lo, 1e-3), 3, axis=0)
+    depth = [z[:, int(a)] for a in ANTERIOR_MM]
+    feats = [_along(v, d) for v in depth for d in NEAR_ALONG_MM]
+    far = np.mean(depth[1:3], axis=0)
+    feats += [_along(far, d) for d in FAR_ALONG_MM]
+    edge = np.abs(np.gradient(np.mean(depth, axis=0)))
+    feats += [_along(edge, d) for d in EDGE_ALONG_MM]
     angle = np.degrees(np.arctan2(canal.anterior * np.gradient(canal.cols) * dc, np.gradient(canal.rows) * dr))
-    turn = []
-    for d in ANGLE_ALONG_MM:
-        j = np.arange(n) + int(round(d / STEP_MM))
-        ok = (j >= 0) & (j < n)
-        v = np.full(n, np.nan, np.float32)
-        v[ok] = angle[j[ok]]
-        turn.append(v)
-    return np.concatenate([prof, rel, centre, np.array(far).T, pos, np.array(turn).T], axis=1).astype(np.float32)
+    feats += [canal.end_mm - canal.s_mm, canal.width_mm] + [_along(angle, d) for d in ANGLE_ALONG_MM]
+    return np.stack(feats, axis=1).astype(np.float32)
+
+
+def flip_contrast(x: np.ndarray) -> np.ndarray:
+    """Features of the same samples with the column's contrast inverted (bright discs dark, dark bodies bright)."""
+    out = x.copy()
+    out[:, :N_SIGNED] = -out[:, :N_SIGNED]
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -118,42 +140,103 @@ class Localizer:
         return cls(detector, np.array(meta["gaps_mm"]), meta["offsets_mm"], meta.get("recess_rules", {}),
                    meta.get("trained_on", {}), meta.get("keyhole_share", KEYHOLE_ROOT_SHARE))
 
-    def find_discs(self, stack: Stack) -> tuple[int, float, np.ndarray, np.ndarray]:
-        """Mid-sagittal slice, the midline's offset from it (mm), the five disc (row, col) on it, a confidence per level."""
+    def find_discs(self, stack: Stack) -> tuple[int, float, np.ndarray, np.ndarray, list[str]]:
+        """Mid-sagittal slice, the midline's offset from it (mm), the five disc (row, col) on it, a confidence
+        per level, and why the count from the sacrum is doubtful (empty when it is not; see :func:`count_discs`)."""
         k, shift_mm = mid_sagittal(stack)
         img = stack.pixels[k]
         canal = fit_canal(img, stack.geometry.pixel_spacing_mm, stack.geometry.iop)
         if canal is None:
             raise SpinefeatError(f"study {stack.study_id} series {stack.series_id}: no CSF column found")
-        p = self.detector.predict(sample_features(img, stack.geometry.pixel_spacing_mm, canal))
-        logp = np.log(np.clip(p[:, 1:], 1e-6, 1))
-        idx, _ = chain(logp, canal.s_mm, self.gaps)
-        s_mm = np.array([disc_centre_mm(p[:, lv + 1], canal.s_mm, i) for lv, i in enumerate(idx)])
+        p = self.detector.predict(sample_features(img, stack.geometry.pixel_spacing_mm, canal))[:, DISC]
+        s_mm, conf, flags = count_discs(p, canal.s_mm, self.gaps)
         rc = np.stack([np.interp(s_mm, canal.s_mm, canal.rows), np.interp(s_mm, canal.s_mm, canal.cols)], axis=1)
-        return k, shift_mm, rc, p[idx, np.arange(1, 6)]
+        return k, shift_mm, rc, conf, [f"levels: {f}" for f in flags]
 
 
-def disc_samples(img: np.ndarray, pixel_spacing_mm, iop, disc_rc) -> tuple[np.ndarray, np.ndarray] | None:
-    """Detector training samples of one sagittal slice: the features of every canal sample and its class,
-    the level (1..5, L1/L2 first) of the disc point ``disc_rc[k]`` (row, col) for the samples within
-    :data:`DISC_RADIUS_MM` along the curve of the sample nearest that point (when the curve passes within
-    10 mm of it), else 0. None when no canal is found."""
+#: The canal must go on this far (mm) below L5/S1 inside the image for the sacrum to be in the field of view.
+SACRUM_VIEW_MM = 20.0
+#: A disc is seen above this detector probability.
+SEEN_P = 0.5
+#: Weight of "no disc below L5/S1" against the discs' own log-probabilities in the chain.
+NONE_BELOW_WEIGHT = 3.0
+#: The confidence of every level of a study whose count from the sacrum is doubtful.
+DOUBTFUL_CONFIDENCE = 0.25
+
+
+def count_discs(p: np.ndarray, s_mm: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The five lumbar discs counted from the sacrum: arc positions (mm), a confidence each, and flags.
+
+    ``p``: the detector's disc probability at each canal sample (arc positions ``s_mm``); ``gaps``: the
+    learnt (mean, sd) of the four disc spacings. L5/S1 is the lowest disc: the chain
+    (:func:`~spinefeat.localize.chain.chain`) scores it with its own log-probability plus
+    :data:`NONE_BELOW_WEIGHT` times the log-probability that nothing more than half a level below it is a
+    disc (the sacrum has none); the four above are any discs, spaced as learnt. A level is at most as sure
+    as L5/S1. Flagged (every confidence capped at :data:`DOUBTFUL_CONFIDENCE`, ``predict`` then lists the
+    points) when the image ends less than :data:`SACRUM_VIEW_MM` below L5/S1 (the sacrum is not in the field
+    of view: the lowest disc seen may be L4/L5), when L5/S1 is not clearly seen, or when a disc is seen
+    below it (a sixth lumbar disc: transitional anatomy).
+    """
+    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
+    # below[i]: the largest disc probability more than half a level below sample i.
+    half = max(1, int(round(0.5 * float(gaps[:, 0].min()) / STEP_MM)))
+    rev_max = np.maximum.accumulate(p[::-1])[::-1]
+    below = np.concatenate([rev_max[half:], np.zeros(half)])
+    logp = np.repeat(np.log(p)[:, None], 5, axis=1)
+    logp[:, 4] += NONE_BELOW_WEIGHT * np.log1p(-np.minimum(below, 1 - 1e-6))
+    idx, _ = chain(logp, s_mm, gaps)
+    disc_s = np.array([disc_centre_mm(p, s_mm, i) for i in idx])
+    conf = np.minimum(p[idx], p[idx[-1]])
+    flags = []
+    view = float(s_mm[-1] - disc_s[-1])
+    if view < SACRUM_VIEW_MM:
+        flags.append(f"the field of view ends {view:.0f} mm below L5/S1: sacrum not in view, the count may be off")
+    if p[idx[-1]] < SEEN_P:
+        flags.append(f"L5/S1 not clearly seen (detector {p[idx[-1]]:.2f}): doubtful count from the sacrum")
+    if below[idx[-1]] > SEEN_P:
+        flags.append(f"a disc below L5/S1 (detector {below[idx[-1]]:.2f}; transitional anatomy?): doubtful count")
+    if flags:
+        conf = np.minimum(conf, DOUBTFUL_CONFIDENCE)
+    return disc_s, conf, flags
+
+
+def disc_samples(img: np.ndarray, pixel_spacing_mm, iop, disc_rc, *, all_discs: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Detector training samples of one sagittal slice: the features of every canal sample and its class.
+
+    ``disc_rc`` (row, col), top to bottom: the five lumbar disc points, or with ``all_discs`` every disc of
+    the slice (a segmentation's), the lowest being L5/S1. The samples within :data:`DISC_RADIUS_MM` along
+    the curve of the sample nearest a point (when the curve passes within 10 mm of it) are :data:`DISC`,
+    the rest :data:`BACKGROUND` (the sacrum below L5/S1 too); without ``all_discs`` the
+    stretch more than half a level above L1/L2 is -1 (not used: its discs carry no label). None when no
+    canal is found.
+    """
     canal = fit_canal(img, pixel_spacing_mm, iop)
     if canal is None:
         return None
     dr, dc = (float(v) for v in pixel_spacing_mm)
-    y = np.zeros(len(canal.rows), int)
-    for li, (r, c) in enumerate(disc_rc):
+    y = np.full(len(canal.rows), BACKGROUND)
+    on = []
+    for r, c in disc_rc:
         # The disc's place on the curve: its nearest sample, when the curve passes within 10 mm of the point.
         d = np.hypot((canal.rows - r) * dr, (canal.cols - c) * dc)
-        if d.min() <= 10.0:
-            y[np.abs(canal.s_mm - canal.s_mm[np.argmin(d)]) <= DISC_RADIUS_MM] = li + 1
+        on.append(float(canal.s_mm[np.argmin(d)]) if d.min() <= 10.0 else np.nan)
+    for s in on:
+        if np.isfinite(s):
+            y[np.abs(canal.s_mm - s) <= DISC_RADIUS_MM] = DISC
+    if not all_discs and np.isfinite(on[0]):
+        gap = on[1] - on[0] if len(on) > 1 and np.isfinite(on[1]) else 30.0
+        y[canal.s_mm < on[0] - 0.5 * gap] = -1
     return sample_features(img, pixel_spacing_mm, canal), y
 
 
 def fit_detector(xs: list[np.ndarray], ys: list[np.ndarray], *, jobs: int = 1) -> lgb.Booster:
-    """The disc detector on the samples of many slices (every disc sample weighs as ten background ones)."""
+    """The disc detector on the samples of many slices, each also with its contrast flipped
+    (:func:`flip_contrast`); samples of class -1 are left out and every disc sample weighs as ten
+    background ones."""
     x, y = np.concatenate(xs), np.concatenate(ys)
+    keep = y >= 0
+    x, y = np.concatenate([x[keep], flip_contrast(x[keep])]), np.tile(y[keep], 2)
     return lgb.train(dict(DET_PARAMS, num_threads=jobs), lgb.Dataset(x, y, weight=np.where(y > 0, 10.0, 1.0)), 200)
 
 

@@ -36,7 +36,8 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
         return [], ["no sagittal series: no levels found"]
     stack, frame = levels.stack, levels.stack.geometry.frame_of_reference
     log.info("study %s: levels found on %s", study_id, levels.reason)
-    k, shift_mm, rc, conf = loc.find_discs(stack)
+    k, shift_mm, rc, conf, flags = loc.find_discs(stack)
+    missing += flags              # a doubtful count from the sacrum: every level's confidence is capped too
     # The axial sac centres show where the midline is at each level; the spinal point of a level goes
     # on the sagittal slice nearest to its midline point (tilted planes cross slices along the spine).
     t_mm = np.linalg.norm((rc - rc[0]) * np.asarray(stack.geometry.pixel_spacing_mm), axis=1)
