@@ -223,9 +223,9 @@ def widest_slice(p: SpiderPatient) -> int:
 
 def spider_samples(p: SpiderPatient, *, around: int = 1) -> tuple[list, list, list]:
     """Detector samples of one patient (on the widest canal slice and ``around`` slices either side: the
-    localiser's mid-sagittal pick is rarely exact) and its disc gaps (mm). Every disc of the mask is a
-    disc, the lowest L5/S1 (:func:`~spinefeat.localize.disc_samples` with ``all_discs``): the detector
-    learns discs and the sacrum, the chain counts from it."""
+    localiser's mid-sagittal pick is rarely exact) and its disc gaps (mm). The lowest five discs of the
+    mask are L1/L2 .. L5/S1 (:func:`~spinefeat.localize.disc_samples`), discs above L1/L2 background: the
+    detector learns to count from the sacrum."""
     from .localize import disc_samples
 
     xs, ys, gaps = [], [], []
@@ -235,7 +235,7 @@ def spider_samples(p: SpiderPatient, *, around: int = 1) -> tuple[list, list, li
         discs = disc_points(p.masks[k])
         if len(discs) < 5:
             continue
-        got = disc_samples(p.stack.pixels[k], g.pixel_spacing_mm, g.iop, discs, all_discs=True)
+        got = disc_samples(p.stack.pixels[k], g.pixel_spacing_mm, g.iop, discs)
         if got is None:
             continue
         xs.append(got[0])

@@ -123,17 +123,14 @@ def test_csf_column_covers_the_real_canal_even_with_the_spacing_mis_set(spider_p
         assert s["rows_covered"] >= 0.9 and s["dice"] >= 0.5, (p.patient, s)
 
 
-def test_spider_training_samples_mark_every_disc_of_the_mask(spider_patients):
-    from spinefeat.localize.detector import DISC as DISC_CLASS
-    from spinefeat.spider import disc_points, spider_samples, widest_slice
+def test_spider_training_samples_carry_the_five_levels_counted_from_the_sacrum(spider_patients):
+    from spinefeat.spider import spider_samples
 
-    p = spider_patients[0]
-    xs, ys, gaps = spider_samples(p)
+    xs, ys, gaps = spider_samples(spider_patients[0])
     assert xs and len(xs) == len(ys)
-    n_discs = len(disc_points(p.masks[widest_slice(p)]))
     for x, y in zip(xs, ys):
         assert len(x) == len(y)
-        runs = np.flatnonzero(np.diff(np.concatenate([[0], (y == DISC_CLASS).astype(int)])) == 1)   # disc run starts
-        assert abs(len(runs) - n_discs) <= 1                  # every disc of the mask (a neighbour slice may differ)
-        assert set(np.unique(y)) == {0, DISC_CLASS}           # above L1/L2 too: nothing left unlabelled
+        first = [np.flatnonzero(y == lv).mean() for lv in range(1, 6)]
+        assert np.all(np.diff(first) > 0)                      # L1/L2 above L2/L3 ... above L5/S1
+        assert np.all(y[np.flatnonzero(y == 5).max() + 1:] == 0)   # the sacrum below L5/S1: no disc
     assert len(gaps) == 1 and np.all((gaps[0] > 20) & (gaps[0] < 60))

@@ -34,9 +34,9 @@ FAR_ALONG_MM = tuple(d for d in np.arange(-64.0, 64.1, 4.0) if abs(d) > 32)
 EDGE_ALONG_MM = tuple(np.arange(-10.0, 10.1, 2.0))
 #: The canal's direction is read here along the curve (mm).
 ANGLE_ALONG_MM = (-60.0, -40.0, -20.0, 0.0, 20.0, 40.0, 60.0)
-#: Detector classes: background, a disc (any: which one is counted from the sacrum by the chain).
-BACKGROUND, DISC = 0, 1
-DET_PARAMS = {"objective": "multiclass", "num_class": 2, "learning_rate": 0.1, "num_leaves": 31,
+#: Detector classes: background, then the five lumbar discs (L1/L2 = 1 .. L5/S1 = 5).
+BACKGROUND, N_LEVELS = 0, 5
+DET_PARAMS = {"objective": "multiclass", "num_class": 1 + N_LEVELS, "learning_rate": 0.1, "num_leaves": 31,
               "min_data_in_leaf": 40, "feature_fraction": 0.8, "verbose": -1, "seed": 0, "deterministic": True,
               "force_col_wise": True}
 #: The first this many features are signed intensities (flipped to train for either disc contrast).
@@ -148,7 +148,7 @@ class Localizer:
         canal = fit_canal(img, stack.geometry.pixel_spacing_mm, stack.geometry.iop)
         if canal is None:
             raise SpinefeatError(f"study {stack.study_id} series {stack.series_id}: no CSF column found")
-        p = self.detector.predict(sample_features(img, stack.geometry.pixel_spacing_mm, canal))[:, DISC]
+        p = self.detector.predict(sample_features(img, stack.geometry.pixel_spacing_mm, canal))
         s_mm, conf, flags = count_discs(p, canal.s_mm, self.gaps)
         rc = np.stack([np.interp(s_mm, canal.s_mm, canal.rows), np.interp(s_mm, canal.s_mm, canal.cols)], axis=1)
         return k, shift_mm, rc, conf, [f"levels: {f}" for f in flags]
@@ -158,85 +158,70 @@ class Localizer:
 SACRUM_VIEW_MM = 20.0
 #: A disc is seen above this detector probability.
 SEEN_P = 0.5
-#: Weight of "no disc below L5/S1" against the discs' own log-probabilities in the chain.
-NONE_BELOW_WEIGHT = 3.0
 #: The confidence of every level of a study whose count from the sacrum is doubtful.
 DOUBTFUL_CONFIDENCE = 0.25
 
 
 def count_discs(p: np.ndarray, s_mm: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The five lumbar discs counted from the sacrum: arc positions (mm), a confidence each, and flags.
+    """The five lumbar discs: arc positions (mm), a confidence each, and why the count is doubtful.
 
-    ``p``: the detector's disc probability at each canal sample (arc positions ``s_mm``); ``gaps``: the
-    learnt (mean, sd) of the four disc spacings. L5/S1 is the lowest disc: the chain
-    (:func:`~spinefeat.localize.chain.chain`) scores it with its own log-probability plus
-    :data:`NONE_BELOW_WEIGHT` times the log-probability that nothing more than half a level below it is a
-    disc (the sacrum has none); the four above are any discs, spaced as learnt. A level is at most as sure
-    as L5/S1. Flagged (every confidence capped at :data:`DOUBTFUL_CONFIDENCE`, ``predict`` then lists the
-    points) when the image ends less than :data:`SACRUM_VIEW_MM` below L5/S1 (the sacrum is not in the field
-    of view: the lowest disc seen may be L4/L5), when L5/S1 is not clearly seen, or when a disc is seen
-    below it (a sixth lumbar disc: transitional anatomy).
+    ``p`` (samples, 6): the detector's probabilities at each canal sample (arc positions ``s_mm``) of
+    background and of each level, L1/L2 to L5/S1; ``gaps``: the learnt (mean, sd) of the four disc spacings.
+    The chain (:func:`~spinefeat.localize.chain.chain`) picks one sample per level, ordered and spaced as
+    learnt; each disc sits at the centre of its level's plateau (:func:`disc_centre_mm`); a level's
+    confidence is its probability there. Flagged (every confidence capped at :data:`DOUBTFUL_CONFIDENCE`,
+    ``predict`` then lists the points) when the image ends less than :data:`SACRUM_VIEW_MM` below L5/S1
+    (the sacrum is not in the field of view: the lowest disc seen may be L4/L5), when L5/S1 is not clearly
+    seen, or when a disc of any level is seen more than half a level below it (a sixth lumbar disc:
+    transitional anatomy).
     """
     p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
-    # below[i]: the largest disc probability more than half a level below sample i.
-    half = max(1, int(round(0.5 * float(gaps[:, 0].min()) / STEP_MM)))
-    rev_max = np.maximum.accumulate(p[::-1])[::-1]
-    below = np.concatenate([rev_max[half:], np.zeros(half)])
-    logp = np.repeat(np.log(p)[:, None], 5, axis=1)
-    logp[:, 4] += NONE_BELOW_WEIGHT * np.log1p(-np.minimum(below, 1 - 1e-6))
-    idx, _ = chain(logp, s_mm, gaps)
-    disc_s = np.array([disc_centre_mm(p, s_mm, i) for i in idx])
-    conf = np.minimum(p[idx], p[idx[-1]])
+    idx, _ = chain(np.log(p[:, 1:]), s_mm, gaps)
+    disc_s = np.array([disc_centre_mm(p[:, lv + 1], s_mm, i) for lv, i in enumerate(idx)])
+    conf = p[idx, np.arange(1, N_LEVELS + 1)]
+    # The largest probability of any disc more than half a level below L5/S1.
+    below = 1.0 - p[s_mm > s_mm[idx[-1]] + 0.5 * float(gaps[:, 0].min()), BACKGROUND]
     flags = []
     view = float(s_mm[-1] - disc_s[-1])
     if view < SACRUM_VIEW_MM:
         flags.append(f"the field of view ends {view:.0f} mm below L5/S1: sacrum not in view, the count may be off")
-    if p[idx[-1]] < SEEN_P:
-        flags.append(f"L5/S1 not clearly seen (detector {p[idx[-1]]:.2f}): doubtful count from the sacrum")
-    if below[idx[-1]] > SEEN_P:
-        flags.append(f"a disc below L5/S1 (detector {below[idx[-1]]:.2f}; transitional anatomy?): doubtful count")
+    if conf[-1] < SEEN_P:
+        flags.append(f"L5/S1 not clearly seen (detector {conf[-1]:.2f}): doubtful count from the sacrum")
+    if len(below) and below.max() > SEEN_P:
+        flags.append(f"a disc below L5/S1 (detector {below.max():.2f}; transitional anatomy?): doubtful count")
     if flags:
         conf = np.minimum(conf, DOUBTFUL_CONFIDENCE)
     return disc_s, conf, flags
 
 
-def disc_samples(img: np.ndarray, pixel_spacing_mm, iop, disc_rc, *, all_discs: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray] | None:
+def disc_samples(img: np.ndarray, pixel_spacing_mm, iop, disc_rc) -> tuple[np.ndarray, np.ndarray] | None:
     """Detector training samples of one sagittal slice: the features of every canal sample and its class.
 
-    ``disc_rc`` (row, col), top to bottom: the five lumbar disc points, or with ``all_discs`` every disc of
-    the slice (a segmentation's), the lowest being L5/S1. The samples within :data:`DISC_RADIUS_MM` along
-    the curve of the sample nearest a point (when the curve passes within 10 mm of it) are :data:`DISC`,
-    the rest :data:`BACKGROUND` (the sacrum below L5/S1 too); without ``all_discs`` the
-    stretch more than half a level above L1/L2 is -1 (not used: its discs carry no label). None when no
-    canal is found.
+    ``disc_rc`` (row, col), top to bottom: the disc points, the lowest being L5/S1 (five lumbar points, or
+    every disc of a segmentation: those above L1/L2 are then background). The samples within
+    :data:`DISC_RADIUS_MM` along the curve of the sample nearest a point (when the curve passes within
+    10 mm of it) are of its level (1 = L1/L2 .. 5 = L5/S1), the rest :data:`BACKGROUND` (the sacrum below
+    L5/S1 too). None when no canal is found.
     """
     canal = fit_canal(img, pixel_spacing_mm, iop)
     if canal is None:
         return None
     dr, dc = (float(v) for v in pixel_spacing_mm)
     y = np.full(len(canal.rows), BACKGROUND)
-    on = []
-    for r, c in disc_rc:
+    lowest = disc_rc[-N_LEVELS:]
+    for li, (r, c) in enumerate(lowest):
         # The disc's place on the curve: its nearest sample, when the curve passes within 10 mm of the point.
         d = np.hypot((canal.rows - r) * dr, (canal.cols - c) * dc)
-        on.append(float(canal.s_mm[np.argmin(d)]) if d.min() <= 10.0 else np.nan)
-    for s in on:
-        if np.isfinite(s):
-            y[np.abs(canal.s_mm - s) <= DISC_RADIUS_MM] = DISC
-    if not all_discs and np.isfinite(on[0]):
-        gap = on[1] - on[0] if len(on) > 1 and np.isfinite(on[1]) else 30.0
-        y[canal.s_mm < on[0] - 0.5 * gap] = -1
+        if d.min() <= 10.0:
+            y[np.abs(canal.s_mm - canal.s_mm[np.argmin(d)]) <= DISC_RADIUS_MM] = N_LEVELS - len(lowest) + li + 1
     return sample_features(img, pixel_spacing_mm, canal), y
 
 
 def fit_detector(xs: list[np.ndarray], ys: list[np.ndarray], *, jobs: int = 1) -> lgb.Booster:
     """The disc detector on the samples of many slices, each also with its contrast flipped
-    (:func:`flip_contrast`); samples of class -1 are left out and every disc sample weighs as ten
-    background ones."""
+    (:func:`flip_contrast`); every disc sample weighs as ten background ones."""
     x, y = np.concatenate(xs), np.concatenate(ys)
-    keep = y >= 0
-    x, y = np.concatenate([x[keep], flip_contrast(x[keep])]), np.tile(y[keep], 2)
+    x, y = np.concatenate([x, flip_contrast(x)]), np.tile(y, 2)
     return lgb.train(dict(DET_PARAMS, num_threads=jobs), lgb.Dataset(x, y, weight=np.where(y > 0, 10.0, 1.0)), 200)
 
 
