@@ -9,12 +9,12 @@
    interquartile range (no scanner or sequence sets the scale), near the
    sample and up to 64 mm along the curve (is there a disc above and below:
    the sacrum has none), its edges (the endplates), the canal's width and
-   direction and the distance to the end of the CSF feed a LightGBM
-   classifier: background or a disc (any disc; which one is counted). It is
-   trained on each sample also with the column's contrast flipped: discs are
-   bright on a healthy T2, dark on a degenerated one.
-3. A chain model picks exactly five ordered samples, counted from the sacrum
-   (L5/S1 is the lowest disc, with no disc below it; four discs above it), by
+   direction and the distance to the end of the CSF, and beside them the
+   image's own intensities (scaled per image) and the height in the image,
+   feed a LightGBM classifier: background or one of the five discs. It is
+   trained on each sample also with the contrast flipped: discs are bright
+   on a healthy T2, dark on a degenerated one.
+3. A chain model picks exactly five ordered samples, L1/L2 at the top, by
    dynamic programming over the detector's log-probabilities plus spacing
    priors learned from the training coordinates: no level is skipped or
    doubled. Each disc then sits at the centre of its detector plateau. A

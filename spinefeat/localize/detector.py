@@ -39,7 +39,16 @@ BACKGROUND, N_LEVELS = 0, 5
 DET_PARAMS = {"objective": "multiclass", "num_class": 1 + N_LEVELS, "learning_rate": 0.1, "num_leaves": 31,
               "min_data_in_leaf": 40, "feature_fraction": 0.8, "verbose": -1, "seed": 0, "deterministic": True,
               "force_col_wise": True}
-#: The first this many features are signed intensities (flipped to train for either disc contrast).
+#: The image's own family (read along the image rows, on intensities scaled 0..1 per image): +-12 mm near, and
+#: 16-64 mm along the curve at two depths.
+IMAGE_ALONG_MM = tuple(np.arange(-12.0, 12.1, 2.0))
+IMAGE_FAR_ANTERIOR_MM = (13.0, 18.0)
+IMAGE_FAR_ALONG_MM = tuple(d for d in np.arange(-64.0, 64.1, 8.0) if abs(d) >= 16)
+#: Feature layout: image intensities (flipped as 1 - x), their differences from the mean along the rows
+#: (flipped as -x), width and height in the image, then the column's family whose first N_SIGNED are signed.
+N_IMAGE = len(ANTERIOR_MM) * (len(IMAGE_ALONG_MM) + 1) + len(IMAGE_FAR_ANTERIOR_MM) * len(IMAGE_FAR_ALONG_MM)
+N_IMAGE_REL = len(ANTERIOR_MM) * len(IMAGE_ALONG_MM)
+COLUMN_START = N_IMAGE + N_IMAGE_REL + 2
 N_SIGNED = len(ANTERIOR_MM) * len(NEAR_ALONG_MM) + len(FAR_ALONG_MM)
 
 
@@ -66,14 +75,42 @@ def _along(v: np.ndarray, d_mm: float) -> np.ndarray:
     return out
 
 
-def sample_features(img: np.ndarray, pixel_spacing_mm, canal: Canal) -> np.ndarray:
-    """Per canal sample: the vertebral column anterior to it (:func:`straightened`) over +-32 mm along the
-    curve and, further, +-36..64 mm (NaN beyond its ends), its edge strength (the endplates), the distance
-    to the end of the CSF, the CSF width and the canal's direction.
+def image_features(x: np.ndarray, pixel_spacing_mm, canal: Canal) -> np.ndarray:
+    """The image's own family per canal sample (``x``: intensities scaled 0..1 per image): the tissue anterior
+    to the canal over +-12 mm along the image rows and at 16-64 mm along the curve (NaN beyond its ends),
+    the near ones less their mean along the rows, the CSF width and the height in the image (mm from its
+    middle row)."""
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    h, w = x.shape
+    n = len(canal.rows)
+    near = []
+    for a in ANTERIOR_MM:
+        c = np.clip(np.round(canal.cols + canal.anterior * a / dc), 0, w - 1).astype(int)
+        for d in IMAGE_ALONG_MM:
+            near.append(x[np.clip(np.round(canal.rows + d / dr), 0, h - 1).astype(int), c])
+    near = np.array(near).T                                           # (n, depths * along)
+    centre = near[:, [i * len(IMAGE_ALONG_MM) + len(IMAGE_ALONG_MM) // 2 for i in range(len(ANTERIOR_MM))]]
+    r_all = np.clip(np.round(canal.rows), 0, h - 1).astype(int)
+    far = []
+    for a in IMAGE_FAR_ANTERIOR_MM:
+        v = x[r_all, np.clip(np.round(canal.cols + canal.anterior * a / dc), 0, w - 1).astype(int)]
+        far += [_along(v, d) for d in IMAGE_FAR_ALONG_MM]
+    rel = near - near.reshape(n, len(ANTERIOR_MM), -1).mean(axis=2).repeat(len(IMAGE_ALONG_MM), 1)
+    return np.concatenate([near, centre, np.array(far).T, rel,
+                           np.stack([canal.width_mm, (canal.rows - (h - 1) / 2) * dr], 1)], axis=1)
 
-    Intensities are the column's own: each image's straightened column less its median, over its
-    interquartile range, so no scanner, sequence or brightest tissue sets the scale. Discs are bright on
-    a healthy T2, dark on a degenerated one or on T1: :func:`flip_contrast` trains the detector for both.
+
+def sample_features(img: np.ndarray, pixel_spacing_mm, canal: Canal) -> np.ndarray:
+    """Per canal sample, two families. The image's own (:func:`image_features`: intensities scaled per image,
+    which serve the phantoms and SPIDER), and the vertebral column's own: the column anterior to the canal
+    (:func:`straightened`) over +-32 mm along the curve and, further, +-36..64 mm (NaN beyond its ends),
+    its edge strength (the endplates), the distance to the end of the CSF, the CSF width and the canal's
+    direction.
+
+    The column's intensities are each image's straightened column less its median, over its interquartile
+    range, so no scanner, sequence or brightest tissue sets the scale (what makes the detector fire on real
+    STIR). Discs are bright on a healthy T2, dark on a degenerated one or on T1: :func:`flip_contrast`
+    trains the detector for both.
     """
     dr, dc = (float(v) for v in pixel_spacing_mm)
     x = ndi.uniform_filter(normalise_intensity(img), size=max(3, int(round(2.0 / dr))))
@@ -89,13 +126,16 @@ def sample_features(img: np.ndarray, pixel_spacing_mm, canal: Canal) -> np.ndarr
     feats += [_along(edge, d) for d in EDGE_ALONG_MM]
     angle = np.degrees(np.arctan2(canal.anterior * np.gradient(canal.cols) * dc, np.gradient(canal.rows) * dr))
     feats += [canal.end_mm - canal.s_mm, canal.width_mm] + [_along(angle, d) for d in ANGLE_ALONG_MM]
-    return np.stack(feats, axis=1).astype(np.float32)
+    return np.concatenate([image_features(x, pixel_spacing_mm, canal), np.stack(feats, axis=1)],
+                          axis=1).astype(np.float32)
 
 
 def flip_contrast(x: np.ndarray) -> np.ndarray:
-    """Features of the same samples with the column's contrast inverted (bright discs dark, dark bodies bright)."""
+    """Features of the same samples with the contrast inverted (bright discs dark, dark bodies bright)."""
     out = x.copy()
-    out[:, :N_SIGNED] = -out[:, :N_SIGNED]
+    out[:, :N_IMAGE] = 1.0 - out[:, :N_IMAGE]
+    out[:, N_IMAGE:N_IMAGE + N_IMAGE_REL] *= -1.0
+    out[:, COLUMN_START:COLUMN_START + N_SIGNED] *= -1.0
     return out
 
 
