@@ -313,3 +313,36 @@ def test_a_field_of_view_cut_above_the_sacrum_is_flagged_not_silently_counted(tr
     _, _, rc_cut, conf_cut, flags_cut = loc.find_discs(short)
     assert flags_cut and all(f.startswith("levels: ") for f in flags_cut)
     assert np.all(conf_cut <= DOUBTFUL_CONFIDENCE)
+
+
+def _level_probabilities(s_mm, centres_mm, extra_mm=()):
+    """Detector output by hand: level k peaks (0.9) at centres_mm[k], any-level discs (0.8, spread over the
+    five levels) at extra_mm, background elsewhere."""
+    p = np.zeros((len(s_mm), 6))
+    p[:, 0] = 1.0
+    for lv, c in enumerate(centres_mm):
+        near = np.abs(s_mm - c) <= 2.0
+        p[near, lv + 1], p[near, 0] = 0.9, 0.1
+    for c in extra_mm:
+        near = np.abs(s_mm - c) <= 2.0
+        p[near, 1:], p[near, 0] = 0.16, 0.2
+    return p
+
+
+def test_count_discs_places_the_five_levels_and_flags_a_doubtful_count():
+    from spinefeat.localize import count_discs
+    from spinefeat.localize.detector import DOUBTFUL_CONFIDENCE
+
+    s_mm = np.arange(0.0, 260.0, 1.0)
+    gaps = np.array([[35.0, 3.0]] * 4)
+    centres = [40.0, 75.0, 110.0, 145.0, 180.0]
+    disc_s, conf, flags = count_discs(_level_probabilities(s_mm, centres), s_mm, gaps)
+    assert np.allclose(disc_s, centres, atol=0.5) and flags == [] and np.allclose(conf, 0.9)
+    # a sixth disc 35 mm below L5/S1 (transitional anatomy): same levels, flagged, confidences capped
+    disc_s, conf, flags = count_discs(_level_probabilities(s_mm, centres, [215.0]), s_mm, gaps)
+    assert np.allclose(disc_s, centres, atol=0.5)
+    assert any("below L5/S1" in f for f in flags) and np.all(conf <= DOUBTFUL_CONFIDENCE)
+    # the image ends 10 mm below L5/S1: the sacrum is not in view
+    short = s_mm[s_mm <= 190.0]
+    _, conf, flags = count_discs(_level_probabilities(short, centres), short, gaps)
+    assert any("field of view" in f for f in flags) and np.all(conf <= DOUBTFUL_CONFIDENCE)
