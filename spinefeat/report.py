@@ -345,19 +345,53 @@ REAL_VS_PHANTOM = (
     ("subarticular", "recess_profile_lateral_4mm"), ("subarticular", "roi_texture_glcm_contrast"),
     ("spinal", "canal_ax_profile_peak_4mm"), ("spinal", "canal_ax_profile_sac_mean"),
     ("spinal", "canal_ax_profile_ap_6mm"), ("spinal", "canal_ax_shape_transverse_diameter_mm"),
+    ("foraminal", "roi_intensity_p10"), ("foraminal", "roi_intensity_p90"),
+    ("foraminal", "roi_texture_glcm_homogeneity"), ("foraminal", "roi_texture_lbp_flat"),
+    ("subarticular", "roi_intensity_p50"), ("subarticular", "roi_intensity_p90"),
+    ("subarticular", "roi_texture_glcm_homogeneity"), ("subarticular", "roi_texture_lbp_flat"),
 )
 _TERM_CONDITIONS = {"foraminal": "neural_foraminal_narrowing", "subarticular": "subarticular_stenosis",
                     "spinal": "spinal_canal_stenosis"}
 
 
+def _phantom_values(phantom: pd.DataFrame, term: str, col: str) -> np.ndarray:
+    if col not in phantom:
+        return np.array([])
+    return phantom.loc[phantom["condition"].str.contains(_TERM_CONDITIONS[term]), col].dropna().to_numpy(float)
+
+
+def real_vs_phantom_gaps(real: dict[str, pd.DataFrame], phantom: pd.DataFrame) -> pd.DataFrame:
+    """Per measurement of :data:`REAL_VS_PHANTOM`: rows and median on real images and on phantoms, the ratio
+    of the medians (phantom over real) and the two-sample Kolmogorov-Smirnov statistic (0: the same
+    distribution, 1: no overlap)."""
+    from scipy.stats import ks_2samp
+
+    rows = []
+    for term, col in REAL_VS_PHANTOM:
+        if term not in real or col not in real[term]:
+            continue
+        r, ph = real[term][col].dropna().to_numpy(float), _phantom_values(phantom, term, col)
+        both = len(r) and len(ph)
+        med_r = float(np.median(r)) if len(r) else float("nan")
+        med_p = float(np.median(ph)) if len(ph) else float("nan")
+        rows.append({"term": term, "measurement": col, "real_rows": len(r), "real_median": med_r,
+                     "phantom_rows": len(ph), "phantom_median": med_p,
+                     "median_ratio": med_p / med_r if both and med_r != 0 else float("nan"),
+                     "ks": float(ks_2samp(r, ph).statistic) if both else float("nan")})
+    return pd.DataFrame(rows, columns=["term", "measurement", "real_rows", "real_median", "phantom_rows",
+                                       "phantom_median", "median_ratio", "ks"])
+
+
 def write_real_vs_phantom(real: dict[str, pd.DataFrame], phantom: pd.DataFrame, out: Path) -> Path:
     """Histograms of the same measurements on real images (``real``: term -> real-check table) and on
-    phantoms (an ``extract`` table), one panel each, with both medians; per-grade medians in the legend."""
+    phantoms (an ``extract`` table), one panel each, with both medians and the KS statistic; the gaps
+    (:func:`real_vs_phantom_gaps`) also as a markdown table beside the PNG (same name, ``.md``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    gaps = real_vs_phantom_gaps(real, phantom).set_index(["term", "measurement"])
     panels = [(t, c) for t, c in REAL_VS_PHANTOM if t in real and c in real[t]]
     cols = 4
     fig, axes = plt.subplots((len(panels) + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.0 * ((len(panels) + cols - 1) // cols)),
@@ -365,9 +399,7 @@ def write_real_vs_phantom(real: dict[str, pd.DataFrame], phantom: pd.DataFrame, 
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
     for ax, (term, col) in zip(axes.ravel(), panels):
-        r = real[term][col].dropna().to_numpy(float)
-        ph = phantom.loc[phantom["condition"].str.contains(_TERM_CONDITIONS[term]), col].dropna().to_numpy(float) \
-            if col in phantom else np.array([])
+        r, ph = real[term][col].dropna().to_numpy(float), _phantom_values(phantom, term, col)
         both = np.concatenate([r, ph]) if len(ph) else r
         if not len(both):
             ax.set_title(f"{col}\n(no values)", fontsize=8)
@@ -379,7 +411,8 @@ def write_real_vs_phantom(real: dict[str, pd.DataFrame], phantom: pd.DataFrame, 
         if len(ph):
             ax.hist(np.clip(ph, lo, hi), bins=bins, density=True, alpha=0.55, color="tab:orange",
                     label=f"phantom n={len(ph)} med {np.median(ph):.2f}")
-        ax.set_title(f"{term}: {col}", fontsize=8)
+        ks = gaps.loc[(term, col), "ks"]
+        ax.set_title(f"{term}: {col}" + (f" (KS {ks:.2f})" if np.isfinite(ks) else ""), fontsize=8)
         ax.legend(fontsize=6)
         ax.tick_params(labelsize=6)
     fig.suptitle("The same measurements on real RSNA images (real-check) and on phantoms (extract)", fontsize=10)
@@ -388,4 +421,10 @@ def write_real_vs_phantom(real: dict[str, pd.DataFrame], phantom: pd.DataFrame, 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_figure(out, fig, dpi=110)
     plt.close(fig)
+    table = gaps.reset_index()
+    lines = ["| term | measurement | real rows | real median | phantom rows | phantom median | phantom / real | KS |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {g.term} | {g.measurement} | {g.real_rows} | {g.real_median:.3g} | {g.phantom_rows} | "
+              f"{g.phantom_median:.3g} | {g.median_ratio:.2f} | {g.ks:.2f} |" for g in table.itertuples()]
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     return out
