@@ -416,7 +416,7 @@ def write_real_vs_phantom(real: dict[str, pd.DataFrame], phantom: pd.DataFrame, 
         ax.legend(fontsize=6)
         ax.tick_params(labelsize=6)
     fig.suptitle("The same measurements on real RSNA images (real-check) and on phantoms (extract)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))     # room for the title above the first row's
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_figure(out, fig, dpi=110)
