@@ -282,8 +282,6 @@ def test_phantom_localiser_learns_where_its_foramen_labels_sit_down_the_keyhole(
     assert '"keyhole_share"' in json_text
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (notes s4_iss11s): cut 10 mm below L4/L5, the chain counts from a "
-                   "higher disc with the image going on below it, so no flag; to fix in count_discs")
 def test_a_field_of_view_cut_above_the_sacrum_is_flagged_not_silently_counted(trained, cohort):
     """The same phantom T2 whole and cut 10 mm below L4/L5: whole, the count from the sacrum is clean; cut,
     the lowest disc left is L4/L5, and the study is flagged with every level at low confidence."""
