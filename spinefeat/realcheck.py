@@ -792,19 +792,23 @@ def markdown_table(result: dict) -> str:
                 halves.append(f"| {term} | {half.replace('_', '-')} | {h['rows']} | {h['constant']:.3f} | "
                               f"{h['measurements_only']:.3f} | {h['cv']:.3f} | {rho} |")
     text = head + "\n".join(lines) + "\n" + ("\n".join(halves) + "\n" if len(halves) > 5 else "")
-    ap = result.get("axial_placement")
-    if ap and "median_mm" in ap:
-        text += (f"\nRecess placement on the axial crops ({ap['rows']} recesses, seed {ap['seed_shift_mm']:g} mm off): "
-                 f"median {ap['median_mm']:.1f} mm, within {ap['within_mm']:g} mm {ap['within_6mm']:.2f}, "
-                 f"confidence AUC {ap['confidence_auc']:.2f}; seeded at the labels' sac: median "
-                 f"{ap['seed_at_labels']['median_mm']:.1f} mm, within {ap['seed_at_labels']['within_6mm']:.2f}.\n")
-    fp = result.get("foramen_placement")
-    if fp and "median_mm" in fp:
-        text += (f"\nForamen placement on the sagittal T1 slices ({fp['rows']} foramina, seed {fp['seed_shift_mm']:g} mm "
-                 f"off): median {fp['median_mm']:.1f} mm, within {fp['within_mm']:g} mm {fp['within_6mm']:.2f}, no "
-                 f"keyhole {fp['no_keyhole']:.2f}, confidence AUC {fp['confidence_auc']:.2f}; seeded at the label: "
-                 f"median {fp['seed_at_labels']['median_mm']:.1f} mm, within {fp['seed_at_labels']['within_6mm']:.2f}.\n")
+    for key, what, rows, extra, at in (("axial_placement", "Recess placement on the axial crops", "recesses", None,
+                                        "the labels' sac"),
+                                       ("foramen_placement", "Foramen placement on the sagittal T1 slices", "foramina",
+                                        "no_keyhole", "the label")):
+        text += _placement_sentence(result.get(key), what, rows, extra, at)
     return text
+
+
+def _placement_sentence(p: dict | None, what: str, rows: str, extra: str | None, at: str) -> str:
+    """One markdown sentence of a placement check (``axial_placement``, ``foramen_placement``); "" without it."""
+    if not p or "median_mm" not in p:
+        return ""
+    more = f", no keyhole {p[extra]:.2f}" if extra else ""
+    return (f"\n{what} ({p['rows']} {rows}, seed {p['seed_shift_mm']:g} mm off): median {p['median_mm']:.1f} mm, "
+            f"within {p['within_mm']:g} mm {p['within_6mm']:.2f}{more}, confidence AUC {p['confidence_auc']:.2f}; "
+            f"seeded at {at}: median {p['seed_at_labels']['median_mm']:.1f} mm, within "
+            f"{p['seed_at_labels']['within_6mm']:.2f}.\n")
 
 
 def _spider_localisation(folder: Path, jobs: int) -> dict:
