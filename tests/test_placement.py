@@ -3,6 +3,8 @@ slice chosen per level by patient geometry whatever the stack layout, and the sa
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,8 +12,8 @@ import pytest
 from spinefeat.dicom import Stack
 from spinefeat.extract import STANDARD_IOP
 from spinefeat.geometry import StackGeometry
-from spinefeat.localize.placement import apply_recess_rule, find_sac, fit_recess_rule, place_level_recesses, \
-    place_recesses
+from spinefeat.localize.placement import RECESS_FROM_LEVELS_CONFIDENCE, apply_recess_rule, find_sac, fit_recess_rule, \
+    place_level_recesses, place_recesses, place_study_recesses
 
 AXIAL = STANDARD_IOP["recess"]          # columns to the patient's left, rows to the back
 SP = 0.5                                 # mm per pixel
@@ -120,6 +122,34 @@ def test_slice_per_level_is_the_nearest_plane_across_angled_stacks_and_gaps():
         assert c_col > 80 and r < 80                         # left is +x: to the patient's left, in front
     got, why = place_level_recesses(images, np.array([0.0, -6.0, 20.0]), "l3_l4", frame="f")     # in the gap
     assert got == {} and "not on an Axial T2 slice" in why
+
+
+def test_a_level_without_a_sac_takes_its_recesses_from_the_other_levels_sacs():
+    # One stack per level, 40 mm apart; the disc points 3 mm to the right of the sacs and 6 mm in front. On
+    # the l4_l5 slice no sac is drawn (a severe stenosis: no CSF left).
+    z = {"l2_l3": -40.0, "l3_l4": 0.0, "l4_l5": 40.0, "l5_s1": 80.0}
+    stacks = {lv: _stack([c - 4, c, c + 4]) for lv, c in z.items()}
+    no_csf = stacks["l4_l5"].pixels.copy()
+    no_csf[no_csf > 0.3] = 0.3
+    stacks["l4_l5"] = dataclasses.replace(stacks["l4_l5"], pixels=no_csf)
+    discs = {lv: np.array([-3.0, -6.0, c]) for lv, c in z.items()}
+    alone, why = place_level_recesses(_Images([stacks["l4_l5"]]), discs["l4_l5"], "l4_l5", frame="f")
+    assert alone == {} and "no dural sac found" in why
+    got, why = place_study_recesses(_Images(list(stacks.values())), discs, frame="f")
+    assert why == {} and set(got) == set(z)
+    for cond in ("left_subarticular_stenosis", "right_subarticular_stenosis"):
+        sid, st, k, r, c, conf = got["l4_l5"][cond]
+        assert st is stacks["l4_l5"] and conf == RECESS_FROM_LEVELS_CONFIDENCE
+        # Where the sac's corner is on the levels that show it (the same sac, the same place in patient space),
+        # not where the 3 mm-off disc point alone would put it.
+        ref = got["l3_l4"][cond]
+        assert ref[5] > RECESS_FROM_LEVELS_CONFIDENCE
+        xyz, ref_xyz = st.geometry.to_patient(k, r, c), ref[1].geometry.to_patient(ref[2], ref[3], ref[4])
+        np.testing.assert_allclose(xyz[:2], ref_xyz[:2], atol=0.5)
+    # With one other level only, nothing to place it from: no points, and why.
+    got, why = place_study_recesses(_Images([stacks["l3_l4"], stacks["l4_l5"]]),
+                                    {lv: discs[lv] for lv in ("l3_l4", "l4_l5")}, frame="f")
+    assert set(got) == {"l3_l4"} and "nor on 2 other levels" in why["l4_l5"]
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,7 @@ from .placement import (
            place_foramen,
            place_level_recesses,
            place_recesses,
+           place_study_recesses,
            sac_centre,
 )
 from .study import COORD_COLUMNS, localize, localize_study
@@ -73,5 +74,5 @@ from .study import COORD_COLUMNS, localize, localize_study
 __all__ = ["COORD_COLUMNS", "Canal", "Localizer", "RECESSES", "body_depth_mm", "chain", "confidence_auc",
            "count_discs", "csf_column", "disc_centre_mm", "disc_samples", "fit_canal", "fit_detector", "follow_column",
            "gap_stats", "localize", "localize_study", "mid_sagittal", "middle_of_run", "midline_offsets_mm",
-           "place_foramen", "place_level_recesses", "place_recesses", "point_errors", "SacFit", "find_sac",
-           "fit_recess_rule", "rsna_samples", "sac_centre", "summarize_errors", "train_localizer", "train_localizers"]
+           "place_foramen", "place_level_recesses", "place_recesses", "place_study_recesses", "point_errors", "SacFit",
+           "find_sac", "fit_recess_rule", "rsna_samples", "sac_centre", "summarize_errors", "train_localizer", "train_localizers"]

@@ -494,37 +494,78 @@ def apply_recess_rule(rule: dict | None, centre, corner, level: str) -> np.ndarr
     return centre + rule["corner_weight"] * (corner - centre) + np.asarray(off, float)
 
 
-def place_level_recesses(images, disc_xyz, level: str, *, frame: str, rules: dict | None = None) -> tuple[dict, str]:
-    """Both lateral recesses of one level from its spinal (disc) point ``disc_xyz``.
+#: A level whose dural sac is not found (a severe stenosis leaves little CSF to segment) has its recesses placed
+#: from the study's other levels, where the sac was found: its centre is the level's own sac seed moved as the
+#: others' sacs lie from theirs (median), its corners as theirs lie from their centres; with this confidence
+#: (times the level's: under ``predict``'s 0.5, so listed). At least this many other levels are needed.
+RECESS_FROM_LEVELS_CONFIDENCE = 0.1
+RECESS_FROM_LEVELS_MIN = 2
 
-    The slice is the Axial T2 slice whose plane passes nearest the disc point, over every stack of every
-    Axial T2 series (one continuous stack, one angled stack per level, stacks with gaps: patient geometry,
-    never instance order), when within one slice spacing of it; the sac is searched for from the point
-    (:func:`recess_corners_xyz`) and each recess placed from its centre and corner by the condition's rule
-    in ``rules`` (:func:`fit_recess_rule`, learnt from labelled recesses; none: the corner). Returns
-    ``{condition: (series_id, stack, slice, row, col, confidence)}`` with the sac fit's confidence, and why
-    nothing was placed ("" when placed).
-    """
+
+def _disc_axial_slice(images, disc_xyz, *, frame: str):
+    """(series id, stack, slice) of the Axial T2 slice whose plane passes nearest a disc point, or why there is
+    none (a str)."""
     try:
         sid, st, pr = project_to_series(disc_xyz, images, images.series_of("Axial T2"), frame_of_reference=frame)
     except GeometryError as exc:
-        return {}, str(exc)
+        return str(exc)
     rows, cols = st.geometry.shape
     spacing = st.geometry.slice_spacing_mm if st.geometry.n_slices > 1 else 5.0
     # Within one slice spacing of the nearest slice, not half: a disc just past the end slice of its own
     # (per-level) stack is read on that slice.
     if not (abs(pr["distance_mm"]) <= spacing and -0.5 <= pr["row"] <= rows - 0.5 and -0.5 <= pr["col"] <= cols - 0.5):
-        return {}, (f"the level's disc is not on an Axial T2 slice (nearest {abs(pr['distance_mm']):.1f} mm away "
-                    "or outside the image)")
-    k = pr["slice"]
-    fit, centre, corners = recess_corners_xyz(st, k, disc_xyz)
-    if fit is None:
-        return {}, f"no dural sac found near the level's disc point on Axial T2 series {sid}"
+        return (f"the level's disc is not on an Axial T2 slice (nearest {abs(pr['distance_mm']):.1f} mm away "
+                "or outside the image)")
+    return sid, st, pr["slice"]
+
+
+def place_study_recesses(images, discs: dict, *, frame: str, rules: dict | None = None) -> tuple[dict, dict]:
+    """Both lateral recesses of every level from its spinal (disc) point (``discs``: level -> xyz).
+
+    The slice is the Axial T2 slice whose plane passes nearest the disc point, over every stack of every
+    Axial T2 series (one continuous stack, one angled stack per level, stacks with gaps: patient geometry,
+    never instance order), when within one slice spacing of it; the sac is searched for from the point
+    (:func:`recess_corners_xyz`) and each recess placed from its centre and corner by the condition's rule
+    in ``rules`` (:func:`fit_recess_rule`, learnt from labelled recesses; none: the corner), with the sac fit's
+    confidence. A level without a sac is placed from the others' (:data:`RECESS_FROM_LEVELS_CONFIDENCE`).
+    Returns ``{level: {condition: (series_id, stack, slice, row, col, confidence)}}`` and, per level not placed,
+    why.
+    """
+    seen, why = {}, {}
+    for lv, xyz in discs.items():
+        got = _disc_axial_slice(images, xyz, frame=frame)
+        if isinstance(got, str):
+            why[lv] = got
+            continue
+        sid, st, k = got
+        seed = st.geometry.to_patient(k, *sac_seed_rc(st.geometry, xyz))
+        seen[lv] = (sid, st, k, seed, *recess_corners_xyz(st, k, xyz))
+    found = [v for v in seen.values() if v[4] is not None]
     out = {}
-    for cond, xyz in corners.items():
-        q = st.geometry.project(apply_recess_rule((rules or {}).get(cond), centre, xyz, level))
-        out[cond] = (sid, st, k, float(q["row"][0]), float(q["col"][0]), fit.confidence)
-    return out, ""
+    for lv, (sid, st, k, seed, fit, centre, corners) in seen.items():
+        conf = fit.confidence if fit is not None else RECESS_FROM_LEVELS_CONFIDENCE
+        if fit is None:
+            if len(found) < RECESS_FROM_LEVELS_MIN:
+                why[lv] = (f"no dural sac found near the level's disc point on Axial T2 series {sid} (nor on "
+                           f"{RECESS_FROM_LEVELS_MIN} other levels to place it from)")
+                continue
+            centre = seed + np.median([c - s for _, _, _, s, _, c, _ in found], axis=0)
+            corners = {cond: centre + np.median([cs[cond] - c for *_, c, cs in found], axis=0) for cond in RECESSES}
+            log.info("%s: no dural sac found on Axial T2 series %s; recesses placed from %d other levels' sacs",
+                     lv, sid, len(found))
+        out[lv] = {}
+        for cond, xyz in corners.items():
+            q = st.geometry.project(apply_recess_rule((rules or {}).get(cond), centre, xyz, lv))
+            out[lv][cond] = (sid, st, k, float(q["row"][0]), float(q["col"][0]), conf)
+    return out, why
+
+
+def place_level_recesses(images, disc_xyz, level: str, *, frame: str, rules: dict | None = None) -> tuple[dict, str]:
+    """Both lateral recesses of one level alone (:func:`place_study_recesses`, no other level to fall back on):
+    ``{condition: (series_id, stack, slice, row, col, confidence)}`` and why nothing was placed ("" when
+    placed)."""
+    got, why = place_study_recesses(images, {level: disc_xyz}, frame=frame, rules=rules)
+    return got.get(level, {}), why.get(level, "")
 
 
 def axial_midline_mm(images, stack: Stack, k: int, rc: np.ndarray) -> dict[int, float]:

@@ -14,7 +14,7 @@ from ..geometry import project_to_stacks
 from ..images import StudyImages
 from ..series import project_to_series, series_for_levels
 from .detector import Localizer
-from .placement import RECESSES, axial_midline_mm, midline_offsets_mm, place_foramen, place_level_recesses
+from .placement import RECESSES, axial_midline_mm, midline_offsets_mm, place_foramen, place_study_recesses
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,11 @@ def localize_study(loc: Localizer, root: Path, split: str, study_id: int, series
                          "condition": cond, "level": lv, "x": c, "y": r,
                          "confidence": float(conf[LEVELS.index(lv)]) * hole_conf,
                          "sop_instance_uid": st.sop_uid(j)})
-    for lv in LEVELS if images.series_of(CONDITION_SERIES[RECESSES[0]]) else ():
-        got, why = place_level_recesses(images, midline[lv], lv, frame=frame, rules=loc.sac_offsets)
-        missing.extend(f"{cond} {lv}: {why}" for cond in RECESSES if why)
-        for cond, (sid, st, j, r, c, sac_conf) in got.items():
+    got, why = (place_study_recesses(images, midline, frame=frame, rules=loc.sac_offsets)
+                if images.series_of(CONDITION_SERIES[RECESSES[0]]) else ({}, {}))
+    for lv in LEVELS:
+        missing.extend(f"{cond} {lv}: {why[lv]}" for cond in RECESSES if lv in why)
+        for cond, (sid, st, j, r, c, sac_conf) in got.get(lv, {}).items():
             rows.append({"study_id": study_id, "series_id": sid, "instance_number": int(st.instance_numbers[j]),
                          "condition": cond, "level": lv, "x": c, "y": r,
                          "confidence": float(conf[LEVELS.index(lv)]) * sac_conf, "sop_instance_uid": st.sop_uid(j)})
