@@ -31,7 +31,8 @@
    stack; the dural sac searched for around the disc point (bright, round, on the
    midline: :func:`find_sac`); each recess from the sac's centre and antero-lateral
    corner by a rule learned from the training labels (:func:`fit_recess_rule`), with
-   the sac fit's confidence (:func:`place_level_recesses`).
+   the sac fit's confidence; a level without a sac from the other levels' sacs
+   (:func:`place_study_recesses`).
 
 The detector is a LightGBM text model; everything else is JSON.
 """
