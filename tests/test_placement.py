@@ -138,7 +138,7 @@ def test_a_level_without_a_sac_takes_its_recesses_from_the_other_levels_sacs():
     got, why = place_study_recesses(_Images(list(stacks.values())), discs, frame="f")
     assert why == {} and set(got) == set(z)
     for cond in ("left_subarticular_stenosis", "right_subarticular_stenosis"):
-        sid, st, k, r, c, conf = got["l4_l5"][cond]
+        _, st, k, r, c, conf = got["l4_l5"][cond]
         assert st is stacks["l4_l5"] and conf == RECESS_FROM_LEVELS_CONFIDENCE
         # Where the sac's corner is on the levels that show it (the same sac, the same place in patient space),
         # not where the 3 mm-off disc point alone would put it.
