@@ -117,6 +117,23 @@ def test_sac_from_several_seeds_is_the_consensus():
     assert a5.measurements["area_mm2"] == pytest.approx(a1, rel=0.02)
 
 
+def test_sac_seed_offsets_across_follow_the_patients_back_turned_by_90_degrees():
+    """An offset (0, +d) moves the seed d mm across: ``posterior_rc`` turned by +90 deg, in mm whatever the
+    pixel spacing; a seed moved away from the sac does not find it."""
+    sp = (0.5, 0.25)                                         # rows 0.5 mm, columns 0.25 mm
+    rr, cc = np.mgrid[:120, :240]
+    centre = (60.0, 120.0)
+    for back, across in (((1.0, 0.0), (0.0, 1.0)), ((0.0, 1.0), (-1.0, 0.0))):
+        # a 4 mm sac 9 mm across from the seed (beyond the 4 mm search), a dim background
+        sac = (centre[0] + 9 * across[0] / sp[0], centre[1] + 9 * across[1] / sp[1])
+        img = np.where(np.hypot((rr - sac[0]) * sp[0], (cc - sac[1]) * sp[1]) <= 4.0, 1.0, 0.1)
+        near = segment_axial_sac(img, centre, pixel_spacing_mm=sp, posterior_rc=back, seed_offsets_mm=((0.0, 9.0),))
+        assert near.quality == "found"
+        assert near.measurements["area_mm2"] == pytest.approx(np.pi * 16, rel=0.05)
+        far = segment_axial_sac(img, centre, pixel_spacing_mm=sp, posterior_rc=back, seed_offsets_mm=((0.0, -9.0),))
+        assert far.measurements["area_mm2"] == 0 or far.quality == "failed"
+
+
 def test_free_space_counts_the_space_lateral_of_the_root():
     sp, n = 0.25, 64
     yy, xx = (np.mgrid[:n, :n] - (n - 1) / 2) * sp

@@ -24,12 +24,13 @@ RECESS_DISTANCE_MM = 17.5
 #: the seed is not CSF: the sac is compressed and grey (no CSF signal left), or the seed missed it.
 #: Chosen on the development half of the real axial crops (0.4 .. 0.7 compared), see the README.
 SAC_CSF_LEVEL = 0.6
-#: Seeds the sac is measured from, mm along the antero-posterior line through the given seed (+ towards the
-#: back), for :func:`segment_axial_sac`'s ``seed_offsets_mm``. A single seed near the sac's back wall falls
-#: in the posterior epidural fat or in the sac depending on a mm or two; the sac is the pixels inside for
-#: most of these seeds. Compared on the development half of the real axial crops (+-0.9 .. +-3.5 mm, 3 to
-#: 9 seeds), see the README.
-SAC_SEED_OFFSETS_MM = (-3.5, -1.75, 0.0, 1.75, 3.5)
+#: Seeds the sac is measured from, (mm towards the back, mm across) from the given seed, for
+#: :func:`segment_axial_sac`'s ``seed_offsets_mm``: five along the antero-posterior line and two beside the
+#: seed. A single seed near the sac's back wall falls in the posterior epidural fat or in the sac depending
+#: on a mm or two; the sac is the pixels inside for most of these seeds. Compared on the development half
+#: of the real axial crops (+-0.9 .. +-3.5 mm, 3 to 9 seeds along the line; 0, 2 or 4 beside it), see the
+#: README.
+SAC_SEED_OFFSETS_MM = ((-3.5, 0.0), (-1.75, 0.0), (0.0, 0.0), (1.75, 0.0), (3.5, 0.0), (0.0, -1.75), (0.0, 1.75))
 
 
 def axial_sac_seed(recess_rc, *, pixel_spacing_mm, posterior_rc=(1.0, 0.0), left_rc=(0.0, 1.0),
@@ -82,10 +83,11 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior
     holds no CSF: every size is 0 and the result is ``weak``. A blank or
     saturated crop, or no bright structure near the seed, is ``failed``.
 
-    With several ``seed_offsets_mm`` (e.g. :data:`SAC_SEED_OFFSETS_MM`), the sac is segmented from each
-    seed moved that far along ``posterior_rc`` and the result is the consensus
-    (:func:`_consensus`): the pixels inside for at least half of the seeds, on a crop
-    ``crop_size_mm`` plus twice the largest offset wide, centred on ``seed_rc``.
+    ``seed_offsets_mm`` are mm along ``posterior_rc`` or (mm along it, mm across it: ``posterior_rc``
+    turned by +90 deg) pairs. With several (e.g. :data:`SAC_SEED_OFFSETS_MM`), the sac is segmented from
+    each seed moved that far and the result is the consensus (:func:`_consensus`): the pixels inside for
+    at least half of the seeds, on a crop ``crop_size_mm`` plus twice the largest offset wide, centred on
+    ``seed_rc``.
 
     Examples
     --------
@@ -95,13 +97,12 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior
     >>> bool(abs(seg.measurements["area_mm2"] / (np.pi * 10 ** 2) - 1) < 0.03)
     True
     """
-    offsets = [float(o) for o in seed_offsets_mm]
+    offsets = [_offset_pair(o) for o in seed_offsets_mm]
     if len(offsets) > 1:
         return _consensus(image, seed_rc, offsets, pixel_spacing_mm=pixel_spacing_mm, posterior_rc=posterior_rc,
                           crop_size_mm=crop_size_mm, spacing_mm=spacing_mm, strict=strict)
-    if offsets and offsets[0] != 0.0:
-        dr, dc = (float(v) for v in pixel_spacing_mm)
-        seed_rc = (seed_rc[0] + offsets[0] * posterior_rc[0] / dr, seed_rc[1] + offsets[0] * posterior_rc[1] / dc)
+    if offsets and offsets[0] != (0.0, 0.0):
+        seed_rc = _moved(seed_rc, offsets[0], pixel_spacing_mm, posterior_rc)
     crop, origin, fail = open_crop(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
                                    spacing_mm=spacing_mm, keys=AXIAL_KEYS)
     if fail is not None:
@@ -127,6 +128,20 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior
     return finish(hull, meas, spacing_mm, origin, min_area_mm2=5.0)
 
 
+def _offset_pair(o) -> tuple[float, float]:
+    """A seed offset as (mm towards the back, mm across): a number is along the back only."""
+    ap, across = (o, 0.0) if np.isscalar(o) else o
+    return float(ap), float(across)
+
+
+def _moved(seed_rc, offset, pixel_spacing_mm, posterior_rc) -> tuple[float, float]:
+    """``seed_rc`` moved by ``offset`` (mm towards the back, mm across: ``posterior_rc`` turned by 90 deg)."""
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    ap, lr = offset
+    d = (ap * posterior_rc[0] - lr * posterior_rc[1], ap * posterior_rc[1] + lr * posterior_rc[0])
+    return float(seed_rc[0] + d[0] / dr), float(seed_rc[1] + d[1] / dc)
+
+
 def _sac_sizes(mask, spacing_mm, back, *, csf_fraction, solidity) -> dict[str, float]:
     across = (-back[1], back[0])
     area = float(mask.sum()) * spacing_mm ** 2
@@ -139,7 +154,7 @@ def _sac_sizes(mask, spacing_mm, back, *, csf_fraction, solidity) -> dict[str, f
 
 def _consensus(image, seed_rc, offsets, *, pixel_spacing_mm, posterior_rc, crop_size_mm, spacing_mm,
                strict) -> Segmentation:
-    """The sac from several seeds along the antero-posterior line (see :func:`segment_axial_sac`).
+    """The sac from several seeds around ``seed_rc`` (see :func:`segment_axial_sac`).
 
     Each seed's mask is placed on one crop centred on ``seed_rc`` (to the nearest crop pixel) and the
     pixels inside for at least half of the seeds are the sac. It is ``weak`` when most seeds' results are
@@ -149,7 +164,7 @@ def _consensus(image, seed_rc, offsets, *, pixel_spacing_mm, posterior_rc, crop_
     """
     dr, dc = (float(v) for v in pixel_spacing_mm)
     back = tuple(float(v) for v in posterior_rc)
-    size_mm = crop_size_mm + 2 * max(abs(o) for o in offsets)
+    size_mm = crop_size_mm + 2 * max(np.hypot(*o) for o in offsets)
     n = int(round(size_mm / spacing_mm))
     half = (n - 1) / 2.0
     origin = (float(seed_rc[0]) - half * spacing_mm / dr, float(seed_rc[1]) - half * spacing_mm / dc)
