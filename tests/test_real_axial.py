@@ -134,6 +134,29 @@ def test_sac_seed_offsets_across_follow_the_patients_back_turned_by_90_degrees()
         assert far.measurements["area_mm2"] == 0 or far.quality == "failed"
 
 
+def test_sac_widths_tell_a_triangle_with_its_apex_at_the_back_from_an_oval_whatever_the_orientation():
+    """A triangle pointing to the patient's back (the posterior fat's shape) is wide at its front and narrow at
+    its back; an ellipse is widest in its middle and the same at both ends. Widths are read across the
+    patient's AP axis from the tags: the same numbers with the image turned by 90 deg."""
+    sp, n = 0.25, 200
+    yy, xx = np.mgrid[:n, :n].astype(float)
+    # apex 20 mm behind a 16 mm wide base: width (mm) at depth d from the front is 16 (1 - d / 20)
+    tri = np.where((yy >= 60) & (yy <= 140) & (np.abs(xx - 100) * sp <= 8 * (140 - yy) / 80), 1.0, 0.1)
+    oval = np.where(((yy - 100) * sp / 7) ** 2 + ((xx - 100) * sp / 9) ** 2 <= 1, 1.0, 0.1)
+    for back, turn in (((1.0, 0.0), lambda a: a), ((0.0, 1.0), lambda a: a.T)):
+        seed = (90.0, 100.0) if back == (1.0, 0.0) else (100.0, 90.0)
+        t = segment_axial_sac(turn(tri), seed, pixel_spacing_mm=(sp, sp), posterior_rc=back).measurements
+        o = segment_axial_sac(turn(oval), seed, pixel_spacing_mm=(sp, sp), posterior_rc=back).measurements
+        assert t["width_front_mm"] == pytest.approx(16 * 0.8, abs=1.0)
+        assert t["width_middle_mm"] == pytest.approx(16 * 0.5, abs=1.0)
+        assert t["width_back_mm"] == pytest.approx(16 * 0.2, abs=1.0)
+        assert t["back_to_front_width"] == pytest.approx(0.25, abs=0.1)
+        # ellipse, semi-axes 7 mm (AP) and 9 mm: width 18 sqrt(1 - 0.6^2) = 14.4 mm at 0.2 and 0.8 of its depth
+        assert o["width_middle_mm"] == pytest.approx(18, abs=1.0)
+        assert o["width_front_mm"] == pytest.approx(14.4, abs=1.0) and o["width_back_mm"] == pytest.approx(14.4, abs=1.0)
+        assert o["back_to_front_width"] == pytest.approx(1.0, abs=0.1)
+
+
 def test_free_space_counts_the_space_lateral_of_the_root():
     sp, n = 0.25, 64
     yy, xx = (np.mgrid[:n, :n] - (n - 1) / 2) * sp

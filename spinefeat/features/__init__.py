@@ -45,7 +45,12 @@ SHAPE_DEFINITIONS = {
         "feret_max_mm": "largest Feret (caliper) diameter, any orientation",
         "minor_axis_mm": "minor axis of the ellipse with the same second moments",
         "csf_fraction": "share of the sac that is bright CSF",
-        "solidity": "CSF area over its convex hull (low when rootlets clump)"}),
+        "solidity": "CSF area over its convex hull (low when rootlets clump)",
+        "width_front_mm": "width across (direction from the orientation tags) at 0.2 of its AP extent from its front",
+        "width_middle_mm": "width across at the middle of its AP extent",
+        "width_back_mm": "width across at 0.8 of its AP extent from its front",
+        "back_to_front_width": "width near its back over width near its front (low: a triangle with its apex at "
+                               "the back, as the posterior epidural fat)"}),
     "canal_sag": ("CSF column on the sagittal T2 slice of the point", {
         "ap_width_mm": "AP width at the disc", "ap_width_above_mm": "AP width 17 mm above",
         "ap_width_below_mm": "AP width 17 mm below", "width_ratio": "width at the disc over the mean of above and below"}),
