@@ -9,6 +9,7 @@ and a changed input is measured afresh. A study that fails is recorded in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -341,10 +342,22 @@ def _failed_rows(study_id: int, split: str, exc: BaseException) -> pd.DataFrame:
                          for c in CONDITIONS for lv in LEVELS])
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the package's own source files: a segmenter or feature changed without a version bump
+    must not be served from a cache written by the older code."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def run_cache_key(*, split: str, points=None) -> dict:
-    """What every cache entry of one run depends on besides its study: code version, split, and the point
-    source's fingerprint (the localiser's hash) when the points are found per study."""
-    return {"version": __version__, "split": split,
+    """What every cache entry of one run depends on besides its study: code version and source hash,
+    split, and the point source's fingerprint (the localiser's hash) when the points are found per study."""
+    return {"version": __version__, "code": code_fingerprint(), "split": split,
             "point_source": points.fingerprint if callable(points) else None}
 
 

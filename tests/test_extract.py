@@ -64,6 +64,26 @@ def test_rerun_uses_cache_and_gives_same_table(cohort, tmp_path):
     pd.testing.assert_frame_equal(a.drop(columns="diagnostics_seconds"), b.drop(columns="diagnostics_seconds"))
 
 
+def test_changed_code_is_not_served_from_an_older_cache(cohort, tmp_path, monkeypatch):
+    import spinefeat.extract as ex
+    pts = points_from_labels(DataFolder(cohort))
+    ids = sorted(pd.read_csv(cohort / "train_series_descriptions.csv").study_id.unique())[:1]
+    extract(cohort, pts, cache=tmp_path / "c", studies=ids)
+    (old,) = (tmp_path / "c").glob(f"{ids[0]}-*.parquet")
+    # the same version string, other source files (a segmenter edited without a version bump)
+    monkeypatch.setattr(ex, "code_fingerprint", lambda: "0" * 16)
+    extract(cohort, pts, cache=tmp_path / "c", studies=ids)
+    entries = sorted((tmp_path / "c").glob(f"{ids[0]}-*.parquet"))
+    assert len(entries) == 2 and old in entries
+
+
+def test_code_fingerprint_follows_the_package_sources():
+    import spinefeat.extract as ex
+    fp = ex.code_fingerprint()
+    assert len(fp) == 16 and fp == ex.code_fingerprint()
+    assert ex.run_cache_key(split="train")["code"] == fp
+
+
 def test_broken_study_is_recorded_and_run_goes_on(cohort, tmp_path):
     data = tmp_path / "d"
     shutil.copytree(cohort, data, ignore=shutil.ignore_patterns("*.cache"))
