@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pydicom
+from pydicom.datadict import dictionary_VR
 
 from .errors import DicomError
 from .geometry import StackGeometry, orientation_axes, split_stacks
@@ -42,7 +43,10 @@ def _raw_text(ds, keyword: str) -> list[str] | None:
     Read from the element's bytes: pydicom's conversion builds and validates one object per value, which on
     a header of 30 elements costs more than decoding an RLE slice."""
     elem = ds.get_item(keyword) if keyword in ds else None
-    if elem is None or not isinstance(elem.value, bytes) or elem.VR not in ("DS", "IS", None):
+    if elem is None or not isinstance(elem.value, bytes):
+        return None
+    vr = elem.VR if elem.VR is not None else dictionary_VR(elem.tag)     # None: implicit VR, the dictionary's
+    if vr not in ("DS", "IS"):
         return None
     return elem.value.decode("ascii").split("\\")
 
@@ -340,6 +344,9 @@ def _pixel_array(ds, path: Path) -> np.ndarray:
     would also read a dozen tags twice to cache the array, which a series read once does not need)."""
     from pydicom.pixels import pixel_array
 
+    arr = _native_frame(ds)
+    if arr is not None:
+        return arr
     try:
         arr = pixel_array(ds)
     except Exception as exc:  # pydicom raises RuntimeError/NotImplementedError/ValueError by handler
@@ -349,6 +356,43 @@ def _pixel_array(ds, path: Path) -> np.ndarray:
         raise DicomError(f"{path}: cannot decode pixels ({name}): {hint}") from exc
     if arr.ndim != 2:
         raise DicomError(f"{path}: expected one 2-D frame, got pixel array of shape {arr.shape}")
+    return arr
+
+
+#: Transfer syntaxes whose pixel data are the little-endian pixel values themselves (Implicit and Explicit VR
+#: Little Endian).
+_NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+def _native_frame(ds) -> np.ndarray | None:
+    """The frame read straight from the PixelData bytes with numpy, or None when that might not be exactly the
+    array pydicom's pixel handler gives (which then decodes it).
+
+    Only for one frame of one sample of 8 or 16 allocated bits, unsigned or two's complement, little endian,
+    MONOCHROME1/2, with BitsStored <= BitsAllocated given; bits above BitsStored are cleared (unsigned) or
+    take the sign bit (signed), as pydicom's default ``correct_unused_bits`` does. Rescale and MONOCHROME1
+    are applied after either route, by the same code. Skips pydicom's per-file option building, which costs
+    several times the copy on a small uncompressed slice.
+    """
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts not in _NATIVE_LE or "PixelData" not in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        return None
+    bits, stored = _int(ds, "BitsAllocated", 0), _int(ds, "BitsStored", 0)
+    rep, spp, frames = _int(ds, "PixelRepresentation", -1), _int(ds, "SamplesPerPixel", 1), _int(ds, "NumberOfFrames", 1)
+    rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+    if (bits not in (8, 16) or not 0 < stored <= bits or rep not in (0, 1) or spp != 1 or frames != 1
+            or _str(ds, "PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2")):
+        return None
+    raw = ds.PixelData
+    if not isinstance(raw, bytes) or len(raw) < rows * cols * bits // 8:
+        return None
+    dtype = np.dtype(f"<{'ui'[rep]}{bits // 8}")
+    arr = np.frombuffer(raw, dtype, count=rows * cols).reshape(rows, cols)
+    if stored < bits:
+        arr = arr.copy()
+        np.left_shift(arr, bits - stored, out=arr)
+        np.right_shift(arr, bits - stored, out=arr)
     return arr
 
 

@@ -105,3 +105,44 @@ def test_real_midsagittal_point_projects_to_expected_axial_slice(real_study):
         # The axial series is axis-aligned: the expected slice is the one nearest in z.
         assert res["slice"] == int(np.argmin(np.abs(zs - p[2])))
         assert res["in_image"]
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian])
+@pytest.mark.parametrize("bits, stored, signed", [(8, 8, 0), (8, 8, 1), (8, 6, 0), (8, 6, 1), (16, 16, 0),
+                                                  (16, 16, 1), (16, 12, 0), (16, 12, 1), (16, 1, 0)])
+def test_native_fast_path_gives_pydicoms_array(tmp_path, syntax, bits, stored, signed):
+    """Uncompressed little-endian frames are read with numpy, bypassing pydicom's pixel handler: the array is
+    pydicom's own (values and dtype), on random bytes whose unused high bits are set (cleared or sign-extended
+    by both routes), and so are the modality values decode_pixels makes from it."""
+    from pydicom.pixels import pixel_array
+
+    rng = np.random.default_rng(bits * 100 + stored * 2 + signed)
+    raw = rng.integers(0, 2 ** bits, size=(9, 7), dtype=np.uint16).astype("<u2" if bits == 16 else "u1")
+    ds = instance(pixels=np.zeros((9, 7), np.uint16), bits=bits, syntax=syntax, slope=0.5, intercept=-3.0)
+    ds.PixelData, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = raw.tobytes(), stored, stored - 1, signed
+    ds = pydicom.dcmread(write(tmp_path / "a.dcm", ds))
+    fast = dicom._native_frame(ds)
+    assert fast is not None
+    want = pixel_array(ds)
+    assert fast.dtype == want.dtype and np.array_equal(fast, want)
+    if stored < bits:
+        assert not np.array_equal(want, raw.view(want.dtype))      # the high bits did need the correction
+    got = dicom.decode_pixels(ds, tmp_path / "a.dcm")
+    assert np.array_equal(got, want.astype(np.float32) * np.float32(0.5) - np.float32(3.0))
+
+
+def test_native_fast_path_leaves_other_data_to_pydicom(tmp_path):
+    """Big endian, several samples, several frames, 32 bits or no PixelRepresentation: not read natively."""
+    cases = []
+    ds = instance(bits=16)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+    cases.append(ds)
+    for kw, value in (("SamplesPerPixel", 3), ("NumberOfFrames", 2), ("BitsAllocated", 32)):
+        ds = instance(bits=16)
+        setattr(ds, kw, value)
+        cases.append(ds)
+    ds = instance(bits=16)
+    del ds.PixelRepresentation
+    cases.append(ds)
+    for ds in cases:
+        assert dicom._native_frame(ds) is None
