@@ -32,3 +32,34 @@ def test_periodicity_beside_a_column_is_high_for_alternating_bodies_and_low_for_
     assert beside_periodicity(img, mask, dr, dc) >= 0.8 * (n - 30) / n
     noise = np.random.default_rng(1).normal(size=img.shape)
     assert beside_periodicity(ndi.gaussian_filter(noise, 1.0), mask, dr, dc) < 0.5
+
+
+def test_axis_lengths_are_regionprops_diameters():
+    """The Feret diameter and ellipse axes of a mask, computed without regionprops, against regionprops itself on
+    random masks (several pieces, convex hulls, single pixels): the Feret diameter exactly, the axes to float
+    rounding."""
+    from skimage.measure import regionprops
+    from skimage.morphology import convex_hull_image
+
+    from spinefeat.segment.common import axis_lengths_mm
+
+    rng = np.random.default_rng(1)
+    checked = 0
+    for k in range(60):
+        h, w = rng.integers(3, 70, 2)
+        m = ndi.binary_opening(rng.random((h, w)) > rng.uniform(0.2, 0.8), iterations=int(rng.integers(0, 3)))
+        if k % 3 == 0 and m.any():
+            m = convex_hull_image(m)
+        if k % 7 == 0:
+            m = np.zeros((h, w), bool)
+            m[rng.integers(h), rng.integers(w)] = True
+        if not m.any():
+            continue
+        p = regionprops(m.astype(np.uint8))[0]
+        feret, major, minor = axis_lengths_mm(m, 0.25)
+        assert feret == p.feret_diameter_max * 0.25
+        np.testing.assert_allclose([major, minor], [p.axis_major_length * 0.25, p.axis_minor_length * 0.25],
+                                   rtol=1e-9, atol=1e-12)
+        checked += 1
+    assert checked >= 25
+    assert all(np.isnan(axis_lengths_mm(np.zeros((4, 4), bool), 0.25)))

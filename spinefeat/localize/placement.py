@@ -347,7 +347,8 @@ def find_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, iop, search_mm: fl
     CSF filling its convex hull, the image mirror-symmetric about the candidate's antero-posterior axis
     (the canal is on the midline; epidural and paraspinal fat, facet fluid and muscle are beside it), and
     a Gaussian prior on the distance to the seed. The best-scoring one is returned (None when nothing
-    bright is segmented). Directions come from ``iop`` (:func:`spinefeat.geometry.axial_directions`).
+    bright is segmented; its segmentation measures the area, csf_fraction and solidity only). Directions come
+    from ``iop`` (:func:`spinefeat.geometry.axial_directions`).
     """
     from ..geometry import axial_directions
     from ..segment import FAILED, WEAK, segment_axial_sac
@@ -362,7 +363,8 @@ def find_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, iop, search_mm: fl
     x, (r0, c0), cands = got
     best = None
     for rc in cands:
-        seg = segment_axial_sac(image, rc, pixel_spacing_mm=pixel_spacing_mm, posterior_rc=back, strict=SAC_STRICT)
+        seg = segment_axial_sac(image, rc, pixel_spacing_mm=pixel_spacing_mm, posterior_rc=back, strict=SAC_STRICT,
+                                sizes=False)      # the score needs the area and solidity, not the diameters
         if seg.quality == FAILED or not seg.mask.any():     # no mask: no CSF near this candidate
             continue
         m = seg.measurements

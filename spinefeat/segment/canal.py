@@ -69,7 +69,7 @@ def axial_sac_seed(recess_rc, *, pixel_spacing_mm, posterior_rc=(1.0, 0.0), left
 
 def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_rc=(1.0, 0.0),
                       crop_size_mm: float = 28.0, spacing_mm: float = 0.25, strict: float = 0.85,
-                      seed_offsets_mm=(0.0,)) -> Segmentation:
+                      seed_offsets_mm=(0.0,), sizes: bool = True) -> Segmentation:
     """The dural sac (bright CSF, rootlet holes filled) around a seed on an axial T2 slice.
 
     The sac is the convex hull of the CSF component nearest the seed and the
@@ -96,7 +96,9 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior
     turned by +90 deg) pairs. With several (e.g. :data:`SAC_SEED_OFFSETS_MM`), the sac is segmented from
     each seed moved that far and the result is the consensus (:func:`_consensus`): the pixels inside for
     at least half of the seeds, on a crop ``crop_size_mm`` plus twice the largest offset wide, centred on
-    ``seed_rc``.
+    ``seed_rc``. With ``sizes=False`` (one seed), only ``area_mm2``,
+    ``csf_fraction`` and ``solidity`` are measured (what the consensus uses of each seed's result); the other
+    sizes are NaN.
 
     Examples
     --------
@@ -130,8 +132,12 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior
     # Rootlets lie against the dependent (posterior) wall and notch the CSF from
     # outside, where hole filling cannot reach; the sac itself is nearly convex.
     hull = convex_hull_image(mask)
-    meas = _sac_sizes(hull, spacing_mm, back, csf_fraction=float(info["bright"][hull].mean()),
-                      solidity=float(mask.sum() / max(hull.sum(), 1)))
+    csf, solidity = float(info["bright"][hull].mean()), float(mask.sum() / max(hull.sum(), 1))
+    if sizes:
+        meas = _sac_sizes(hull, spacing_mm, back, csf_fraction=csf, solidity=solidity)
+    else:
+        meas = {**dict.fromkeys(AXIAL_KEYS, NAN), "area_mm2": float(hull.sum()) * spacing_mm ** 2,
+                "csf_fraction": csf, "solidity": solidity}
     return finish(hull, meas, spacing_mm, origin, min_area_mm2=5.0)
 
 
@@ -196,7 +202,8 @@ def _consensus(image, seed_rc, offsets, *, pixel_spacing_mm, posterior_rc, crop_
     origin = (float(seed_rc[0]) - half * spacing_mm / dr, float(seed_rc[1]) - half * spacing_mm / dc)
     votes = np.zeros((n, n), np.int32)
     segs = [segment_axial_sac(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, posterior_rc=back,
-                              crop_size_mm=crop_size_mm, spacing_mm=spacing_mm, strict=strict, seed_offsets_mm=(o,))
+                              crop_size_mm=crop_size_mm, spacing_mm=spacing_mm, strict=strict, seed_offsets_mm=(o,),
+                              sizes=False)
             for o in offsets]
     for seg in segs:
         if not seg.mask.any():

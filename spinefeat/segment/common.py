@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import cv2
@@ -127,10 +128,7 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
     """
     from scipy import ndimage as ndi
 
-    n = x.shape[0]
-    c = (n - 1) / 2
-    yy, xx = np.indices(x.shape)
-    dist_mm = np.hypot(yy - c, xx - c) * spacing_mm
+    dist_mm = _centre_distance_mm(x.shape, spacing_mm)
     near = dist_mm <= search_mm
     info = {"hi": float("nan"), "lo": float("nan"), "threshold": float("nan"), "bright": np.zeros(x.shape, bool)}
     hi = float(np.percentile(x[near], 95))
@@ -173,6 +171,17 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
         mask = ndi.binary_fill_holes(mask)
     info.update(lo=lo, threshold=thr, bright=_placed(bright, win, x.shape))
     return _placed(mask, win, x.shape), info
+
+
+@functools.lru_cache(maxsize=32)
+def _centre_distance_mm(shape: tuple[int, int], spacing_mm: float) -> np.ndarray:
+    """Distance (mm) of each pixel of a crop from the centre of its first axis, (n - 1) / 2, both ways (read-only:
+    a crop's segmenter asks for the same grid on every call)."""
+    c = (shape[0] - 1) / 2
+    yy, xx = np.indices(shape)
+    dist = np.hypot(yy - c, xx - c) * spacing_mm
+    dist.flags.writeable = False
+    return dist
 
 
 def _window(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
@@ -252,15 +261,41 @@ class View:
 def axis_lengths_mm(mask: np.ndarray, spacing_mm: float) -> tuple[float, float, float]:
     """Orientation-invariant diameters of a mask: (largest Feret, major axis, minor axis) in mm.
 
-    Major and minor axis are those of the ellipse with the same second moments (scikit-image regionprops).
+    The values of scikit-image's regionprops (``feret_diameter_max``, ``axis_major_length``,
+    ``axis_minor_length`` of the mask as one region), computed without its per-region machinery: the
+    Feret diameter exactly as regionprops does, as the largest distance between the points where the edge of
+    the mask's convex hull crosses between pixel centres (the points regionprops' contour tracing at level
+    0.5 visits, :func:`_hull_edge_points`); the axes are those of the ellipse with the same second moments
+    (4 square roots of the eigenvalues of their covariance), equal to regionprops' up to float rounding.
     """
-    from skimage.measure import regionprops
+    from scipy.spatial.distance import pdist
+    from skimage.morphology import convex_hull_image
 
     if not mask.any():
         return float("nan"), float("nan"), float("nan")
-    p = regionprops(mask.astype(np.uint8))[0]
-    return (float(p.feret_diameter_max) * spacing_mm, float(p.axis_major_length) * spacing_mm,
-            float(p.axis_minor_length) * spacing_mm)
+    image = mask[_window(mask, 0)]
+    feret = float(np.sqrt(np.max(pdist(_hull_edge_points(convex_hull_image(image)), "sqeuclidean"))))
+    rr, cc = np.nonzero(image)
+    dr, dc = rr - rr.mean(), cc - cc.mean()
+    a, d, b = float(dr @ dr) / rr.size, float(dc @ dc) / rr.size, float(dr @ dc) / rr.size
+    half_sum, root = 0.5 * (a + d), float(np.hypot(0.5 * (a - d), b))
+    major, minor = 4 * np.sqrt(max(half_sum + root, 0.0)), 4 * np.sqrt(max(half_sum - root, 0.0))
+    return feret * spacing_mm, float(major) * spacing_mm, float(minor) * spacing_mm
+
+
+def _hull_edge_points(hull: np.ndarray) -> np.ndarray:
+    """(row, col) of the midpoints of the pixel-centre links that cross the edge of a binary image.
+
+    These are the vertices of its iso-line at level 0.5 (:func:`skimage.measure.find_contours` on the
+    image padded by 2 pixels, in the coordinates of that padding, which is how regionprops traces it for
+    ``feret_diameter_max``): on a 0/1 image each crossing lies exactly halfway along its link. Only the set of
+    points matters for a largest distance, not the order in which a contour visits them.
+    """
+    padded = np.pad(hull, 2)
+    rr, cc = np.nonzero(padded[:, 1:] != padded[:, :-1])         # across columns: (r, c + 0.5)
+    pts_c = np.column_stack((rr.astype(float), cc + 0.5))
+    rr, cc = np.nonzero(padded[1:] != padded[:-1])                # across rows: (r + 0.5, c)
+    return np.vstack((pts_c, np.column_stack((rr + 0.5, cc.astype(float)))))
 
 
 def extent_along_mm(mask: np.ndarray, spacing_mm: float, direction_rc) -> float:
