@@ -7,6 +7,7 @@ patient-identifying values are stored, logged or put into error messages
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import warnings
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pydicom
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from .errors import DicomError
 from .geometry import StackGeometry, orientation_axes, split_stacks
@@ -42,6 +43,8 @@ def _raw_text(ds, keyword: str) -> list[str] | None:
 
     Read from the element's bytes: pydicom's conversion builds and validates one object per value, which on
     a header of 30 elements costs more than decoding an RLE slice."""
+    if not _text_number(keyword):
+        return None
     elem = ds.get_item(keyword) if keyword in ds else None
     if elem is None or not isinstance(elem.value, bytes):
         return None
@@ -49,6 +52,12 @@ def _raw_text(ds, keyword: str) -> list[str] | None:
     if vr not in ("DS", "IS"):
         return None
     return elem.value.decode("ascii").split("\\")
+
+
+@functools.lru_cache(maxsize=None)
+def _text_number(keyword: str) -> bool:
+    """Whether the dictionary gives a tag a decimal or integer string VR (DS, IS): only those are read from bytes."""
+    return dictionary_VR(tag_for_keyword(keyword)) in ("DS", "IS")
 
 
 def _floats(ds, keyword: str, n: int) -> list[float]:
@@ -85,7 +94,6 @@ def _int(ds, keyword: str, default: int) -> int:
 
 def _guard(fn):
     """Run ``fn(path)`` with pydicom's warnings silenced and any failure on a damaged file as DicomError."""
-    import functools
 
     @functools.wraps(fn)
     def run(path, *args, **kwargs):

@@ -24,7 +24,7 @@ KEYHOLE_SEMI_AXES_MM = (11.0, 7.0)
 
 
 def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float | None = None, iop=None,
-                    crop_size_mm: float = 32.0, spacing_mm: float = 0.25) -> Segmentation:
+                    crop_size_mm: float = 32.0, spacing_mm: float = 0.25, sizes: bool = True) -> Segmentation:
     """Segment the foraminal fat (root hole filled) around a seed on a sagittal T1 slice.
 
     Fat is whatever is brighter than half-way between the crop's median
@@ -51,6 +51,9 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     With ``series_high`` (the series' 99.5th percentile, its fat level on
     T1), ``fat_level`` is the brightest tissue within 4 mm of the point over
     it; under :data:`FAT_LEVEL` no fat is left: area 0, four directions lost.
+
+    ``sizes=False`` leaves out the orientation-invariant diameters (NaN), which the localiser's keyhole
+    search does not use.
     """
     crop, origin, fail = open_crop(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
                                    spacing_mm=spacing_mm, keys=KEYS)
@@ -97,10 +100,10 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     # Fat around the root: from the root's centre along the four image directions.
     lab, n = ndi.label(root)
     if n:
-        sizes = ndi.sum(root, lab, index=np.arange(1, n + 1))
-        rr, cc = np.nonzero(lab == 1 + int(np.argmax(sizes)))
+        root_px = ndi.sum(root, lab, index=np.arange(1, n + 1))
+        rr, cc = np.nonzero(lab == 1 + int(np.argmax(root_px)))
         r0, c0 = int(round(rr.mean())), int(round(cc.mean()))
-        root_area = float(sizes.max()) * spacing_mm ** 2
+        root_area = float(root_px.max()) * spacing_mm ** 2
     else:
         r0, c0 = mask.shape[0] // 2, mask.shape[1] // 2
         root_area = 0.0
@@ -117,7 +120,7 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
 
     up, down, front, back = fat_along(-1, 0), fat_along(1, 0), fat_along(0, -1), fat_along(0, 1)
     dirs = np.array([up, down, front, back])
-    feret, major, minor = axis_lengths_mm(mask, spacing_mm)
+    feret, major, minor = axis_lengths_mm(mask, spacing_mm) if sizes else (NAN, NAN, NAN)
     meas = {"area_mm2": float(mask.sum()) * spacing_mm ** 2, "height_mm": h, "width_mm": w,
             "narrowest_width_mm": narrow, "fat_fraction": float(fat.sum() / mask.sum()),
             "fat_area_mm2": float(fat.sum()) * spacing_mm ** 2,
