@@ -63,3 +63,19 @@ def test_axis_lengths_are_regionprops_diameters():
         checked += 1
     assert checked >= 25
     assert all(np.isnan(axis_lengths_mm(np.zeros((4, 4), bool), 0.25)))
+
+
+def test_dilate_and_erode_are_scipys():
+    """OpenCV's morphology behind dilate/erode gives scipy's binary_dilation/erosion (outside the image False), on
+    random masks touching the border, with disks, the default cross, and repeated cross dilations."""
+    from spinefeat.segment.common import dilate, disk, erode
+
+    rng = np.random.default_rng(2)
+    for k in range(30):
+        m = rng.random(tuple(rng.integers(5, 60, 2))) > rng.uniform(0.5, 0.97)
+        fp = disk(int(rng.integers(1, 5))) if k % 3 else None
+        assert np.array_equal(dilate(m, fp), ndi.binary_dilation(m, fp))
+        assert np.array_equal(erode(m, fp), ndi.binary_erosion(m, fp))
+        assert np.array_equal(erode(dilate(m, fp), fp), ndi.binary_closing(m, fp))
+        it = int(rng.integers(1, 13))
+        assert np.array_equal(dilate(m, iterations=it), ndi.binary_dilation(m, iterations=it))

@@ -106,9 +106,7 @@ def _keyhole_fit(image: np.ndarray, rc, seed_rc, *, pixel_spacing_mm, iop, searc
                  root_share: float) -> KeyholeFit | None:
     """The keyhole segmented at ``rc``, scored as :func:`find_keyhole` says (its distance to ``seed_rc``
     weighed against ``search_mm``); None when there is none of a plausible size."""
-    from scipy import ndimage as ndi
-
-    from ..segment.common import crop_mm
+    from ..segment.common import crop_mm, dilate
 
     seg = _keyhole_seg(image, rc, pixel_spacing_mm=pixel_spacing_mm, iop=iop)
     if seg is None:
@@ -124,7 +122,7 @@ def _keyhole_fit(image: np.ndarray, rc, seed_rc, *, pixel_spacing_mm, iop, searc
     centre = (seg.origin_rc[0] + mr * g / dr, seg.origin_rc[1] + mc * g / dc)
     point = (seg.origin_rc[0] + (mr + shift * down[0]) * g / dr, seg.origin_rc[1] + (mc + shift * down[1]) * g / dc)
     # Contrast: the keyhole's mean against a 3 mm ring around it (both on the segmenter's grid).
-    ring = ndi.binary_dilation(seg.mask, iterations=int(round(3.0 / g))) & ~seg.mask
+    ring = dilate(seg.mask, iterations=int(round(3.0 / g))) & ~seg.mask
     sub, _ = crop_mm(image, (seg.origin_rc[0] + (seg.mask.shape[0] - 1) / 2 * g / dr,
                              seg.origin_rc[1] + (seg.mask.shape[1] - 1) / 2 * g / dc),
                      pixel_spacing_mm=pixel_spacing_mm, size_mm=seg.mask.shape[0] * g, spacing_mm=g)

@@ -103,6 +103,27 @@ def disk(radius_px: int) -> np.ndarray:
     return (yy ** 2 + xx ** 2) <= r ** 2
 
 
+def dilate(mask: np.ndarray, footprint: np.ndarray | None = None, iterations: int = 1) -> np.ndarray:
+    """:func:`scipy.ndimage.binary_dilation` of a 2-D mask by a symmetric footprint (default the 3 x 3 cross),
+    outside the image counting as False, with OpenCV's morphology (the same pixels, several times faster)."""
+    kernel = _CROSS if footprint is None else np.ascontiguousarray(footprint, np.uint8)
+    out = cv2.dilate(np.ascontiguousarray(mask, bool).view(np.uint8), kernel, iterations=iterations,
+                     borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.view(bool)
+
+
+def erode(mask: np.ndarray, footprint: np.ndarray | None = None) -> np.ndarray:
+    """:func:`scipy.ndimage.binary_erosion` of a 2-D mask by a symmetric footprint, outside counting as False
+    (so a mask touching the border is eroded from it, as scipy's default ``border_value=0`` does)."""
+    kernel = _CROSS if footprint is None else np.ascontiguousarray(footprint, np.uint8)
+    out = cv2.erode(np.ascontiguousarray(mask, bool).view(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT,
+                    borderValue=0)
+    return out.view(bool)
+
+
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
+
+
 def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, search_mm: float = 4.0,
                   strict: float = 0.85, fill: bool = True, close_mm: float = 0.75,
                   min_level: float = 0.05, join_mm: float = 0.0, join_within_mm: float = 10.0) -> tuple[np.ndarray, dict]:
@@ -148,7 +169,7 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
     if join_mm > 0:
         # Pieces closer than join_mm touch once each is grown by half of it: one dilation, one labelling.
         allowed = np.isin(lab, np.unique(lab[(lab > 0) & (dist_mm <= join_within_mm)])) | comp
-        near_lab, _ = ndi.label(ndi.binary_dilation(allowed, disk(int(round(0.5 * join_mm / spacing_mm)))))
+        near_lab, _ = ndi.label(dilate(allowed, disk(int(round(0.5 * join_mm / spacing_mm)))))
         comp = allowed & (near_lab == near_lab[comp].max())
     px = max(1, int(np.ceil(input_px_mm / spacing_mm)))
     close_px = int(round(close_mm / spacing_mm)) if close_mm > 0 else 0
@@ -157,8 +178,8 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
     # further away than any dilation reaches; at the crop's edge the window ends where the crop does).
     win = _window(comp, 2 * px + 2 * close_px + 3)
     xw, cw = x[win], comp[win]
-    grown = ndi.binary_dilation(cw, disk(px))
-    ring = ndi.binary_dilation(grown, disk(px)) & ~grown
+    grown = dilate(cw, disk(px))
+    ring = dilate(grown, disk(px)) & ~grown
     lo = float(np.median(xw[ring])) if ring.any() else 0.0
     thr = 0.5 * (hi + lo)
     bright = grown & (xw >= thr) | cw
@@ -166,7 +187,7 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
     bright = np.isin(lab2, np.unique(lab2[cw]))
     mask = bright
     if close_mm > 0:
-        mask = ndi.binary_closing(np.pad(mask, px + 2), disk(close_px))[px + 2:-px - 2, px + 2:-px - 2]
+        mask = erode(dilate(np.pad(mask, px + 2), disk(close_px)), disk(close_px))[px + 2:-px - 2, px + 2:-px - 2]
     if fill:
         mask = ndi.binary_fill_holes(mask)
     info.update(lo=lo, threshold=thr, bright=_placed(bright, win, x.shape))
