@@ -14,6 +14,7 @@ Index order is always ``(slice, row, col)``. +x is the patient's left.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +24,14 @@ from .errors import GeometryError
 
 def orientation_axes(iop) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit ``(F_r, F_c, n)`` from an ImageOrientationPatient of 6 numbers."""
-    iop = np.asarray(iop, dtype=float).reshape(6)
+    # A study has a handful of orientations, asked for thousands of times: computed once each, keyed by the
+    # values' bytes (-0.0 is not 0.0 there), fresh copies returned so a caller may change its arrays.
+    return tuple(a.copy() for a in _orientation_axes(np.asarray(iop, dtype=float).reshape(6).tobytes()))
+
+
+@functools.lru_cache(maxsize=256)
+def _orientation_axes(iop_bytes: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    iop = np.frombuffer(iop_bytes, dtype=float)
     f_r, f_c = iop[:3], iop[3:]
     nr, nc = np.linalg.norm(f_r), np.linalg.norm(f_c)
     if nr < 1e-6 or nc < 1e-6:
