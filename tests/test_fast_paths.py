@@ -79,3 +79,26 @@ def test_dilate_and_erode_are_scipys():
         assert np.array_equal(erode(dilate(m, fp), fp), ndi.binary_closing(m, fp))
         it = int(rng.integers(1, 13))
         assert np.array_equal(dilate(m, iterations=it), ndi.binary_dilation(m, iterations=it))
+        assert np.array_equal(erode(m, iterations=it), ndi.binary_erosion(m, iterations=it))
+        assert np.array_equal(erode(dilate(m, iterations=3), iterations=3), ndi.binary_closing(m, iterations=3))
+
+
+def test_fill_holes_is_scipys():
+    """The flood-fill hole filling against scipy's binary_fill_holes: random masks with holes, holes joined to
+    the border only diagonally (not through 4-connected steps, so filled), masks touching the border."""
+    from spinefeat.segment.common import fill_holes
+
+    rng = np.random.default_rng(3)
+    ring = np.zeros((7, 7), bool)
+    ring[1:6, 1:6] = True
+    ring[2:5, 2:5] = False
+    ring[0, 0] = False
+    ring[1, 1] = False                      # a corner gap: diagonal to the outside only
+    cases = [ring, np.zeros((4, 5), bool), np.ones((4, 5), bool)]
+    cases += [rng.random(tuple(rng.integers(3, 80, 2))) > rng.uniform(0.2, 0.7) for _ in range(30)]
+    filled_some = False
+    for m in cases:
+        want = ndi.binary_fill_holes(m)
+        assert np.array_equal(fill_holes(m), want)
+        filled_some |= bool((want & ~m).any())
+    assert filled_some

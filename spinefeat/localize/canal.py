@@ -45,7 +45,9 @@ def _row_tophat(x: np.ndarray, dc: float, width_mm: float = TOPHAT_WIDTH_MM) -> 
 def body_depth_mm(x: np.ndarray, dc: float, *, air: float = 0.06) -> np.ndarray:
     """Per pixel of a normalised slice: the distance (mm) along its row to the nearest air outside the body
     (the image edge is not air: fields of view cut the body)."""
-    body = ndi.binary_fill_holes(ndi.binary_closing(ndi.uniform_filter(x, 9) > air, iterations=3))
+    from ..segment.common import dilate, erode, fill_holes       # scipy's closing and hole filling, on OpenCV
+
+    body = fill_holes(erode(dilate(ndi.uniform_filter(x, 9) > air, iterations=3), iterations=3))
     if body.all() or not body.any():
         return np.full(x.shape, np.inf)
     return row_distance_mm(body, dc)

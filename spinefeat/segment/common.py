@@ -112,13 +112,23 @@ def dilate(mask: np.ndarray, footprint: np.ndarray | None = None, iterations: in
     return out.view(bool)
 
 
-def erode(mask: np.ndarray, footprint: np.ndarray | None = None) -> np.ndarray:
+def erode(mask: np.ndarray, footprint: np.ndarray | None = None, iterations: int = 1) -> np.ndarray:
     """:func:`scipy.ndimage.binary_erosion` of a 2-D mask by a symmetric footprint, outside counting as False
     (so a mask touching the border is eroded from it, as scipy's default ``border_value=0`` does)."""
     kernel = _CROSS if footprint is None else np.ascontiguousarray(footprint, np.uint8)
-    out = cv2.erode(np.ascontiguousarray(mask, bool).view(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT,
-                    borderValue=0)
+    out = cv2.erode(np.ascontiguousarray(mask, bool).view(np.uint8), kernel, iterations=iterations,
+                    borderType=cv2.BORDER_CONSTANT, borderValue=0)
     return out.view(bool)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """:func:`scipy.ndimage.binary_fill_holes` of a 2-D mask (background reaching the border through 4-connected
+    steps stays; everything else is filled) by one OpenCV flood fill from a frame around the image."""
+    h, w = mask.shape
+    img = np.zeros((h + 2, w + 2), np.uint8)
+    img[1:-1, 1:-1] = mask
+    cv2.floodFill(img, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 2, flags=4)
+    return img[1:-1, 1:-1] != 2
 
 
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
@@ -189,7 +199,7 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
     if close_mm > 0:
         mask = erode(dilate(np.pad(mask, px + 2), disk(close_px)), disk(close_px))[px + 2:-px - 2, px + 2:-px - 2]
     if fill:
-        mask = ndi.binary_fill_holes(mask)
+        mask = fill_holes(mask)
     info.update(lo=lo, threshold=thr, bright=_placed(bright, win, x.shape))
     return _placed(mask, win, x.shape), info
 
