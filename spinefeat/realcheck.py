@@ -59,9 +59,10 @@ MAIN_MEASUREMENT = {"foraminal": "foramen_shape_fat_area_mm2", "subarticular": "
                     "spinal": "canal_ax_shape_area_mm2"}
 SEVERITY_CODE = {s: i for i, s in enumerate(SEVERITIES)}
 
-#: Checks on a ``real_spider/``-layout folder: name -> callable(folder, jobs) -> dict (JSON-ready).
+#: Checks on a ``real_spider/``-layout folder: name -> callable(folder, jobs, progress) -> dict (JSON-ready;
+#: ``progress(done, total)`` or None).
 #: Filled by the module that implements them; ``--spider`` says "not available" while this is empty.
-SPIDER_CHECKS: dict[str, Callable[[Path, int], dict]] = {}
+SPIDER_CHECKS: dict[str, Callable[[Path, int, Callable | None], dict]] = {}
 
 SAGITTAL_POINT_COLUMNS = ("study_id", "series_id", "instance_number", "image", "condition", "level", "x", "y",
                           "grade", "rows", "columns", "x_png", "y_png")
@@ -750,7 +751,11 @@ def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None,
 
         write_real_vs_phantom(tables, pd.read_parquet(phantom), out / "real_vs_phantom.png")
     if spider is not None:
-        result["spider"] = {name: fn(Path(spider), jobs) for name, fn in SPIDER_CHECKS.items()} or None
+        t = time.perf_counter()
+        result["spider"] = {name: fn(Path(spider), jobs, None if progress is None else
+                                     (lambda done, total, name=name: progress(f"SPIDER {name}", done, total)))
+                            for name, fn in SPIDER_CHECKS.items()} or None
+        seconds["spider"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     result["run"] = {"spinefeat_version": __version__, "folds": FOLDS, "fold_seed": FOLD_SEED,
                      "fold_method": "StratifiedGroupKFold on each study's worst grade of the term, grouped by "
@@ -811,10 +816,10 @@ def _placement_sentence(p: dict | None, what: str, rows: str, extra: str | None,
             f"{p['seed_at_labels']['within_6mm']:.2f}.\n")
 
 
-def _spider_localisation(folder: Path, jobs: int) -> dict:
+def _spider_localisation(folder: Path, jobs: int, progress=None) -> dict:
     from .spider import check_spider
 
-    return check_spider(folder, jobs=jobs)
+    return check_spider(folder, jobs=jobs, progress=progress)
 
 
 SPIDER_CHECKS["localisation"] = _spider_localisation

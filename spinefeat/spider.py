@@ -156,10 +156,11 @@ def canal_scores(column: np.ndarray, canal: np.ndarray) -> dict[str, float]:
 # The check
 # ---------------------------------------------------------------------------
 
-def canal_row(p: SpiderPatient) -> dict:
+def canal_row(p: SpiderPatient, mid: tuple[int, float]) -> dict:
     """Canal scores of one patient on its middle slice, at the true and at a mis-set spacing, and the
-    distance (mm) from the slice :func:`~spinefeat.localize.mid_sagittal` picks to the widest canal slice."""
-    from .localize import csf_column, mid_sagittal
+    distance (mm) from the slice :func:`~spinefeat.localize.mid_sagittal` picked (``mid``) to the widest canal
+    slice."""
+    from .localize import csf_column
 
     k = p.stack.geometry.n_slices // 2
     canal = p.masks[k] == CANAL
@@ -168,18 +169,17 @@ def canal_row(p: SpiderPatient) -> dict:
         col, _ = csf_column(p.stack.pixels[k], (px, px))
         for key, v in canal_scores(col, canal).items():
             row[key + tag] = v
-    pick, _ = mid_sagittal(p.stack)
-    widest = int(np.argmax((p.masks == CANAL).sum(axis=(1, 2))))
-    row["mid_slice_off_mm"] = abs(pick - widest) * SLICE_MM
+    row["mid_slice_off_mm"] = abs(mid[0] - widest_slice(p)) * SLICE_MM
     return row
 
 
-def disc_row(p: SpiderPatient, localizer) -> dict:
+def disc_row(p: SpiderPatient, localizer, mid: tuple[int, float] | None = None) -> dict:
     """Per lumbar disc: the distance (mm) from the detected disc point to the mask's disc level on the canal
-    of the slice the localiser picked, and whether any detected disc is nearer another level's point."""
+    of the slice the localiser picked (``mid``: :func:`~spinefeat.localize.mid_sagittal`'s pick when already
+    made), and whether any detected disc is nearer another level's point."""
     row: dict = {"patient": p.patient}
     try:
-        k, _, rc, conf, flags = localizer.find_discs(p.stack)
+        k, _, rc, conf, flags = localizer.find_discs(p.stack, mid=mid)
     except SpinefeatError as exc:
         row["error"] = str(exc)
         return row
@@ -259,12 +259,13 @@ def check_spider(folder: Path, *, localizer=None, folds: int = 4, base=None, job
     samples of :func:`~spinefeat.localize.rsna_samples`, e.g. phantoms), so no
     patient is scored by a detector that saw it.
     """
-    from .localize import Localizer, fit_detector, gap_stats
+    from .localize import Localizer, fit_detector, gap_stats, mid_sagittal
 
     patients = read_spider(folder)
-    rows = []
+    rows, mids = [], []
     for n, p in enumerate(patients):
-        rows.append(canal_row(p))
+        mids.append(mid_sagittal(p.stack))          # once: the canal row and the disc row both use it
+        rows.append(canal_row(p, mids[-1]))
         if progress is not None:
             progress(n + 1, 2 * len(patients))
     samples = None
@@ -282,7 +283,7 @@ def check_spider(folder: Path, *, localizer=None, folds: int = 4, base=None, job
             loc = localizer
         seen = set(loc.trained_on.get("spider_patients", [])) if localizer is not None else set()
         for i in test:
-            r = disc_row(patients[i], loc)
+            r = disc_row(patients[i], loc, mids[i])
             r["in_training"] = patients[i].patient in seen
             r["fold"] = f if localizer is None else None
             rows[i].update(r)

@@ -180,10 +180,12 @@ class Localizer:
         return cls(detector, np.array(meta["gaps_mm"]), meta["offsets_mm"], meta.get("recess_rules", {}),
                    meta.get("trained_on", {}), meta.get("keyhole_share", KEYHOLE_ROOT_SHARE))
 
-    def find_discs(self, stack: Stack) -> tuple[int, float, np.ndarray, np.ndarray, list[str]]:
+    def find_discs(self, stack: Stack, *, mid: tuple[int, float] | None = None
+                   ) -> tuple[int, float, np.ndarray, np.ndarray, list[str]]:
         """Mid-sagittal slice, the midline's offset from it (mm), the five disc (row, col) on it, a confidence
-        per level, and why the count from the sacrum is doubtful (empty when it is not; see :func:`count_discs`)."""
-        k, shift_mm = mid_sagittal(stack)
+        per level, and why the count from the sacrum is doubtful (empty when it is not; see :func:`count_discs`).
+        ``mid``: the slice and offset when :func:`mid_sagittal` already picked them."""
+        k, shift_mm = mid if mid is not None else mid_sagittal(stack)
         img = stack.pixels[k]
         canal = fit_canal(img, stack.geometry.pixel_spacing_mm, stack.geometry.iop)
         if canal is None:
