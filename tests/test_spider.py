@@ -134,3 +134,46 @@ def test_spider_training_samples_carry_the_five_levels_counted_from_the_sacrum(s
         assert np.all(np.diff(first) > 0)                      # L1/L2 above L2/L3 ... above L5/S1
         assert np.all(y[np.flatnonzero(y == 5).max() + 1:] == 0)   # the sacrum below L5/S1: no disc
     assert len(gaps) == 1 and np.all((gaps[0] > 20) & (gaps[0] < 60))
+
+
+def test_check_spider_scores_the_discs_from_the_masks_and_picks_each_mid_slice_once(shared, tmp_path, monkeypatch):
+    """check_spider on two patients (their files linked) with a stand-in localiser that returns the masks' own
+    lumbar discs (all within 5 mm, no swap) or those one disc higher (every patient swapped); the mid-sagittal
+    slice is picked once per patient (the canal row and the disc row share it)."""
+    import spinefeat.localize as loc_mod
+    from spinefeat import spider
+
+    src = shared / "real_spider"
+    if not (src / "images").is_dir():
+        pytest.skip(f"SPIDER share not found at {src}")
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+        for f in (src / sub).glob("*.png"):
+            if f.name.split("_")[0] in ("7", "81"):
+                (tmp_path / sub / f.name).symlink_to(f)
+    picks = []
+    real_mid = loc_mod.mid_sagittal
+    monkeypatch.setattr(loc_mod, "mid_sagittal", lambda stack: picks.append(stack.study_id) or real_mid(stack))
+
+    class MaskLocaliser:
+        trained_on: dict = {}
+
+        def __init__(self, up):
+            self.up = up
+
+        def find_discs(self, stack, *, mid=None):
+            k = mid[0] if mid is not None else loc_mod.mid_sagittal(stack)[0]
+            p = next(p for p in patients if p.stack is stack)
+            discs = spider.disc_points(p.masks[k])
+            rc = discs[len(discs) - 5 - self.up:len(discs) - self.up]
+            return k, 0.0, rc, np.ones(5), []
+
+    patients = spider.read_spider(tmp_path)
+    monkeypatch.setattr(spider, "read_spider", lambda folder: patients)
+    right = spider.check_spider(tmp_path, localizer=MaskLocaliser(0))
+    assert sorted(picks) == [0, 1]                       # one pick per patient
+    assert right["discs"]["patients"] == 2 and right["discs"]["within_5mm"] == 1.0
+    assert right["discs"]["level_swaps"] == 0
+    assert set(right["sagittal_canal"]) >= {"rows_covered_median", "rows_covered_min", "dice_median", "patients"}
+    up = spider.check_spider(tmp_path, localizer=MaskLocaliser(1))
+    assert up["discs"]["level_swaps"] == 2 and up["discs"]["within_5mm"] == 0.0
