@@ -569,17 +569,18 @@ def cv_folds(df: pd.DataFrame, *, folds: int = FOLDS, seed: int = FOLD_SEED) -> 
     return fold_of, early_stopping_studies(studies, fold_of, worst, folds, seed)
 
 
-def cv_proba(df: pd.DataFrame, cols: list[str], *, folds: int = FOLDS, seed: int = FOLD_SEED,
+def cv_proba(df: pd.DataFrame, cols: list[str], term: str, *, folds: int = FOLDS, seed: int = FOLD_SEED,
              jobs: int = 1) -> np.ndarray:
-    """Out-of-fold class probabilities of the project's grader on ``cols`` (graded rows, :func:`cv_folds`)."""
-    from .models import PARAMS, _softmax, grouped_cv
+    """Out-of-fold class probabilities of the project's grader of ``term`` (its settings,
+    :func:`spinefeat.models.grader_params`) on ``cols`` (graded rows, :func:`cv_folds`)."""
+    from .models import _softmax, grader_params, grouped_cv
 
     fold_of, held = cv_folds(df, folds=folds, seed=seed)
     x = df[cols].to_numpy(np.float32)
     y = df["severity"].to_numpy(int)
     study = df["study_id"]
     raw, _ = grouped_cv(x, y, study.map(fold_of).to_numpy(), lambda k: study.isin(held[k]).to_numpy(),
-                        cols=list(cols), params=dict(PARAMS, num_threads=jobs, seed=seed), folds=folds)
+                        cols=list(cols), params=grader_params(term, num_threads=jobs, seed=seed), folds=folds)
     return _softmax(raw)
 
 
@@ -617,7 +618,7 @@ def evaluate_term(df: pd.DataFrame, term: str, *, peer: pd.DataFrame | None = No
     sets = feature_sets(g, term)
     scores, oof = {}, None
     for name, cols in sets.items():
-        p = cv_proba(g, cols, folds=folds, jobs=jobs)
+        p = cv_proba(g, cols, term, folds=folds, jobs=jobs)
         scores[name] = weighted_log_loss(y, p)
         if name == "full":
             oof = p
@@ -649,8 +650,8 @@ def evaluate_term(df: pd.DataFrame, term: str, *, peer: pd.DataFrame | None = No
         ok = h[main].notna() if main in h else pd.Series(False, index=h.index)
         res["halves"][half] = {
             "rows": int(len(h)), "studies": int(h["study_id"].nunique()),
-            "cv": weighted_log_loss(yh, cv_proba(h, sets["full"], folds=folds, jobs=jobs)),
-            "measurements_only": weighted_log_loss(yh, cv_proba(h, sets["measurements_only"], folds=folds, jobs=jobs)),
+            "cv": weighted_log_loss(yh, cv_proba(h, sets["full"], term, folds=folds, jobs=jobs)),
+            "measurements_only": weighted_log_loss(yh, cv_proba(h, sets["measurements_only"], term, folds=folds, jobs=jobs)),
             "constant": weighted_log_loss(yh, constant_proba(h, folds=folds)),
             "main_rho": float(h.loc[ok, main].corr(h.loc[ok, "severity"], method="spearman")) if ok.sum() > 2 else None}
     if peer is not None:

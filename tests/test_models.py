@@ -164,6 +164,19 @@ def test_train_writes_text_models_and_manifest(trained):
     assert np.allclose(oof[["normal_mild", "moderate", "severe"]].sum(axis=1), 1)
 
 
+def test_each_grader_is_trained_with_its_own_settings(trained):
+    # The foraminal grader's extra trees and column share (models.GRADER_PARAMS) reach the saved model, and only
+    # that grader's: the settings LightGBM writes into each model text.
+    man = json.loads((trained / "manifest.json").read_text())
+    for group in models.MODEL_GROUPS:
+        settings = models.grader_params(group)
+        assert man["params"][group]["extra_trees"] is settings.get("extra_trees", False)
+        text = (trained / man["models"][group]["file"]).read_text()
+        assert f"[extra_trees: {int(settings.get('extra_trees', False))}]" in text
+        assert f"[feature_fraction: {settings['feature_fraction']:g}]" in text
+    assert models.grader_params("foraminal") != models.grader_params("spinal")
+
+
 def test_tampered_model_or_features_are_refused(trained, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(trained, bad, ignore=shutil.ignore_patterns("*.cache", "*.parquet"))
