@@ -52,12 +52,12 @@ PARAMS = {
 }
 #: Per grader, what differs from :data:`PARAMS` (:func:`grader_params`). The foraminal grader reads ~210
 #: columns (96 of them the foramen's HOG cells): random split points (extra trees) and 30 % of the columns per
-#: tree average over many weak, decorrelated trees. Chosen on the development half of the real foramina
-#: (mean of LightGBM seeds 0-3): 0.586 with PARAMS, 0.578 with extra trees, 0.576 with extra trees and 0.3 of
-#: the columns (0.2: 0.576; 0.4: 0.580, seeds 2 and 3; 15 or 4 leaves, 20 or 60 rows a leaf, L2 3 or 30, learning rate 0.05
-#: or bagging 0.6 with them: no better, seeds 0 and 1). The same on the development half of the real recesses
-#: (subarticular): 0.613 -> 0.594 (seeds 0-3); on the real spinal rows it loses (0.432 -> 0.435, seeds 0 and 1):
-#: the spinal grader keeps PARAMS.
+#: tree average over many weak, decorrelated trees. Chosen on the development half of the real foramina (mean
+#: of LightGBM seeds 0-3): 0.586 with PARAMS, 0.578 with extra trees, 0.576 with extra trees and 0.3 of the
+#: columns (0.2: 0.576; 0.4: 0.580, seeds 2 and 3; 15 or 4 leaves, 20 or 60 rows a leaf, L2 3 or 30, learning
+#: rate 0.05 or bagging 0.6 with them: no better, seeds 0 and 1). The same on the development half of the real
+#: recesses (subarticular): 0.613 -> 0.594 (seeds 0-3); on the real spinal rows it loses (0.432 -> 0.435,
+#: seeds 0 and 1): the spinal grader keeps PARAMS.
 GRADER_PARAMS = {group: {"extra_trees": True, "feature_fraction": 0.3} for group in ("foraminal", "subarticular")}
 MAX_ROUNDS = 1000
 EARLY_STOP = 30
@@ -505,8 +505,8 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         study = both["study_id"].to_numpy()
         problems[group] = _Problem(both[cols].to_numpy(np.float32), both["severity"].to_numpy(int),
                                    both["study_id"].map(fold_of).to_numpy(),
-                                   lambda k, study=study: np.isin(study, held[k]), cols=cols, params=out["params"][group],
-                                   folds=folds, scored=np.arange(len(both)) < len(g))
+                                   lambda k, study=study: np.isin(study, held[k]), cols=cols,
+                                   params=out["params"][group], folds=folds, scored=np.arange(len(both)) < len(g))
         tables[group] = (g, both)
         out["columns"][group] = cols
     n_steps = len(MODEL_GROUPS) * (folds + 1)
