@@ -797,13 +797,24 @@ def markdown_table(result: dict) -> str:
                 rho = f"{h['main_rho']:.2f}" if h.get("main_rho") is not None else "-"
                 halves.append(f"| {term} | {half.replace('_', '-')} | {h['rows']} | {h['constant']:.3f} | "
                               f"{h['measurements_only']:.3f} | {h['cv']:.3f} | {rho} |")
-    text = head + "\n".join(lines) + "\n" + ("\n".join(halves) + "\n" if len(halves) > 5 else "")
+    text = (head + "\n".join(lines) + "\n" if lines else "") + ("\n".join(halves) + "\n" if len(halves) > 5 else "")
     for key, what, rows, extra, at in (("axial_placement", "Recess placement on the axial crops", "recesses", None,
                                         "the labels' sac"),
                                        ("foramen_placement", "Foramen placement on the sagittal T1 slices", "foramina",
                                         "no_keyhole", "the label")):
         text += _placement_sentence(result.get(key), what, rows, extra, at)
-    return text
+    return text + _spider_sentence((result.get("spider") or {}).get("localisation"))
+
+
+def _spider_sentence(loc: dict | None) -> str:
+    """The SPIDER localisation check (``spider.localisation``) in two markdown sentences; "" without it."""
+    if not loc or "sagittal_canal" not in loc:
+        return ""
+    c, d = loc["sagittal_canal"], loc["discs"]
+    return (f"\nSPIDER ({c['patients']} patients): the CSF column covers a median {c['rows_covered_median']:.2f} of "
+            f"the canal mask's rows (lowest {c['rows_covered_min']:.2f}), Dice {c['dice_median']:.2f} against the "
+            f"canal mask. Lumbar discs ({d['detector']}): {d['within_5mm']:.2f} within 5 mm, median "
+            f"{d['median_mm']:.1f} mm, {d['level_swaps']} of {d['patients']} patients counted off by a level.\n")
 
 
 def _placement_sentence(p: dict | None, what: str, rows: str, extra: str | None, at: str) -> str:

@@ -177,3 +177,17 @@ def test_check_spider_scores_the_discs_from_the_masks_and_picks_each_mid_slice_o
     assert set(right["sagittal_canal"]) >= {"rows_covered_median", "rows_covered_min", "dice_median", "patients"}
     up = spider.check_spider(tmp_path, localizer=MaskLocaliser(1))
     assert up["discs"]["level_swaps"] == 2 and up["discs"]["within_5mm"] == 0.0
+
+
+def test_real_check_markdown_of_a_spider_only_run_reports_the_check_not_an_empty_table():
+    from spinefeat.realcheck import markdown_table
+
+    loc = {"sagittal_canal": {"rows_covered_median": 0.931, "rows_covered_min": 0.702, "dice_median": 0.55,
+                              "patients": 3},
+           "discs": {"within_5mm": 0.6, "median_mm": 4.26, "level_swaps": 1, "patients": 3,
+                     "detector": "leave-patients-out, 3 folds"}}
+    text = markdown_table({"spider": {"localisation": loc}, "run": {}})
+    assert "| term |" not in text                       # no grading table without a graded term
+    assert "median 0.93 of the canal mask's rows (lowest 0.70)" in text and "Dice 0.55" in text
+    assert "0.60 within 5 mm, median 4.3 mm, 1 of 3 patients counted off by a level" in text
+    assert markdown_table({"run": {}}) == ""
