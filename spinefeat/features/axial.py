@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..segment.common import Segmentation, crop_mm, profile
+from ..segment.common import Segmentation, centre_distance_mm, crop_mm, profile
 from . import register
 
 CROP_MM = 24.0
@@ -55,7 +55,7 @@ def _scaled_crop(image, seed_rc, pixel_spacing_mm, series_high, size_mm=CROP_MM)
     crop, _ = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=size_mm, spacing_mm=SPACING_MM)
     x = np.clip(crop / series_high, 0, 1.5)
     c = (x.shape[0] - 1) / 2
-    return x, c, np.hypot(*(np.indices(x.shape) - c)) * SPACING_MM
+    return x, c, centre_distance_mm(x.shape, SPACING_MM)
 
 
 def recess_profile(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float, posterior_rc,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.feature import graycomatrix, graycoprops, hog, local_binary_pattern
 
+from ..segment.common import centre_distance_mm
 from . import register
 
 ROI_MM = 24.0
@@ -35,10 +36,7 @@ def roi_features(crop: np.ndarray, *, series_high: float) -> dict[str, float]:
     if crop.size == 0 or not np.isfinite(series_high) or series_high <= 0:
         return {n: float("nan") for n in NAMES}
     x = np.clip(crop / series_high, 0, 1.5).astype(np.float32)
-    n = x.shape[0]
-    c = (n - 1) / 2
-    yy, xx = np.indices(x.shape)
-    centre = np.hypot(yy - c, xx - c) * ROI_SPACING_MM <= 2.0
+    centre = centre_distance_mm(x.shape, ROI_SPACING_MM) <= 2.0
     p10, p50, p90 = np.percentile(x, [10, 50, 90])
     q = np.clip(x / 1.5 * LEVELS, 0, LEVELS - 1).astype(np.uint8)
     glcm = graycomatrix(q, distances=[1, 2], angles=[0, np.pi / 4, np.pi / 2, 3 * np.pi / 4], levels=LEVELS,

@@ -301,7 +301,7 @@ def _blob_candidates(image: np.ndarray, seed_rc, *, pixel_spacing_mm, search_mm:
     wide) and its origin. None when the crop is blank."""
     from scipy import ndimage as ndi
 
-    from ..segment.common import crop_mm, normalise
+    from ..segment.common import centre_distance_mm, crop_mm, normalise
 
     dr, dc = (float(v) for v in pixel_spacing_mm)
     sp = _BLOB_SPACING_MM
@@ -312,8 +312,7 @@ def _blob_candidates(image: np.ndarray, seed_rc, *, pixel_spacing_mm, search_mm:
     x = normalise(crop, hi_pct=99.5)
     dog = ndi.gaussian_filter(x, sigmas_mm[0] / sp) - ndi.gaussian_filter(x, sigmas_mm[1] / sp)
     c = (crop.shape[0] - 1) / 2
-    yy, xx = np.indices(crop.shape)
-    near = np.hypot(yy - c, xx - c) * sp <= search_mm
+    near = centre_distance_mm(crop.shape, sp) <= search_mm
     peak = (dog == ndi.maximum_filter(dog, size=int(round(4.0 / sp)))) & near & (dog > 0)
     order = np.argsort(dog[peak])[::-1][:most]
     cands = [(c, c)] + [tuple(p) for p in np.argwhere(peak)[order]]

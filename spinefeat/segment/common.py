@@ -106,18 +106,19 @@ def disk(radius_px: int) -> np.ndarray:
 def dilate(mask: np.ndarray, footprint: np.ndarray | None = None, iterations: int = 1) -> np.ndarray:
     """:func:`scipy.ndimage.binary_dilation` of a 2-D mask by a symmetric footprint (default the 3 x 3 cross),
     outside the image counting as False, with OpenCV's morphology (the same pixels, several times faster)."""
-    kernel = _CROSS if footprint is None else np.ascontiguousarray(footprint, np.uint8)
-    out = cv2.dilate(np.ascontiguousarray(mask, bool).view(np.uint8), kernel, iterations=iterations,
-                     borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    return out.view(bool)
+    return _morphology(cv2.dilate, mask, footprint, iterations)
 
 
 def erode(mask: np.ndarray, footprint: np.ndarray | None = None, iterations: int = 1) -> np.ndarray:
     """:func:`scipy.ndimage.binary_erosion` of a 2-D mask by a symmetric footprint, outside counting as False
     (so a mask touching the border is eroded from it, as scipy's default ``border_value=0`` does)."""
+    return _morphology(cv2.erode, mask, footprint, iterations)
+
+
+def _morphology(op, mask: np.ndarray, footprint: np.ndarray | None, iterations: int) -> np.ndarray:
     kernel = _CROSS if footprint is None else np.ascontiguousarray(footprint, np.uint8)
-    out = cv2.erode(np.ascontiguousarray(mask, bool).view(np.uint8), kernel, iterations=iterations,
-                    borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    out = op(np.ascontiguousarray(mask, bool).view(np.uint8), kernel, iterations=iterations,
+             borderType=cv2.BORDER_CONSTANT, borderValue=0)
     return out.view(bool)
 
 
@@ -159,7 +160,7 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
     """
     from scipy import ndimage as ndi
 
-    dist_mm = _centre_distance_mm(x.shape, spacing_mm)
+    dist_mm = centre_distance_mm(x.shape, spacing_mm)
     near = dist_mm <= search_mm
     info = {"hi": float("nan"), "lo": float("nan"), "threshold": float("nan"), "bright": np.zeros(x.shape, bool)}
     hi = float(np.percentile(x[near], 95))
@@ -205,9 +206,10 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
 
 
 @functools.lru_cache(maxsize=32)
-def _centre_distance_mm(shape: tuple[int, int], spacing_mm: float) -> np.ndarray:
-    """Distance (mm) of each pixel of a crop from the centre of its first axis, (n - 1) / 2, both ways (read-only:
-    a crop's segmenter asks for the same grid on every call)."""
+def centre_distance_mm(shape: tuple[int, int], spacing_mm: float) -> np.ndarray:
+    """Distance (mm) of each pixel of a square crop from its centre, (n - 1) / 2 on both axes (read-only: the
+    segmenters, searches and profiles ask for the same grid on every call, so it is made once per shape).
+    """
     c = (shape[0] - 1) / 2
     yy, xx = np.indices(shape)
     dist = np.hypot(yy - c, xx - c) * spacing_mm

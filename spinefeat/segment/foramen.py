@@ -6,7 +6,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image
 
-from .common import FAILED, FOUND, Segmentation, View, axis_lengths_mm, extent_mm, finish, open_crop
+from .common import FAILED, FOUND, Segmentation, View, axis_lengths_mm, centre_distance_mm, extent_mm, finish, \
+    open_crop
 
 NAN = float("nan")
 KEYS = ("area_mm2", "fat_area_mm2", "fat_within_mm2", "height_mm", "width_mm", "narrowest_width_mm", "fat_fraction",
@@ -61,9 +62,7 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
         return fail
     view = View.from_iop((0.0, 1.0, 0.0, 0.0, 0.0, -1.0) if iop is None else iop)
     crop = view.apply(crop)        # rows now run to the feet, columns to the back
-    n = crop.shape[0]
-    yy, xx = np.indices(crop.shape)
-    near = np.hypot(yy - (n - 1) / 2, xx - (n - 1) / 2) * spacing_mm <= 4.0
+    near = centre_distance_mm(crop.shape, spacing_mm) <= 4.0
     fat_level = float(np.percentile(crop[near], 95) / series_high) if series_high else NAN
     if fat_level < FAT_LEVEL:
         return _no_fat(crop.shape, fat_level, spacing_mm, origin, "no fat left")
@@ -71,6 +70,8 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     # disc, muscle) and the brightest fat near the point; scale- and offset-free, so it holds on any
     # scanner's contrast and on windowed 8-bit exports.
     a, b = KEYHOLE_SEMI_AXES_MM
+    n = crop.shape[0]
+    yy, xx = np.indices(crop.shape)
     within = ((yy - (n - 1) / 2) * spacing_mm / a) ** 2 + ((xx - (n - 1) / 2) * spacing_mm / b) ** 2 <= 1
     tissue = float(np.median(crop))
     peak = float(np.percentile(crop[within], 95))
