@@ -102,3 +102,39 @@ def test_fill_holes_is_scipys():
         assert np.array_equal(fill_holes(m), want)
         filled_some |= bool((want & ~m).any())
     assert filled_some
+
+
+def test_convex_hull_is_scikit_images():
+    """The convex hull image computed on the bounding box from OpenCV's hull against scikit-image's
+    convex_hull_image (qhull, then every pixel of the image tested): random sparse pixels, opened noise, single
+    pixels, two or three scattered pixels (thin hulls, collinear points), holed ellipses like a keyhole's fat,
+    masks touching the border; and an empty mask gives an empty hull."""
+    from skimage.morphology import convex_hull_image
+
+    from spinefeat.segment.common import convex_hull
+
+    rng = np.random.default_rng(4)
+    checked = 0
+    for k in range(400):
+        h, w = (int(v) for v in rng.integers(1, 90, 2))
+        kind = k % 5
+        if kind == 0:
+            m = rng.random((h, w)) > rng.uniform(0.5, 0.999)
+        elif kind == 1:
+            m = ndi.binary_opening(rng.random((h, w)) > rng.uniform(0.2, 0.8), iterations=int(rng.integers(0, 3)))
+        else:
+            m = np.zeros((h, w), bool)
+            for _ in range(1 if kind == 2 else int(rng.integers(2, 4))):
+                m[rng.integers(h), rng.integers(w)] = True
+            if kind == 4:
+                yy, xx = np.indices((h, w))
+                e = (((yy - rng.uniform(0, h)) / rng.uniform(2, 40)) ** 2
+                     + ((xx - rng.uniform(0, w)) / rng.uniform(2, 40)) ** 2)
+                m = (e <= 1) & (e > rng.uniform(0, 0.5)) & (rng.random((h, w)) > 0.1)
+        if not m.any():
+            continue
+        want = convex_hull_image(m)
+        assert np.array_equal(convex_hull(m), want), (k, m.shape)
+        checked += int((want & ~m).any())            # the hull added pixels: not a trivial case
+    assert checked >= 150
+    assert not convex_hull(np.zeros((5, 6), bool)).any()

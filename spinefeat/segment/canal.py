@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from skimage.morphology import convex_hull_image
 
-from .common import FAILED, FOUND, WEAK, Segmentation, axis_lengths_mm, blank_reason, bright_region, crop_mm, \
-    extent_along_mm, finish, normalise, open_crop
+from .common import FAILED, FOUND, WEAK, Segmentation, axis_lengths_mm, blank_reason, bright_region, convex_hull, \
+    crop_mm, extent_along_mm, finish, normalise, open_crop
 
 NAN = float("nan")
 AXIAL_KEYS = ("area_mm2", "ap_diameter_mm", "transverse_diameter_mm", "equivalent_diameter_mm", "feret_max_mm",
@@ -131,7 +130,7 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior
                             ["no bright structure near the seed"])
     # Rootlets lie against the dependent (posterior) wall and notch the CSF from
     # outside, where hole filling cannot reach; the sac itself is nearly convex.
-    hull = convex_hull_image(mask)
+    hull = convex_hull(mask)
     csf, solidity = float(info["bright"][hull].mean()), float(mask.sum() / max(hull.sum(), 1))
     if sizes:
         meas = _sac_sizes(hull, spacing_mm, back, csf_fraction=csf, solidity=solidity)

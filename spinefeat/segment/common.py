@@ -217,6 +217,46 @@ def centre_distance_mm(shape: tuple[int, int], spacing_mm: float) -> np.ndarray:
     return dist
 
 
+def convex_hull(mask: np.ndarray) -> np.ndarray:
+    """:func:`skimage.morphology.convex_hull_image` of a 2-D mask, the same pixels, several times faster.
+
+    As scikit-image does, the hull is that of the midpoints of the pixels' edges (each pixel (r, c) stands for
+    (r +- 0.5, c) and (r, c +- 0.5)), and a pixel is in it when its centre lies inside or on the hull. Only the
+    leftmost and rightmost pixel of each row can add a hull vertex (any pixel between them lies between their
+    points); the hull is OpenCV's of those points, and each row of the mask's bounding box (which holds every
+    centre in the hull) keeps the columns between the bounds its edges' half-planes set. Every coordinate is a
+    multiple of 1/2 and small, so both steps are exact in floating point (a bound that is a whole column is
+    computed exactly; one that is not lies at least 1/(8 * rows) from one), where scikit-image runs qhull and
+    a point-in-polygon test of every pixel of the image. An empty mask gives an empty hull.
+    """
+    out = np.zeros(mask.shape, bool)
+    if not mask.any():
+        return out
+    win = _window(mask, 0)
+    m = mask[win]
+    rows = np.flatnonzero(m.any(axis=1))
+    first = m[rows].argmax(axis=1)
+    last = m.shape[1] - 1 - m[rows, ::-1].argmax(axis=1)
+    r, c = np.concatenate((rows, rows)).astype(float), np.concatenate((first, last)).astype(float)
+    pts = np.concatenate([np.column_stack((r + dr, c + dc)) for dr, dc in ((-0.5, 0), (0.5, 0), (0, -0.5), (0, 0.5))])
+    hull = cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2).astype(float)
+    hr, hc = hull[:, 0], hull[:, 1]
+    dr, dc = np.roll(hr, -1) - hr, np.roll(hc, -1) - hc
+    sign = 1.0 if float(hr @ np.roll(hc, -1) - np.roll(hr, -1) @ hc) > 0 else -1.0
+    # Inside or on edge k: sign * (dr_k * (col - hc_k) - dc_k * (row - hr_k)) >= 0.
+    y = np.arange(m.shape[0], dtype=float)[:, None]
+    slanted = dr != 0
+    bound = hc[slanted] + dc[slanted] * (y - hr[slanted]) / dr[slanted]
+    below = sign * dr[slanted] > 0                                   # col >= bound, else col <= bound
+    lo = np.ceil(np.where(below, bound, -np.inf).max(axis=1, initial=-np.inf))
+    hi = np.floor(np.where(below, np.inf, bound).min(axis=1, initial=np.inf))
+    flat = ~slanted
+    ok = (-sign * dc[flat] * (y - hr[flat]) >= 0).all(axis=1)
+    cols = np.arange(m.shape[1])
+    out[win] = ok[:, None] & (cols >= lo[:, None]) & (cols <= hi[:, None])
+    return out
+
+
 def _window(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
     """The bounding box of ``mask`` grown by ``margin`` pixels on each side, within the image."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -302,12 +342,11 @@ def axis_lengths_mm(mask: np.ndarray, spacing_mm: float) -> tuple[float, float, 
     (4 square roots of the eigenvalues of their covariance), equal to regionprops' up to float rounding.
     """
     from scipy.spatial.distance import pdist
-    from skimage.morphology import convex_hull_image
 
     if not mask.any():
         return float("nan"), float("nan"), float("nan")
     image = mask[_window(mask, 0)]
-    feret = float(np.sqrt(np.max(pdist(_hull_edge_points(convex_hull_image(image)), "sqeuclidean"))))
+    feret = float(np.sqrt(np.max(pdist(_hull_edge_points(convex_hull(image)), "sqeuclidean"))))
     rr, cc = np.nonzero(image)
     dr, dc = rr - rr.mean(), cc - cc.mean()
     a, d, b = float(dr @ dr) / rr.size, float(dc @ dc) / rr.size, float(dr @ dc) / rr.size

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.morphology import convex_hull_image
 
-from .common import FAILED, FOUND, Segmentation, View, axis_lengths_mm, centre_distance_mm, extent_mm, finish, \
-    open_crop
+from .common import FAILED, FOUND, Segmentation, View, axis_lengths_mm, centre_distance_mm, convex_hull, extent_mm, \
+    finish, open_crop
 
 NAN = float("nan")
 KEYS = ("area_mm2", "fat_area_mm2", "fat_within_mm2", "height_mm", "width_mm", "narrowest_width_mm", "fat_fraction",
@@ -91,7 +90,7 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
         seg = _no_fat(crop.shape, fat_level, spacing_mm, origin, "no fat near the seed")
         seg.measurements["fat_within_mm2"] = float(above.sum()) * spacing_mm ** 2
         return seg
-    mask = convex_hull_image(pieces)
+    mask = convex_hull(pieces)
     fat = pieces
     root = mask & ~fat
     h, w = extent_mm(mask, spacing_mm)
