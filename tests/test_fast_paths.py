@@ -138,3 +138,43 @@ def test_convex_hull_is_scikit_images():
         checked += int((want & ~m).any())            # the hull added pixels: not a trivial case
     assert checked >= 150
     assert not convex_hull(np.zeros((5, 6), bool)).any()
+
+
+def test_one_percentile_pass_gives_the_blank_test_and_the_normalised_crop():
+    """usable_normalised (one np.percentile call for the blank test and the scaling) against the two separate
+    computations written out here: blank (flat) crops, saturated ones (most pixels at the top), crops on either
+    side of the saturation limit, float32 crops as crop_mm makes them; the same verdict and bit-equal crops."""
+    from spinefeat.segment.common import blank_reason, open_crop, usable_normalised
+
+    def separate(crop, hi_pct):
+        if np.ptp(crop) < 1e-6:
+            return "blank crop", None
+        lo, hi = np.percentile(crop, [1, 99])
+        if hi - lo >= 1e-6 and (np.clip((crop - lo) / (hi - lo), 0, 1).astype(np.float32) > 0.95).mean() > 0.6:
+            return "saturated crop", None
+        lo, hi = np.percentile(crop, [1, hi_pct])
+        return None, np.clip((crop - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+    rng = np.random.default_rng(5)
+    crops = [np.full((20, 20), 3.0, np.float32)]
+    for k in range(60):
+        c = rng.normal(100, 20, (int(rng.integers(8, 70)),) * 2).astype(np.float32)
+        if k % 3 == 0:                                  # a share of the pixels at the top, around the 60 % limit
+            c.flat[rng.random(c.size) < rng.uniform(0.55, 0.65)] = c.max()
+        crops.append(c)
+    verdicts = set()
+    for c in crops:
+        for hi_pct in (99.0, 99.5):
+            why, x = usable_normalised(c, hi_pct)
+            want_why, want_x = separate(c, hi_pct)
+            assert why == want_why == blank_reason(c)
+            assert (x is None) == (want_x is None)
+            if x is not None:
+                assert x.dtype == want_x.dtype and np.array_equal(x, want_x)
+            verdicts.add(why)
+    assert verdicts == {None, "blank crop", "saturated crop"}
+    img = rng.normal(100, 20, (80, 80))
+    raw, origin, fail = open_crop(img, (40, 40), pixel_spacing_mm=(0.8, 0.8), size_mm=20, spacing_mm=0.5, keys=("a",))
+    x, origin2, fail2 = open_crop(img, (40, 40), pixel_spacing_mm=(0.8, 0.8), size_mm=20, spacing_mm=0.5, keys=("a",),
+                                  hi_pct=99.5)
+    assert fail is fail2 is None and origin == origin2 and np.array_equal(x, separate(raw, 99.5)[1])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import FAILED, FOUND, WEAK, Segmentation, axis_lengths_mm, blank_reason, bright_region, convex_hull, \
-    crop_mm, extent_along_mm, finish, normalise, open_crop
+from .common import FAILED, FOUND, WEAK, Segmentation, axis_lengths_mm, bright_region, convex_hull, crop_mm, \
+    extent_along_mm, finish, open_crop, usable_normalised
 
 NAN = float("nan")
 AXIAL_KEYS = ("area_mm2", "ap_diameter_mm", "transverse_diameter_mm", "equivalent_diameter_mm", "feret_max_mm",
@@ -113,11 +113,10 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior
                           crop_size_mm=crop_size_mm, spacing_mm=spacing_mm, strict=strict)
     if offsets and offsets[0] != (0.0, 0.0):
         seed_rc = _moved(seed_rc, offsets[0], pixel_spacing_mm, posterior_rc)
-    crop, origin, fail = open_crop(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
-                                   spacing_mm=spacing_mm, keys=AXIAL_KEYS)
+    x, origin, fail = open_crop(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
+                                spacing_mm=spacing_mm, keys=AXIAL_KEYS, hi_pct=99.5)
     if fail is not None:
         return fail
-    x = normalise(crop, hi_pct=99.5)
     back = tuple(float(v) for v in posterior_rc)
     mask, info = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)), join_mm=2.0,
                                strict=strict, min_level=SAC_CSF_LEVEL)
@@ -231,9 +230,9 @@ def _consensus(image, seed_rc, offsets, *, pixel_spacing_mm, posterior_rc, crop_
 
 def _column_width(image, seed_rc, pixel_spacing_mm, spacing_mm, search_mm) -> tuple[float, np.ndarray, tuple]:
     crop, origin = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=24.0, spacing_mm=spacing_mm)
-    if blank_reason(crop):
+    why, x = usable_normalised(crop, 99.5)
+    if why:
         return NAN, np.zeros(crop.shape, bool), origin
-    x = normalise(crop, hi_pct=99.5)
     mask, _ = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)), search_mm=search_mm)
     if not mask.any():
         return NAN, mask, origin

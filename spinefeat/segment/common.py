@@ -61,20 +61,32 @@ def crop_mm(image: np.ndarray, centre_rc, *, pixel_spacing_mm, size_mm: float, s
 
 def blank_reason(crop: np.ndarray) -> str | None:
     """Why a crop cannot be segmented (blank or saturated), or None."""
+    return usable_normalised(crop)[0]
+
+
+def usable_normalised(crop: np.ndarray, hi_pct: float | None = None) -> tuple[str | None, np.ndarray | None]:
+    """:func:`blank_reason` of a crop and, when it is usable and ``hi_pct`` is given, ``normalise(crop,
+    hi_pct=hi_pct)``, from one percentile pass: np.percentile gives each of several percentiles exactly the
+    value it gives alone, and both scalings run through the same :func:`_scaled` with those values, so the
+    saturation test's float32 comparison and the normalised crop are those of the separate calls."""
     if np.ptp(crop) < 1e-6:
-        return "blank crop"
-    if (normalise(crop) > 0.95).mean() > 0.6:
-        return "saturated crop"
-    return None
+        return "blank crop", None
+    lo, p99, *top = np.percentile(crop, [1.0, 99.0] if hi_pct is None else [1.0, 99.0, hi_pct])
+    if (_scaled(crop, lo, p99) > 0.95).mean() > 0.6:
+        return "saturated crop", None
+    return None, _scaled(crop, lo, top[0]) if top else None
 
 
 def open_crop(image: np.ndarray, seed_rc, *, pixel_spacing_mm, size_mm: float, spacing_mm: float,
-              keys) -> tuple[np.ndarray, tuple[float, float], "Segmentation | None"]:
-    """The fixed-mm crop around a seed, its origin, and a ``failed`` result (NaN ``keys``) when it is unusable."""
+              keys, hi_pct: float | None = None) -> tuple[np.ndarray, tuple[float, float], "Segmentation | None"]:
+    """The fixed-mm crop around a seed, its origin, and a ``failed`` result (NaN ``keys``) when it is unusable.
+
+    With ``hi_pct`` the crop comes back normalised (``normalise(crop, hi_pct=hi_pct)``, see
+    :func:`usable_normalised`)."""
     crop, origin = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=size_mm, spacing_mm=spacing_mm)
-    why = blank_reason(crop)
+    why, x = usable_normalised(crop, hi_pct)
     if why is None:
-        return crop, origin, None
+        return crop if x is None else x, origin, None
     return crop, origin, Segmentation(np.zeros(crop.shape, bool), {k: float("nan") for k in keys}, FAILED,
                                       spacing_mm, origin, [why])
 
@@ -92,6 +104,10 @@ def finish(mask, meas, spacing_mm, origin, *, min_area_mm2: float, border_is_wea
 def normalise(img: np.ndarray, *, lo_pct: float = 1.0, hi_pct: float = 99.0) -> np.ndarray:
     """Percentile scaling to [0, 1] (per crop or per series, the caller chooses the reference)."""
     lo, hi = np.percentile(img, [lo_pct, hi_pct])
+    return _scaled(img, lo, hi)
+
+
+def _scaled(img: np.ndarray, lo, hi) -> np.ndarray:
     if hi - lo < 1e-6:
         return np.zeros_like(img, dtype=np.float32)
     return np.clip((img - lo) / (hi - lo), 0, 1).astype(np.float32)

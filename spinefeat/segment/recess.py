@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import FOUND, Segmentation, bright_region, finish, normalise, open_crop, run_along_mm
+from .common import FOUND, Segmentation, bright_region, finish, open_crop, run_along_mm
 
 NAN = float("nan")
 #: Below this share of the crop's bright reference (the sac's CSF), nothing near the point is recess space.
@@ -86,11 +86,10 @@ def measure_recess(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_rc
                                 if any(np.isfinite(m[k]) for m in [seg.measurements, *around]) else NAN
                                 for k in seg.measurements}
         return seg
-    crop, origin, fail = open_crop(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
-                                   spacing_mm=spacing_mm, keys=KEYS)
+    x, origin, fail = open_crop(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
+                                spacing_mm=spacing_mm, keys=KEYS, hi_pct=99.5)
     if fail is not None:
         return fail
-    x = normalise(crop, hi_pct=99.5)
     c = (x.shape[0] - 1) / 2
     back = tuple(float(v) for v in posterior_rc)
     out = tuple(float(v) for v in lateral_rc)
