@@ -178,3 +178,20 @@ def test_one_percentile_pass_gives_the_blank_test_and_the_normalised_crop():
     x, origin2, fail2 = open_crop(img, (40, 40), pixel_spacing_mm=(0.8, 0.8), size_mm=20, spacing_mm=0.5, keys=("a",),
                                   hi_pct=99.5)
     assert fail is fail2 is None and origin == origin2 and np.array_equal(x, separate(raw, 99.5)[1])
+
+
+def test_members_is_isin_on_label_images():
+    """The lookup-table membership against np.isin on scipy label images: some, none, all labels, the
+    background among the ids, ids above the largest label, an image without labels."""
+    from spinefeat.segment.common import members
+
+    rng = np.random.default_rng(6)
+    for k in range(40):
+        lab, n = ndi.label(rng.random(tuple(rng.integers(2, 60, 2))) > rng.uniform(0.3, 0.9))
+        ids = rng.integers(0, n + 3, int(rng.integers(0, 6)))
+        if k % 5 == 0:
+            ids = np.arange(n + 1)
+        want = np.isin(lab, ids)
+        assert np.array_equal(members(lab, ids), want)
+    empty = np.zeros((4, 4), np.int32)
+    assert not members(empty, [1, 2]).any() and members(empty, [0]).all()

@@ -195,7 +195,7 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
     comp = lab == best
     if join_mm > 0:
         # Pieces closer than join_mm touch once each is grown by half of it: one dilation, one labelling.
-        allowed = np.isin(lab, np.unique(lab[(lab > 0) & (dist_mm <= join_within_mm)])) | comp
+        allowed = members(lab, lab[(lab > 0) & (dist_mm <= join_within_mm)]) | comp
         near_lab, _ = ndi.label(dilate(allowed, disk(int(round(0.5 * join_mm / spacing_mm)))))
         comp = allowed & (near_lab == near_lab[comp].max())
     px = max(1, int(np.ceil(input_px_mm / spacing_mm)))
@@ -211,7 +211,7 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
     thr = 0.5 * (hi + lo)
     bright = grown & (xw >= thr) | cw
     lab2, _ = ndi.label(bright)
-    bright = np.isin(lab2, np.unique(lab2[cw]))
+    bright = members(lab2, lab2[cw])
     mask = bright
     if close_mm > 0:
         mask = erode(dilate(np.pad(mask, px + 2), disk(close_px)), disk(close_px))[px + 2:-px - 2, px + 2:-px - 2]
@@ -271,6 +271,15 @@ def convex_hull(mask: np.ndarray) -> np.ndarray:
     cols = np.arange(m.shape[1])
     out[win] = ok[:, None] & (cols >= lo[:, None]) & (cols <= hi[:, None])
     return out
+
+
+def members(lab: np.ndarray, ids) -> np.ndarray:
+    """``np.isin(lab, ids)`` for a label image (non-negative integers, as :func:`scipy.ndimage.label` gives) by a
+    lookup table over its labels, without isin's sorting."""
+    lut = np.zeros(int(lab.max()) + 1, bool)
+    ids = np.asarray(ids, dtype=np.intp).ravel()
+    lut[ids[(ids >= 0) & (ids < lut.size)]] = True
+    return lut[lab]
 
 
 def _window(mask: np.ndarray, margin: int) -> tuple[slice, slice]:

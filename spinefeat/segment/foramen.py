@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import ndimage as ndi
 
 from .common import FAILED, FOUND, Segmentation, View, axis_lengths_mm, centre_distance_mm, convex_hull, extent_mm, \
-    finish, open_crop
+    finish, members, open_crop
 
 NAN = float("nan")
 KEYS = ("area_mm2", "fat_area_mm2", "fat_within_mm2", "height_mm", "width_mm", "narrowest_width_mm", "fat_fraction",
@@ -68,10 +70,7 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     # Fat is the tissue brighter than half-way between the crop's typical tissue (its median: marrow,
     # disc, muscle) and the brightest fat near the point; scale- and offset-free, so it holds on any
     # scanner's contrast and on windowed 8-bit exports.
-    a, b = KEYHOLE_SEMI_AXES_MM
-    n = crop.shape[0]
-    yy, xx = np.indices(crop.shape)
-    within = ((yy - (n - 1) / 2) * spacing_mm / a) ** 2 + ((xx - (n - 1) / 2) * spacing_mm / b) ** 2 <= 1
+    within = _within(crop.shape[0], spacing_mm)
     tissue = float(np.median(crop))
     peak = float(np.percentile(crop[within], 95))
     if peak - tissue <= 1e-6 * max(abs(peak), 1.0):
@@ -83,7 +82,7 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     # reaching within 4 mm of the point, as far as the keyhole reaches.
     lab, _ = ndi.label(above)
     keep = np.unique(lab[near & above])
-    pieces = np.isin(lab, keep[keep > 0])
+    pieces = members(lab, keep[keep > 0])
     if not pieces.any():
         # Fat in the ellipse but none within 4 mm of the root: the fat around the root is lost (a finding,
         # as above), not a failure to measure.
@@ -100,7 +99,7 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     # Fat around the root: from the root's centre along the four image directions.
     lab, n = ndi.label(root)
     if n:
-        root_px = ndi.sum(root, lab, index=np.arange(1, n + 1))
+        root_px = np.bincount(lab.ravel(), minlength=n + 1)[1:]        # pixels of each root piece
         rr, cc = np.nonzero(lab == 1 + int(np.argmax(root_px)))
         r0, c0 = int(round(rr.mean())), int(round(cc.mean()))
         root_area = float(root_px.max()) * spacing_mm ** 2
@@ -129,6 +128,17 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
             "fat_back_mm": back, "min_fat_mm": float(dirs.min()), "n_directions_lost": float((dirs < FAT_LOST_MM).sum()),
             "fat_level": fat_level, "feret_max_mm": feret, "major_axis_mm": major, "minor_axis_mm": minor}
     return finish(view.undo(mask), meas, spacing_mm, origin, min_area_mm2=3.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _within(n: int, spacing_mm: float) -> np.ndarray:
+    """The ellipse :data:`KEYHOLE_SEMI_AXES_MM` around the centre of an ``n`` x ``n`` crop (read-only: made once
+    per crop size, as every keyhole fit of the search asks for the same)."""
+    a, b = KEYHOLE_SEMI_AXES_MM
+    yy, xx = np.indices((n, n))
+    within = ((yy - (n - 1) / 2) * spacing_mm / a) ** 2 + ((xx - (n - 1) / 2) * spacing_mm / b) ** 2 <= 1
+    within.flags.writeable = False
+    return within
 
 
 def _no_fat(shape, fat_level: float, spacing_mm: float, origin, note: str) -> Segmentation:
