@@ -353,6 +353,8 @@ def _pixel_array(ds, path: Path) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     arr = _native_frame(ds)
+    if arr is None:
+        arr = _rle_frame(ds)
     if arr is not None:
         return arr
     try:
@@ -382,9 +384,54 @@ def _native_frame(ds) -> np.ndarray | None:
     are applied after either route, by the same code. Skips pydicom's per-file option building, which costs
     several times the copy on a small uncompressed slice.
     """
+    fmt = _plain_format(ds, _NATIVE_LE)
+    if fmt is None:
+        return None
+    rows, cols, bits, stored, dtype = fmt
+    raw = ds.PixelData
+    if not isinstance(raw, bytes) or len(raw) < rows * cols * bits // 8:
+        return None
+    arr = np.frombuffer(raw, dtype, count=rows * cols).reshape(rows, cols)
+    return _unused_bits_corrected(arr.copy() if stored < bits else arr, bits, stored)
+
+
+#: RLE Lossless, decoded by pylibjpeg-rle's frame decoder directly where that is what pydicom would run.
+_RLE = ("1.2.840.10008.1.2.5",)
+
+
+def _rle_frame(ds) -> np.ndarray | None:
+    """An RLE Lossless frame decoded by pylibjpeg-rle's frame decoder (the plugin pydicom itself tries first
+    for RLE), or None when pydicom should decode it: not RLE, not a format :func:`_native_frame` takes, no
+    pylibjpeg-rle, an extended offset table, or data the decoder rejects or decodes to the wrong length (then
+    pydicom says what is wrong, as before).
+
+    The frame is taken from the encapsulated data as pydicom takes it (``get_frame``), interpreted as pydicom's
+    little-endian pixel dtype and its unused bits corrected as pydicom does (:func:`_unused_bits_corrected`).
+    Skips pydicom's decode runner and its option building, a third of the decoding time of a 512 x 512 slice.
+    """
+    fmt = _plain_format(ds, _RLE)
+    if fmt is None or "ExtendedOffsetTable" in ds or min(fmt[:2]) <= 0:
+        return None
+    rows, cols, bits, stored, dtype = fmt
+    try:
+        from pydicom.encaps import get_frame
+        from rle.rle import decode_frame
+
+        frame = decode_frame(get_frame(ds.PixelData, 0, number_of_frames=1), rows * cols, bits, "<")
+    except Exception:        # no pylibjpeg-rle, or data it cannot decode: pydicom's handler decides
+        return None
+    if len(frame) != rows * cols * bits // 8:
+        return None
+    return _unused_bits_corrected(np.frombuffer(frame, dtype).reshape(rows, cols), bits, stored)
+
+
+def _plain_format(ds, syntaxes) -> tuple[int, int, int, int, np.dtype] | None:
+    """Rows, columns, BitsAllocated, BitsStored and the little-endian numpy dtype of a file whose pixels the fast
+    routes read: a transfer syntax among ``syntaxes``, PixelData (not float), one frame of one sample of 8 or 16
+    allocated bits, PixelRepresentation 0 or 1, 0 < BitsStored <= BitsAllocated, MONOCHROME1/2; else None."""
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
-    if ts not in _NATIVE_LE or "PixelData" not in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+    if ts not in syntaxes or "PixelData" not in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         return None
     bits, stored = _int(ds, "BitsAllocated", 0), _int(ds, "BitsStored", 0)
     rep, spp, frames = _int(ds, "PixelRepresentation", -1), _int(ds, "SamplesPerPixel", 1), _int(ds, "NumberOfFrames", 1)
@@ -392,13 +439,13 @@ def _native_frame(ds) -> np.ndarray | None:
     if (bits not in (8, 16) or not 0 < stored <= bits or rep not in (0, 1) or spp != 1 or frames != 1
             or _str(ds, "PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2")):
         return None
-    raw = ds.PixelData
-    if not isinstance(raw, bytes) or len(raw) < rows * cols * bits // 8:
-        return None
-    dtype = np.dtype(f"<{'ui'[rep]}{bits // 8}")
-    arr = np.frombuffer(raw, dtype, count=rows * cols).reshape(rows, cols)
+    return rows, cols, bits, stored, np.dtype(f"<{'ui'[rep]}{bits // 8}")
+
+
+def _unused_bits_corrected(arr: np.ndarray, bits: int, stored: int) -> np.ndarray:
+    """The bits above BitsStored cleared (unsigned) or given the sign bit (signed), in place, as pydicom's
+    ``correct_unused_bits`` does (a shift left, then right); ``arr`` must be writeable when they are unused."""
     if stored < bits:
-        arr = arr.copy()
         np.left_shift(arr, bits - stored, out=arr)
         np.right_shift(arr, bits - stored, out=arr)
     return arr

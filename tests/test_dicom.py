@@ -131,6 +131,82 @@ def test_native_fast_path_gives_pydicoms_array(tmp_path, syntax, bits, stored, s
     assert np.array_equal(got, want.astype(np.float32) * np.float32(0.5) - np.float32(3.0))
 
 
+@pytest.mark.parametrize("bits, stored, signed", [(8, 8, 0), (8, 6, 1), (16, 16, 0), (16, 16, 1), (16, 12, 0),
+                                                   (16, 12, 1)])
+def test_rle_fast_path_gives_pydicoms_array(tmp_path, bits, stored, signed):
+    """RLE Lossless frames go to pylibjpeg-rle's frame decoder directly: the array is the one pydicom's handler
+    gives with either of its RLE plugins (values and dtype), on random bytes whose unused high bits are set,
+    one fragment or split over several; the modality values follow."""
+    pytest.importorskip("rle")
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import pixel_array
+    from rle.utils import encode_pixel_data
+
+    rng = np.random.default_rng(bits * 100 + stored * 2 + signed)
+    raw = rng.integers(0, 2 ** bits, size=(9, 7), dtype=np.uint16).astype("<u2" if bits == 16 else "u1")
+    frame = encode_pixel_data(raw.tobytes(), rows=9, columns=7, samples_per_pixel=1, bits_allocated=bits,
+                              byteorder="<")
+    for pieces in (1, 3):
+        ds = instance(pixels=np.zeros((9, 7), np.uint16), bits=bits, syntax=pydicom.uid.RLELossless, slope=0.5,
+                      intercept=-3.0)
+        ds.PixelData = encapsulate([frame], fragments_per_frame=pieces)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = stored, stored - 1, signed
+        ds = pydicom.dcmread(write(tmp_path / "a.dcm", ds))
+        fast = dicom._rle_frame(ds)
+        assert fast is not None
+        for plugin in ("pylibjpeg", "pydicom"):
+            want = pixel_array(ds, decoding_plugin=plugin)
+            assert fast.dtype == want.dtype and np.array_equal(fast, want), plugin
+        if stored < bits:
+            assert not np.array_equal(want, raw.view(want.dtype))      # the high bits did need the correction
+        got = dicom.decode_pixels(ds, tmp_path / "a.dcm")
+        assert np.array_equal(got, want.astype(np.float32) * np.float32(0.5) - np.float32(3.0))
+
+
+def test_rle_fast_path_leaves_damaged_and_other_data_to_pydicom(tmp_path):
+    """Not RLE, several frames or samples, or RLE data the decoder rejects or that decodes to another size: None,
+    so pydicom's handler decodes or names the problem (a DicomError from decode_pixels)."""
+    pytest.importorskip("rle")
+    from pydicom.encaps import encapsulate
+    from rle.utils import encode_pixel_data
+
+    assert dicom._rle_frame(instance(bits=16)) is None                         # uncompressed
+    px = np.arange(80, dtype="<u2").reshape(8, 10)
+    good = encode_pixel_data(px.tobytes(), rows=8, columns=10, samples_per_pixel=1, bits_allocated=16,
+                             byteorder="<")
+    small = encode_pixel_data(px[:4].tobytes(), rows=4, columns=10, samples_per_pixel=1, bits_allocated=16,
+                              byteorder="<")
+    cases = []
+    for data, kw in ((good, {"NumberOfFrames": 2}), (good, {"SamplesPerPixel": 3}), (b"\x01\x00" * 40, {}),
+                     (small, {})):
+        ds = instance(bits=16, syntax=pydicom.uid.RLELossless)
+        ds.PixelData = encapsulate([data])
+        for k, v in kw.items():
+            setattr(ds, k, v)
+        cases.append(ds)
+    for ds in cases:
+        assert dicom._rle_frame(ds) is None
+    for ds in cases[2:]:
+        with pytest.raises(DicomError):
+            dicom.decode_pixels(pydicom.dcmread(write(tmp_path / "b.dcm", ds)), tmp_path / "b.dcm")
+
+
+def test_rle_fast_path_on_the_real_study(shared):
+    """Every slice of the real RSNA study (RLE Lossless, 12 of 16 bits stored) decodes to pydicom's array."""
+    pytest.importorskip("rle")
+    from pydicom.pixels import pixel_array
+
+    files = sorted((shared / "real_rsna" / "kaggle_study").rglob("*.dcm"))
+    if not files:
+        pytest.skip("no real RSNA study in the shared data")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        fast = dicom._rle_frame(ds)
+        assert fast is not None and str(ds.file_meta.TransferSyntaxUID) == pydicom.uid.RLELossless
+        want = pixel_array(ds)
+        assert fast.dtype == want.dtype and np.array_equal(fast, want)
+
+
 def test_native_fast_path_leaves_other_data_to_pydicom(tmp_path):
     """Big endian, several samples, several frames, 32 bits or no PixelRepresentation: not read natively."""
     cases = []
