@@ -198,3 +198,31 @@ def test_foramen_with_fat_only_away_from_the_root_is_a_finding():
     assert seg.quality == FOUND and seg.notes == ["no fat near the seed"]
     assert seg.measurements["fat_area_mm2"] == 0 and seg.measurements["n_directions_lost"] == 4
     assert seg.measurements["fat_within_mm2"] == pytest.approx(np.pi * 2.5 ** 2, rel=0.15)
+
+
+def test_foramen_without_sizes_measures_the_same_keyhole():
+    """``sizes=False`` (the keyhole search) gives the full call's mask, quality, notes, area, extent and fat level,
+    and leaves the rest NaN: on keyholes of several sizes, seeds off the centre, a transposed slice with its
+    orientation tags, with and without a series fat level."""
+    from spinefeat.segment import segment_foramen
+
+    kept = ("area_mm2", "height_mm", "width_mm", "fat_level")
+    checked = 0
+    for sp, h, w, off in ((0.4, 8.0, 3.5, (0, 0)), (0.7, 6.0, 4.0, (3, -2)), (0.5, 9.0, 3.0, (-4, 1))):
+        img, seed = keyhole(sp, h=h, w=w)
+        seed = (seed[0] + off[0], seed[1] + off[1])
+        # the transposed slice's columns run to the feet and its rows to the back: the same keyhole
+        for image, s, iop in ((img, seed, None), (img.T, seed[::-1], (0.0, 0.0, -1.0, 0.0, 1.0, 0.0))):
+            for high in (None, 0.9):
+                full = segment_foramen(image, s, pixel_spacing_mm=(sp, sp), series_high=high, iop=iop)
+                part = segment_foramen(image, s, pixel_spacing_mm=(sp, sp), series_high=high, iop=iop, sizes=False)
+                assert part.quality == full.quality == FOUND and part.notes == full.notes
+                assert np.array_equal(part.mask, full.mask) and part.origin_rc == full.origin_rc
+                for k in full.measurements:
+                    if k in kept:
+                        assert part.measurements[k] == full.measurements[k] or (
+                            np.isnan(part.measurements[k]) and np.isnan(full.measurements[k])), k
+                    else:
+                        assert np.isnan(part.measurements[k]), k
+                checked += int(np.isfinite(full.measurements["root_area_mm2"]))
+    assert checked >= 6

@@ -82,7 +82,7 @@ def _keyhole_seg(image: np.ndarray, rc, *, pixel_spacing_mm, iop):
     subcutaneous fat is still the foramen), or None when none of a plausible size is there."""
     from ..segment import FOUND, segment_foramen
 
-    seg = segment_foramen(image, rc, pixel_spacing_mm=pixel_spacing_mm, iop=iop, sizes=False)  # no diameters needed
+    seg = segment_foramen(image, rc, pixel_spacing_mm=pixel_spacing_mm, iop=iop, sizes=False)  # area and extent only
     area = seg.measurements["area_mm2"]
     if seg.quality != FOUND or not seg.mask.any() or not KEYHOLE_AREA_MM2[0] <= area <= KEYHOLE_AREA_MM2[1]:
         return None

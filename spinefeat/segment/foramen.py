@@ -54,8 +54,8 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     T1), ``fat_level`` is the brightest tissue within 4 mm of the point over
     it; under :data:`FAT_LEVEL` no fat is left: area 0, four directions lost.
 
-    ``sizes=False`` leaves out the orientation-invariant diameters (NaN), which the localiser's keyhole
-    search does not use.
+    ``sizes=False`` measures only what the localiser's keyhole search reads: ``area_mm2``, ``height_mm``,
+    ``width_mm`` (and ``fat_level``) of the same mask, with the same quality; the rest is NaN.
     """
     crop, origin, fail = open_crop(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=crop_size_mm,
                                    spacing_mm=spacing_mm, keys=KEYS)
@@ -93,6 +93,10 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     fat = pieces
     root = mask & ~fat
     h, w = extent_mm(mask, spacing_mm)
+    if not sizes:       # the keyhole search reads the keyhole's mask, area and extent only
+        meas = {**dict.fromkeys(KEYS, NAN), "area_mm2": float(mask.sum()) * spacing_mm ** 2, "height_mm": h,
+                "width_mm": w, "fat_level": fat_level}
+        return finish(view.undo(mask), meas, spacing_mm, origin, min_area_mm2=3.0)
     rows = np.flatnonzero(mask.any(axis=1))
     mid = rows[len(rows) // 5: max(len(rows) * 4 // 5, len(rows) // 5 + 1)]
     narrow = float(mask[mid].sum(axis=1).min()) * spacing_mm if len(mid) else NAN
@@ -119,7 +123,7 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
 
     up, down, front, back = fat_along(-1, 0), fat_along(1, 0), fat_along(0, -1), fat_along(0, 1)
     dirs = np.array([up, down, front, back])
-    feret, major, minor = axis_lengths_mm(mask, spacing_mm) if sizes else (NAN, NAN, NAN)
+    feret, major, minor = axis_lengths_mm(mask, spacing_mm)
     meas = {"area_mm2": float(mask.sum()) * spacing_mm ** 2, "height_mm": h, "width_mm": w,
             "narrowest_width_mm": narrow, "fat_fraction": float(fat.sum() / mask.sum()),
             "fat_area_mm2": float(fat.sum()) * spacing_mm ** 2,
