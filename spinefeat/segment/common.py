@@ -251,14 +251,14 @@ def convex_hull(mask: np.ndarray) -> np.ndarray:
     win = _window(mask, 0)
     m = mask[win]
     rows = np.flatnonzero(m.any(axis=1))
-    first = m[rows].argmax(axis=1)
-    last = m.shape[1] - 1 - m[rows, ::-1].argmax(axis=1)
-    r, c = np.concatenate((rows, rows)).astype(float), np.concatenate((first, last)).astype(float)
-    pts = np.concatenate([np.column_stack((r + dr, c + dc)) for dr, dc in ((-0.5, 0), (0.5, 0), (0, -0.5), (0, 0.5))])
-    hull = cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2).astype(float)
-    hr, hc = hull[:, 0], hull[:, 1]
-    dr, dc = np.roll(hr, -1) - hr, np.roll(hc, -1) - hc
-    sign = 1.0 if float(hr @ np.roll(hc, -1) - np.roll(hr, -1) @ hc) > 0 else -1.0
+    ends = np.empty((2 * len(rows), 2), np.float32)             # (row, col) of each row's first and last pixel
+    ends[:, 0] = np.tile(rows, 2)
+    ends[:len(rows), 1] = m[rows].argmax(axis=1)
+    ends[len(rows):, 1] = m.shape[1] - 1 - m[rows, ::-1].argmax(axis=1)
+    hull = cv2.convexHull((ends[:, None, :] + _EDGE_MIDPOINTS).reshape(-1, 2)).reshape(-1, 2).astype(float)
+    d = np.roll(hull, -1, axis=0) - hull
+    sign = 1.0 if float(np.sum(hull[:, 0] * d[:, 1] - d[:, 0] * hull[:, 1])) > 0 else -1.0   # twice the area's
+    hr, hc, dr, dc = hull[:, 0], hull[:, 1], d[:, 0], d[:, 1]
     # Inside or on edge k: sign * (dr_k * (col - hc_k) - dc_k * (row - hr_k)) >= 0.
     y = np.arange(m.shape[0], dtype=float)[:, None]
     slanted = dr != 0
@@ -271,6 +271,10 @@ def convex_hull(mask: np.ndarray) -> np.ndarray:
     cols = np.arange(m.shape[1])
     out[win] = ok[:, None] & (cols >= lo[:, None]) & (cols <= hi[:, None])
     return out
+
+
+#: A pixel's edge midpoints relative to its centre (row, col), as scikit-image's convex hull takes them.
+_EDGE_MIDPOINTS = np.array([[-0.5, 0], [0.5, 0], [0, -0.5], [0, 0.5]], np.float32)
 
 
 def members(lab: np.ndarray, ids) -> np.ndarray:
