@@ -74,7 +74,7 @@ class StudyImages:
         series_id = int(series_id)
         if series_id not in self._high:
             px = np.concatenate([s.pixels[:, ::4, ::4].ravel() for s in self.stacks(series_id)])
-            self._high[series_id] = float(np.percentile(px, 99.5))
+            self._high[series_id] = float(np.percentile(px, 99.5, overwrite_input=True))     # px is a copy
         return self._high[series_id]
 
     def series_of(self, description: str) -> list[int]:
