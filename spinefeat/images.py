@@ -28,6 +28,7 @@ class StudyImages:
         self.series = series[series["study_id"] == self.study_id]
         self._stacks: dict[int, list[Stack]] = {}
         self._high: dict[int, float] = {}
+        self._of: dict[str, list[int]] = {}
         self._one_frame: str | None = None
 
     def study_frame(self) -> str:
@@ -78,8 +79,12 @@ class StudyImages:
         return self._high[series_id]
 
     def series_of(self, description: str) -> list[int]:
-        """Series ids of the study with this description (e.g. ``Axial T2``)."""
-        return self.series.loc[self.series["series_description"] == description, "series_id"].astype(int).tolist()
+        """Series ids of the study with this description (e.g. ``Axial T2``), looked up once per description (the
+        study's series table is fixed at construction; a new list each call)."""
+        if description not in self._of:
+            self._of[description] = self.series.loc[self.series["series_description"] == description,
+                                                    "series_id"].astype(int).tolist()
+        return list(self._of[description])
 
     def locate(self, series_id: int, instance_number: int, sop_uid: str = "") -> tuple[Stack, int]:
         """The stack and slice index holding an instance of a series (by SOPInstanceUID when given)."""
