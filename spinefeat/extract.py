@@ -196,6 +196,7 @@ def extract_study(root: Path, split: str, study_id: int, series: pd.DataFrame, p
     first: dict[tuple[str, str], int] = {}         # row of the first point of each target
     for i, key in enumerate(zip(pts["condition"], pts["level"])):
         first.setdefault(key, i)
+    conds, sids = pts["condition"].to_numpy(), pts["series_id"].to_numpy()   # side points picked with numpy masks
     rows = []
     for cond in CONDITIONS:
         for level in LEVELS:
@@ -212,8 +213,7 @@ def extract_study(root: Path, split: str, study_id: int, series: pd.DataFrame, p
                     row["diagnostics_point_confidence"] = float(pts["confidence"].iloc[hit])
                 try:
                     p = pts.iloc[hit]
-                    feats, regions = point_features(images, p, pts[(pts["condition"] == cond)
-                                                                   & (pts["series_id"] == p["series_id"])])
+                    feats, regions = point_features(images, p, pts[(conds == cond) & (sids == p["series_id"])])
                     row.update(feats)
                     if overlays is not None:
                         _write_overlays(Path(overlays), row["row_id"], regions)
