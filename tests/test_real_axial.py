@@ -9,7 +9,7 @@ import pytest
 from spinefeat.geometry import axial_directions
 from spinefeat.segment import measure_recess, segment_axial_sac
 from spinefeat.segment.canal import RECESS_DISTANCE_MM, SAC_BEHIND_RECESS, SAC_SEED_OFFSETS_MM, axial_sac_seed
-from spinefeat.segment.recess import free_space
+from spinefeat.segment.recess import WALL_REACH_MM, free_space, lateral_wall
 
 #: A fixed subset of the share's axial crops: the studies with the smallest ids (about half the share: with
 #: fewer, the spinal rows hold a handful of Severe grades and the CV is noise).
@@ -171,6 +171,26 @@ def test_free_space_counts_the_space_lateral_of_the_root():
     assert m["free_space_medial_mm"] > 4.5                     # the sac's side is read on its own
 
 
+def test_lateral_wall_is_the_distance_to_the_dark_facet_and_ligament():
+    """Bright space (0.8) up to a dark wall (0) at 4 mm lateral of the point, whatever the orientation: after
+    the 0.5 mm Gaussian the first pixel under 0.2 lies 0.674 sigma (0.34 mm) beyond the edge."""
+    sp, n = 0.25, 96
+    yy, xx = (np.mgrid[:n, :n] - (n - 1) / 2) * sp
+    ring = np.where(np.hypot(yy, xx) < 4.0, 0.8, 0.0)           # the wall all round, 4 mm away
+    m = lateral_wall(ring, posterior_rc=(1, 0), lateral_rc=(0, 1), spacing_mm=sp)
+    for k in ("wall_mm", "wall_front_mm", "wall_lateral_mm", "wall_back_mm"):
+        assert m[k] == pytest.approx(4.34, abs=0.3)
+    # a wall 2 mm lateral only (a facet against the root), the patient's back along the columns: the lateral
+    # rays meet it at 2 mm / cos(angle), the ray straight back (parallel to it) never does
+    facet = np.where(yy < 2.0, 0.8, 0.0)                         # lateral = +rows, back = +columns
+    m = lateral_wall(facet, posterior_rc=(0, 1), lateral_rc=(1, 0), spacing_mm=sp)
+    assert m["wall_lateral_mm"] == pytest.approx((2.34 + 2.34 / np.cos(np.radians(30))) / 2, abs=0.3)
+    assert m["wall_back_mm"] == pytest.approx((2.34 / np.cos(np.radians(60)) + WALL_REACH_MM) / 2, abs=0.3)
+    # the same wall on the medial side: nothing lateral is dark, every ray reads the reach
+    m = lateral_wall(facet, posterior_rc=(0, 1), lateral_rc=(-1, 0), spacing_mm=sp)
+    assert m["wall_mm"] == pytest.approx(WALL_REACH_MM)
+
+
 def test_recess_depth_along_the_patients_back():
     sp, n = 0.4, 100
     img = _ellipse(n, sp, 2.5, 4, 90, value=0.7, bg=0.15)      # 5 mm deep along image columns, 8 mm along rows
@@ -231,10 +251,13 @@ def test_real_recess_depth_and_sac_area_carry_the_grade(axial_rows):
     assert (spi["diagnostics_seed_points"] == 0).sum() > 80
     # On the whole share: recess depth -0.58, free space -0.64, sac area -0.47 (README); on this subset
     # -0.62, -0.64 and -0.46 (one point and one seed: -0.48, -0.58 and -0.42).
+    # The recess's dark wall (facet, ligamentum flavum) closes in with the grade: -0.64 on the share, -0.65 on
+    # this subset.
     rho = {c: sub[c].corr(sub["severity"], method="spearman")
-           for c in ("recess_shape_depth_mm", "recess_shape_free_space_mm")}
+           for c in ("recess_shape_depth_mm", "recess_shape_free_space_mm", "recess_shape_wall_mm")}
     assert rho["recess_shape_depth_mm"] < -0.5
     assert rho["recess_shape_free_space_mm"] < -0.5
+    assert rho["recess_shape_wall_mm"] < -0.5
     assert spi["canal_ax_shape_area_mm2"].corr(spi["severity"], method="spearman") < -0.38
     # the sac's width in its middle narrows with the grade too (-0.44 on this subset, -0.47 on the share's
     # development half)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import FOUND, Segmentation, bright_region, finish, open_crop, run_along_mm
+from .common import FOUND, Segmentation, bright_region, crop_mm, finish, normalise, open_crop, run_along_mm
 
 NAN = float("nan")
 #: Below this share of the crop's bright reference (the sac's CSF), nothing near the point is recess space.
@@ -15,41 +15,82 @@ FREE_SPACE_ANGLES_DEG = (-90, -60, -30, 0, 30, 60, 90)
 FREE_SPACE_REACH_MM = 6.0
 FREE_SPACE_GROUPS = {"free_space_front_mm": (-90, -60), "free_space_lateral_mm": (-30, 0, 30),
                      "free_space_back_mm": (60, 90), "free_space_medial_mm": (150, 180, 210)}
+#: The recess's lateral wall: on rays from the point (front-lateral through lateral to back, 0 deg lateral, +90
+#: back), the distance to the first pixel under :data:`WALL_LEVEL` of the range (1st to 99.5th percentile) of
+#: a :data:`WALL_CROP_MM` crop (after the same 0.5 mm Gaussian as the free space): cortical bone of the facet
+#: and the ligamentum flavum, darker than the root and the disc. The facet's medial edge and a thick ligament
+#: close in on the root as the recess narrows. The crop is wider than the recess's own so that its range
+#: holds the facets and the laminae. Level (0.2, 0.3), crop (16, 24, 32 mm) and reach (7.5, 10, 12 mm)
+#: compared on the development half of the real axial crops, see the README.
+WALL_LEVEL = 0.2
+WALL_CROP_MM = 24.0
+WALL_ANGLES_DEG = (-60, -30, 0, 30, 60, 90)
+WALL_REACH_MM = 7.5
+WALL_GROUPS = {"wall_front_mm": (-60, -30), "wall_lateral_mm": (0, 30), "wall_back_mm": (60, 90)}
 #: How far around the labelled point the recess is also measured, mm (front, back, lateral and medial of it),
 #: for :func:`measure_recess`'s ``around_mm``: a reader's point lies somewhere on the recess, and a
 #: measurement from one pixel follows the click as much as the recess. Compared on the development half of
 #: the real axial crops (0.5 .. 4 mm), see the README.
 RECESS_AROUND_MM = 3.0
 KEYS = ("area_mm2", "depth_mm", "lateral_extent_mm", "csf_fraction", "lf_thickness_mm", "dark_fraction",
-        "free_space_mm", *FREE_SPACE_GROUPS)
+        "free_space_mm", *FREE_SPACE_GROUPS, "wall_mm", *WALL_GROUPS)
+
+
+def _rays(x: np.ndarray, angles_deg, *, posterior_rc, lateral_rc, spacing_mm: float, reach_mm: float) -> dict:
+    """Values of ``x`` after a 0.5 mm Gaussian (noise and partial volume) along rays from the crop's centre
+    (0 deg is ``lateral_rc``, +90 ``posterior_rc``), one per pixel step up to ``reach_mm``."""
+    from scipy.ndimage import gaussian_filter
+
+    xs = gaussian_filter(x, 0.5 / spacing_mm)
+    c = (xs.shape[0] - 1) / 2
+    k = np.arange(int(round(reach_mm / spacing_mm)))
+    out = {}
+    for a in angles_deg:
+        t = np.radians(a)
+        d = np.sin(t) * np.asarray(posterior_rc, float) + np.cos(t) * np.asarray(lateral_rc, float)
+        i = np.clip(np.rint(c + k * d[0]).astype(int), 0, xs.shape[0] - 1)
+        j = np.clip(np.rint(c + k * d[1]).astype(int), 0, xs.shape[1] - 1)
+        out[a] = xs[i, j]
+    return out
 
 
 def free_space(x: np.ndarray, *, posterior_rc, lateral_rc, spacing_mm: float) -> dict[str, float]:
     """How much of the space lateral of the point (front, lateral, back of it) is bright, in mm along rays.
 
-    On each ray of :data:`FREE_SPACE_ANGLES_DEG` from the centre of the normalised crop ``x`` (0 deg is
-    ``lateral_rc``, +90 ``posterior_rc``), the length within :data:`FREE_SPACE_REACH_MM` brighter than 0.5
-    (after a 0.5 mm Gaussian: noise and partial volume). Bright pixels are counted wherever they lie on the
+    On each ray of :data:`FREE_SPACE_ANGLES_DEG` from the centre of the normalised crop ``x`` (after a
+    0.5 mm Gaussian: noise and partial volume; 0 deg is ``lateral_rc``, +90 ``posterior_rc``), the length
+    within :data:`FREE_SPACE_REACH_MM` brighter than 0.5. Bright pixels are counted wherever they lie on the
     ray, not only up to the first dark one: the point sits on the dark traversing root. A patent recess is
     CSF and fat around the root (about 6 mm on every ray); a shut one is disc, ligament and facet (0). No
     segmentation, so a recess mask that follows the sac's CSF medially does not count.
     ``free_space_mm`` is the mean over those rays; the groups of :data:`FREE_SPACE_GROUPS` over theirs
     (``free_space_medial_mm``: three rays towards the sac, not in the mean).
     """
-    from scipy.ndimage import gaussian_filter
-
-    xs = gaussian_filter(x, 0.5 / spacing_mm)
-    c = (x.shape[0] - 1) / 2
-    k = np.arange(int(round(FREE_SPACE_REACH_MM / spacing_mm)))
-    ray = {}
-    for a in sorted({*FREE_SPACE_ANGLES_DEG, *(a for g in FREE_SPACE_GROUPS.values() for a in g)}):
-        t = np.radians(a)
-        d = np.sin(t) * np.asarray(posterior_rc, float) + np.cos(t) * np.asarray(lateral_rc, float)
-        i = np.clip(np.rint(c + k * d[0]).astype(int), 0, x.shape[0] - 1)
-        j = np.clip(np.rint(c + k * d[1]).astype(int), 0, x.shape[1] - 1)
-        ray[a] = float((xs[i, j] >= 0.5).sum()) * spacing_mm
+    angles = sorted({*FREE_SPACE_ANGLES_DEG, *(a for g in FREE_SPACE_GROUPS.values() for a in g)})
+    ray = {a: float((v >= 0.5).sum()) * spacing_mm
+           for a, v in _rays(x, angles, posterior_rc=posterior_rc, lateral_rc=lateral_rc, spacing_mm=spacing_mm,
+                             reach_mm=FREE_SPACE_REACH_MM).items()}
     out = {"free_space_mm": float(np.mean([ray[a] for a in FREE_SPACE_ANGLES_DEG]))}
     out.update({name: float(np.mean([ray[a] for a in angles])) for name, angles in FREE_SPACE_GROUPS.items()})
+    return out
+
+
+def lateral_wall(x: np.ndarray, *, posterior_rc, lateral_rc, spacing_mm: float) -> dict[str, float]:
+    """How far the recess's dark wall (facet bone, ligamentum flavum) lies from the point, mm along rays.
+
+    On each ray of :data:`WALL_ANGLES_DEG` from the centre of the normalised crop ``x`` (smoothed as in
+    :func:`free_space`), the distance to the first pixel under :data:`WALL_LEVEL`, :data:`WALL_REACH_MM` when
+    none is met. The free space counts what is bright around the root; this is how close the bone and the
+    ligament have come, whatever fills the space between.
+    ``wall_mm`` is the mean over the rays, the groups of :data:`WALL_GROUPS` over theirs.
+    """
+    ray = {}
+    for a, v in _rays(x, WALL_ANGLES_DEG, posterior_rc=posterior_rc, lateral_rc=lateral_rc, spacing_mm=spacing_mm,
+                      reach_mm=WALL_REACH_MM).items():
+        dark = np.flatnonzero(v < WALL_LEVEL)
+        ray[a] = float(dark[0]) * spacing_mm if dark.size else WALL_REACH_MM
+    out = {"wall_mm": float(np.mean(list(ray.values())))}
+    out.update({name: float(np.mean([ray[a] for a in angles])) for name, angles in WALL_GROUPS.items()})
     return out
 
 
@@ -66,7 +107,8 @@ def measure_recess(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_rc
     ``lf_thickness_mm`` is the dark band (ligamentum flavum, facet) met going
     back from the recess; ``dark_fraction`` the share of the crop darker than
     the half-maximum (encroaching tissue); ``free_space_*`` the bright
-    length on rays lateral of the point (:func:`free_space`). What fills it is sampled by
+    length on rays lateral of the point (:func:`free_space`); ``wall_*`` the distance from the point to
+    the dark facet and ligament on rays lateral of it (:func:`lateral_wall`). What fills it is sampled by
     :func:`spinefeat.features.axial.recess_profile`.
 
     With ``around_mm`` > 0 (e.g. :data:`RECESS_AROUND_MM`), each measurement is the mean (NaN left out)
@@ -97,7 +139,9 @@ def measure_recess(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior_rc
     # a low strict level keeps fat, hole filling takes the root in.
     mask, info = bright_region(x, spacing_mm=spacing_mm, input_px_mm=float(max(pixel_spacing_mm)),
                                search_mm=3.0, strict=0.5, close_mm=0.5, min_level=OBLITERATED_LEVEL)
-    space = free_space(x, posterior_rc=back, lateral_rc=out, spacing_mm=spacing_mm)
+    wide, _ = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=WALL_CROP_MM, spacing_mm=spacing_mm)
+    space = {**free_space(x, posterior_rc=back, lateral_rc=out, spacing_mm=spacing_mm),
+             **lateral_wall(normalise(wide, hi_pct=99.5), posterior_rc=back, lateral_rc=out, spacing_mm=spacing_mm)}
     if not mask.any():
         # Nothing bright near the point: the recess is obliterated (Bartynski 3), a finding.
         meas = {k: 0.0 for k in KEYS}
