@@ -83,7 +83,7 @@ SHAPE_DEFINITIONS = {
         "free_space_lateral_mm": "the same, mean of the rays within 30 deg of lateral",
         "free_space_back_mm": "the same, mean of the rays 60 and 90 deg towards the back",
         "free_space_medial_mm": "the same, mean of the rays within 30 deg of medial (towards the sac)",
-        "wall_mm": "distance from the point to the first pixel under 0.2 of the 16 mm crop's 1st-99.5th "
+        "wall_mm": "distance from the point to the first pixel under 0.2 of a 24 mm crop's 1st-99.5th "
                    "percentile range (facet bone, ligamentum flavum: the recess's wall), within 7.5 mm, mean of 6 "
                    "rays from 60 deg towards the front through lateral to the back (directions from the "
                    "orientation tags)",
