@@ -27,7 +27,7 @@ from .features import RELATIVE, STUDY_CONTEXT, shape_name
 from .features.axial import recess_profile, sac_profile
 from .features.profile import foramen_profile
 from .io import inside, write_bytes, write_parquet
-from .features.texture import ROI_MM, ROI_SPACING_MM, aligned_hog, roi_features, spine_axes_rc
+from .features.texture import ROI_MM, ROI_SPACING_MM, aligned_hog, aligned_windows, roi_features, spine_axes_rc
 from .geometry import axial_directions
 from .images import StudyImages
 from .segment import FAILED, FOUND, Segmentation, measure_recess, measure_sagittal_canal, segment_axial_sac, \
@@ -81,7 +81,7 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
     ``side`` (+1 left, -1 right) orients a recess's lateral direction; ``roi=False`` leaves out the
     intensity/texture crop (the axial sac of a spinal row, whose crop is the sagittal point's); ``axis_rc``
     (foramen: the spine's direction to the feet at the point, :func:`spinefeat.features.texture.spine_axes_rc`)
-    turns the window of the foramen's HOG.
+    turns the windows of the foramen's HOG and of its grader's appearance stage.
     """
     iop = STANDARD_IOP[region] if iop is None else iop
     if region == "foramen":
@@ -115,7 +115,10 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
     if roi:
         feats.update(roi_features(crop, series_high=series_high))
     if region == "foramen":
-        feats.update(aligned_hog(crop, series_high=series_high, view=View.from_iop(iop), axis_rc=axis_rc))
+        view = View.from_iop(iop)
+        feats.update(aligned_hog(crop, series_high=series_high, view=view, axis_rc=axis_rc))
+        feats.update(aligned_windows(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, series_high=series_high,
+                                     view=view, axis_rc=axis_rc))
     return feats, seg
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.feature import graycomatrix, graycoprops, hog, local_binary_pattern
 
-from ..segment.common import centre_distance_mm
+from ..segment.common import centre_distance_mm, crop_mm
 from . import register
 
 ROI_MM = 24.0
@@ -98,19 +98,19 @@ def spine_axes_rc(level_index, rows, cols, *, pixel_spacing_mm) -> list[tuple[fl
     return out
 
 
-def aligned_hog(crop: np.ndarray, *, series_high: float, view, axis_rc=None) -> dict[str, float]:
-    """HOG of the foramen's window turned to the spine's axis (see :data:`HOG_NAMES`).
+def aligned_window(crop: np.ndarray, *, series_high: float, view, axis_rc=None, size_mm: float,
+                   spacing_mm: float = ROI_SPACING_MM) -> np.ndarray:
+    """The square ``size_mm`` window around the centre of ``crop`` turned to the spine's axis.
 
-    ``crop``: the :data:`ROI_MM` crop at :data:`ROI_SPACING_MM` around the point (image axes); ``view``
-    (:class:`spinefeat.segment.common.View`) turns it to rows to the feet and columns to the back;
-    ``axis_rc``: the spine's direction towards the feet in the image's (row, col) (:func:`spine_axes_rc`;
-    None: the image's own cranio-caudal axis). A normal and a narrowed keyhole differ in the edges around
-    the root; turned to the spine and sampled in mm, the same cells look at the same anatomy in every series.
+    ``crop``: a crop at :data:`ROI_SPACING_MM` around the point (image axes), large enough for the window
+    turned by the axis (beyond it the crop is mirrored); ``view`` (:class:`spinefeat.segment.common.View`)
+    turns it to rows to the feet and columns to the back; ``axis_rc``: the spine's direction towards the feet
+    in the image's (row, col) (:func:`spine_axes_rc`; None: the image's own cranio-caudal axis). Rows of the
+    window run along the axis (0 = cranial), columns towards the back (0 = anterior), sampled at
+    :data:`ROI_SPACING_MM` and averaged down to ``spacing_mm``; values over ``series_high``, clipped to 0-1.5.
     """
     import cv2
 
-    if crop.size == 0 or not np.isfinite(series_high) or series_high <= 0:
-        return {n: float("nan") for n in HOG_NAMES}
     x = view.apply(np.clip(crop / series_high, 0, 1.5).astype(np.float32))
     a = np.array([1.0, 0.0])
     if axis_rc is not None:
@@ -120,13 +120,54 @@ def aligned_hog(crop: np.ndarray, *, series_high: float, view, axis_rc=None) -> 
         a = v / np.hypot(*v)
     b = np.array([-a[1], a[0]])                             # the perpendicular towards the back
     c = (x.shape[0] - 1) / 2
-    n = int(round(HOG_WINDOW_MM / ROI_SPACING_MM))
+    n = int(round(size_mm / ROI_SPACING_MM))
     h = (n - 1) / 2
     # Window pixel (i along the axis, j along b) samples the view at c + (i - h) a + (j - h) b (x = col, y = row).
     m = np.array([[b[1], a[1], 0.0], [b[0], a[0], 0.0]])
     m[:, 2] = c - m[:, :2] @ [h, h]
     win = cv2.warpAffine(x, m, (n, n), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+    k = int(round(size_mm / spacing_mm))
+    return win if k == n else cv2.resize(win, (k, k), interpolation=cv2.INTER_AREA)
+
+
+def aligned_hog(crop: np.ndarray, *, series_high: float, view, axis_rc=None) -> dict[str, float]:
+    """HOG of the foramen's window turned to the spine's axis (see :data:`HOG_NAMES`, :func:`aligned_window`).
+
+    ``crop``: the :data:`ROI_MM` crop at :data:`ROI_SPACING_MM` around the point. A normal and a narrowed
+    keyhole differ in the edges around the root; turned to the spine and sampled in mm, the same cells look
+    at the same anatomy in every series.
+    """
+    if crop.size == 0 or not np.isfinite(series_high) or series_high <= 0:
+        return {n: float("nan") for n in HOG_NAMES}
+    win = aligned_window(crop, series_high=series_high, view=view, axis_rc=axis_rc, size_mm=HOG_WINDOW_MM)
     cell = int(round(HOG_CELL_MM / ROI_SPACING_MM))
     v = hog(win, orientations=HOG_ORIENTATIONS, pixels_per_cell=(cell, cell), cells_per_block=(1, 1),
             feature_vector=True)
     return {name: float(val) for name, val in zip(HOG_NAMES, v)}
+
+
+#: The foramen's aligned windows read by its grader's fitted appearance stage
+#: (:data:`spinefeat.models.APPEARANCE`): (side mm, pixel mm) of each, turned to the spine as the HOG's.
+WINDOWS_MM = ((32.0, 2.0),)
+WINDOW_NAMES = {
+    f"foramen_window_{size:g}mm_r{r:02d}c{c:02d}": (
+        f"mean intensity of the {spacing:g} mm pixel at row {r} (0 = cranial) and column {c} (0 = anterior) of the "
+        f"{size:g} mm window around the point turned to the spine's axis, over the series' 99.5th percentile "
+        "(clipped to 1.5); read by the foraminal grader's appearance stage, not by its trees")
+    for size, spacing in WINDOWS_MM for r in range(int(round(size / spacing))) for c in range(int(round(size / spacing)))}
+for _n, _d in WINDOW_NAMES.items():
+    register(_n, f"{_d}; sagittal T1, directions from ImageOrientationPatient and the labelled levels", "1")
+#: Side (mm) of the crop the windows are turned within: the largest window at any angle.
+WINDOW_CROP_MM = float(np.ceil(max(s for s, _ in WINDOWS_MM) * np.sqrt(2)))
+
+
+def aligned_windows(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float, view,
+                    axis_rc=None) -> dict[str, float]:
+    """The foramen's :data:`WINDOWS_MM` windows (:func:`aligned_window`) as :data:`WINDOW_NAMES` columns."""
+    if not np.isfinite(series_high) or series_high <= 0:
+        return {n: float("nan") for n in WINDOW_NAMES}
+    crop, _ = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=WINDOW_CROP_MM,
+                      spacing_mm=ROI_SPACING_MM)
+    vals = [aligned_window(crop, series_high=series_high, view=view, axis_rc=axis_rc, size_mm=size,
+                           spacing_mm=spacing).ravel() for size, spacing in WINDOWS_MM]
+    return {name: float(v) for name, v in zip(WINDOW_NAMES, np.concatenate(vals))}
