@@ -37,8 +37,7 @@ def contributions(graders: Graders, rows: pd.DataFrame, group: str) -> tuple[np.
     """
     b = graders.boosters[group]
     cols = graders.manifest["columns"][group]
-    x = rows.reindex(columns=cols).to_numpy(np.float32)
-    c = b.predict(x, pred_contrib=True)
+    c = b.predict(graders.design(rows, group), pred_contrib=True)
     return np.asarray(c).reshape(len(rows), 3, len(cols) + 1), cols
 
 
@@ -57,13 +56,14 @@ def explain_study(graders: Graders, features: pd.DataFrame, study_id: int, *, to
         if g.empty:
             continue
         contrib, cols = contributions(graders, g, group)
+        values = graders.design(g, group)      # the appearance stage's scores among them
         raw = contrib.sum(axis=2) + np.asarray(score_offset(graders.manifest, group))
         proba = _softmax(raw / graders.manifest["temperature"][group])
         for i, (_, rec) in enumerate(g.iterrows()):
             k = int(np.argmax(proba[i]))
             c = contrib[i, k, :-1]
             order = np.argsort(-np.abs(c))[:top]
-            drivers = [(cols[j], float(rec.get(cols[j], np.nan)), _describe(cols[j])[1], float(c[j])) for j in order]
+            drivers = [(cols[j], float(values[i, j]), _describe(cols[j])[1], float(c[j])) for j in order]
             out.append({"row_id": rec["row_id"], "condition": rec["condition"], "level": rec["level"],
                         **dict(zip(CLASS_COLUMNS, proba[i])), "grade": CLASS_COLUMNS[k], "drivers": drivers})
     return pd.DataFrame(out)

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightgbm as lgb
@@ -72,6 +72,144 @@ SCORE_OFFSET = tuple(float(v) for v in np.log(SEVERITY_WEIGHTS))
 def grader_params(group: str, **extra) -> dict:
     """The LightGBM settings of one grader: :data:`PARAMS` with its :data:`GRADER_PARAMS` (and ``extra``)."""
     return dict(PARAMS, **GRADER_PARAMS.get(group, {}), **extra)
+
+
+# ---------------------------------------------------------------- the in-fold appearance stage
+
+#: Per grader, its fitted appearance stage (:class:`Appearance`; no entry: none): the columns starting with
+#: ``inputs`` (the aligned window's pixels, :data:`spinefeat.features.texture.WINDOW_NAMES`) feed a multinomial
+#: logistic regression (L2, inverse strength ``C``, on the standardised values) whose 3 centred log-odds
+#: (:data:`APPEARANCE_COLUMNS`) join the grader's columns in their place: the trees read the score, not the
+#: pixels. Fitted inside every training fold with its training rows' scores out of inner study-grouped folds
+#: (:func:`appearance_scores`), so the trees never see a score fitted on their own rows' grades.
+APPEARANCE = {"foraminal": {"inputs": "foramen_window_", "C": 0.003}}
+APPEARANCE_COLUMNS = tuple(f"appearance_logodds_{c}" for c in CLASS_COLUMNS)
+#: Inner folds of the appearance stage (by study).
+APPEARANCE_FOLDS = 5
+
+
+def _register_appearance() -> None:
+    from .features import register
+
+    for c in CLASS_COLUMNS:
+        register(f"appearance_logodds_{c}", f"log-odds of {c} (centred over the 3 grades) of the grader's appearance "
+                 "stage: a logistic regression on the aligned window's pixels fitted inside the training fold, "
+                 "out of inner folds on the training rows", "1")
+
+
+_register_appearance()
+
+
+@dataclass
+class Appearance:
+    """A fitted appearance stage: ``score(x) = centred(((x - mean) / scale) @ coef.T + intercept)``.
+
+    ``inputs``: the columns it reads, in order; ``coef`` (3, inputs), ``intercept`` (3). Stored as JSON
+    (:meth:`to_json`), never pickled.
+    """
+
+    inputs: list[str]
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    C: float
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, *, inputs: list[str], C: float) -> "Appearance":
+        """Multinomial logistic regression of the grades ``y`` (0/1/2) on the standardised ``x``: the unweighted
+        log loss summed over rows plus ``|coef|^2 / (2 C)`` (scikit-learn's convention), L-BFGS from zero.
+        A class missing from ``y`` gets a low but finite score; missing values count as the mean."""
+        from scipy.optimize import minimize
+        from threadpoolctl import threadpool_limits
+
+        x = np.asarray(x, float)
+        mean = np.nanmean(x, axis=0) if len(x) else np.zeros(x.shape[1])
+        mean = np.where(np.isfinite(mean), mean, 0.0)
+        scale = np.nanstd(x, axis=0) if len(x) else np.ones(x.shape[1])
+        scale = np.where(np.isfinite(scale) & (scale > 1e-6), scale, 1.0)
+        z = np.nan_to_num((x - mean) / scale)
+        d = z.shape[1]
+        onehot = np.eye(3)[np.asarray(y, int)]
+
+        def loss(w):
+            coef, b = w[:3 * d].reshape(3, d), w[3 * d:]
+            s = z @ coef.T + b
+            s -= s.max(axis=1, keepdims=True)
+            lse = np.log(np.exp(s).sum(axis=1, keepdims=True))
+            p = np.exp(s - lse)
+            g = p - onehot
+            val = float(-(onehot * (s - lse)).sum() + (coef ** 2).sum() / (2 * C))
+            return val, np.concatenate([(g.T @ z + coef / C).ravel(), g.sum(axis=0)])
+
+        # One BLAS thread: these small products gain nothing from more, and spinning threads on a busy machine
+        # cost 50x the CPU (0.08 against 4.2 CPU s for 2,400 rows of 256 values).
+        with threadpool_limits(1):
+            res = minimize(loss, np.zeros(3 * d + 3), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
+        return cls(list(inputs), mean, scale, res.x[:3 * d].reshape(3, d), res.x[3 * d:], float(C))
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """The (n, 3) centred log-odds of the rows ``x`` (columns :attr:`inputs`)."""
+        z = np.nan_to_num((np.asarray(x, float) - self.mean) / self.scale)
+        s = z @ self.coef.T + self.intercept
+        return s - s.mean(axis=1, keepdims=True)
+
+    def to_json(self) -> dict:
+        return {"kind": "multinomial logistic regression on standardised inputs", "C": self.C,
+                "inputs": self.inputs, "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "coef": self.coef.tolist(), "intercept": self.intercept.tolist(), "outputs": list(APPEARANCE_COLUMNS)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Appearance":
+        a = cls(list(d["inputs"]), np.asarray(d["mean"], float), np.asarray(d["scale"], float),
+                np.asarray(d["coef"], float), np.asarray(d["intercept"], float), float(d["C"]))
+        n = len(a.inputs)
+        if a.mean.shape != (n,) or a.scale.shape != (n,) or a.coef.shape != (3, n) or a.intercept.shape != (3,):
+            raise ValueError(f"appearance stage of {n} inputs with arrays of shapes {a.mean.shape}, {a.scale.shape}, "
+                             f"{a.coef.shape}, {a.intercept.shape}")
+        return a
+
+
+def split_appearance(group: str, cols: list[str]) -> tuple[list[str], list[str]]:
+    """``cols`` parted into the trees' own columns and the appearance stage's inputs (:data:`APPEARANCE`; none
+    for a grader without a stage)."""
+    spec = APPEARANCE.get(group)
+    inputs = [c for c in cols if spec and c.startswith(spec["inputs"])]
+    return [c for c in cols if c not in set(inputs)], inputs
+
+
+def appearance_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, study: np.ndarray, *, folds: int,
+                      inputs: list[str], C: float, seed: int = 0) -> np.ndarray:
+    """The appearance stage's scores each fit of a grader sees (the deployed stage is fitted on all rows).
+
+    Returns ``(folds + 1, n, 3)`` scores. Index k (fold k's fit): the rows outside fold k scored out of
+    :data:`APPEARANCE_FOLDS` inner folds of their studies (each by the stage fitted on the others),
+    the rows of fold k by the stage fitted on all rows outside it. Index ``folds`` (the final fit): each row
+    scored by the stage fitted outside its fold, as :meth:`Graders.predict` scores new rows by the stage fitted on
+    all of them. No row's score ever comes from a stage fitted on its own grade, and no fit's training
+    rows' scores from a stage fitted on the rows it is scored on.
+    """
+    n = len(y)
+    out = np.zeros((folds + 1, n, 3))
+
+    def fit_score(train, score):
+        out_rows = np.zeros((int(score.sum()), 3))
+        if train.any():
+            out_rows = Appearance.fit(x[train], y[train], inputs=inputs, C=C).score(x[score])
+        return out_rows
+
+    for k in range(folds):
+        tr = fold != k
+        # Inner folds dealt round the training studies in a seeded order, not stratified: a study's own grades
+        # then do not even choose the studies it is scored with.
+        part = np.random.default_rng(seed + 100 + k).permutation(np.unique(study[tr]))
+        inner = {s: i % APPEARANCE_FOLDS for i, s in enumerate(part)}
+        ifold = np.array([inner.get(s, -1) for s in study])
+        for j in range(min(APPEARANCE_FOLDS, len(part))):
+            out[k, tr & (ifold == j)] = fit_score(tr & (ifold != j), tr & (ifold == j))
+        out[k, ~tr] = fit_score(tr, ~tr)
+        out[folds, fold == k] = out[k, fold == k]
+    return out
 
 
 def group_of(condition: str) -> str:
@@ -264,13 +402,18 @@ def early_stopping_studies(studies, fold_of: dict[int, int], worst: pd.Series, f
 
 class _Problem:
     """One grader's training rows and folds. Every fit of it (each fold's, the final one) trains on subsets of one
-    LightGBM Dataset binned once, on all rows' feature values (never their labels), in the process that fits."""
+    LightGBM Dataset binned once, on all rows' feature values (never their labels), in the process that fits.
+
+    ``stage`` (optional, ``(folds + 1, n, 3)``): the appearance stage's scores (:func:`appearance_scores`) that
+    fold k's fit (index k) and the final fit (index ``folds``) see as the last columns of ``x``: each fit's
+    Dataset is binned on its own."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, fold: np.ndarray, stops, *, cols: list[str], params: dict,
-                 folds: int, scored: np.ndarray | None = None):
+                 folds: int, scored: np.ndarray | None = None, stage: np.ndarray | None = None):
         self.x, self.y, self.fold, self.folds, self.params, self.cols = x, y, fold, folds, params, cols
         self.scored = np.ones(len(y), bool) if scored is None else scored
         self.stops = stops
+        self.stage = stage
         self.final_seconds = 0.0
 
     def masks(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -280,59 +423,66 @@ class _Problem:
 
     def rows(self, key: str, folder: Path | None) -> _Rows:
         """What a fit needs of this problem: its arrays here, or (``folder``) a file a worker process reads."""
-        return _Rows(key, self.x, self.y, self.cols, self.params, folder)
+        return _Rows(key, self.x, self.y, self.cols, self.params, folder, self.stage)
 
 
 class _Rows:
     """A grader's rows as its fits need them. Pickled (to a worker process), it carries the name of a file
     holding the arrays, written once, instead of the arrays; each process bins them once (:func:`_binned`)."""
 
-    def __init__(self, key: str, x, y, cols, params, folder: Path | None):
+    def __init__(self, key: str, x, y, cols, params, folder: Path | None, stage=None):
         self.key, self.x, self.y, self.cols, self.params, self.path = key, x, y, cols, params, None
+        self.stage, self.staged = stage, stage is not None
         if folder is not None:
             self.path = Path(folder) / f"{key}.npz"
-            np.savez(self.path, x=x, y=y)
+            np.savez(self.path, x=x, y=y, **({"stage": stage} if self.staged else {}))
 
     def __getstate__(self) -> dict:
-        return {"key": self.key, "cols": self.cols, "params": self.params, "path": self.path}
+        return {"key": self.key, "cols": self.cols, "params": self.params, "path": self.path, "staged": self.staged}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, x=None, y=None)
+        self.__dict__.update(state, x=None, y=None, stage=None)
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    def arrays(self, part: int) -> tuple[np.ndarray, np.ndarray]:
+        """The feature values and grades of fit ``part`` (fold k, or ``folds`` for the final fit)."""
         if self.x is None:
             with np.load(self.path) as f:
                 self.x, self.y = f["x"], f["y"]
-        return self.x, self.y
+                self.stage = f["stage"] if self.staged else None
+        if self.stage is None:
+            return self.x, self.y
+        return np.hstack([self.x, self.stage[part].astype(self.x.dtype)]), self.y
 
 
 #: Per process: the binned Dataset of each grader fitted here in the current training run (key -> Dataset).
 _BINNED: dict[str, lgb.Dataset] = {}
 
 
-def _binned(rows: _Rows) -> tuple[lgb.Dataset, np.ndarray]:
-    """The Dataset of ``rows`` (binned on its first fit in this process) and its feature values."""
-    if rows.key not in _BINNED:
+def _binned(rows: _Rows, part: int) -> tuple[lgb.Dataset, np.ndarray]:
+    """The Dataset of fit ``part`` of ``rows`` (binned on its first fit in this process; one for all parts
+    without an appearance stage) and its feature values."""
+    key = f"{rows.key}:{part}" if rows.staged else rows.key
+    if key not in _BINNED:
         run = rows.key.split(":")[0]
         for old in [k for k in _BINNED if not k.startswith(run + ":")]:     # another training run's
             del _BINNED[old]
-        x, y = rows.arrays()
+        x, y = rows.arrays(part)
         # Unweighted: the metric's weights enter through SCORE_OFFSET.
-        _BINNED[rows.key] = lgb.Dataset(x, y, feature_name=rows.cols, params=rows.params,
-                                        free_raw_data=False).construct()
-    data = _BINNED[rows.key]
+        _BINNED[key] = lgb.Dataset(x, y, feature_name=rows.cols, params=rows.params, free_raw_data=False).construct()
+    data = _BINNED[key]
     return data, data.get_data()
 
 
-def _fit(rows: _Rows, train: np.ndarray | None, stop: np.ndarray | None, score: np.ndarray | None,
+def _fit(rows: _Rows, part: int, train: np.ndarray | None, stop: np.ndarray | None, score: np.ndarray | None,
          rounds: int = MAX_ROUNDS):
     """One fit on one LightGBM thread (a pure function of its arguments: where it runs changes nothing).
 
+    ``part``: the fold (or the number of folds for the final fit), which picks the appearance stage's scores.
     With ``stop`` (row indices): a fold's fit on ``train`` rows, early stopping on ``stop``; returns the best
     iteration and the raw scores of the ``score`` rows and of the ``stop`` rows. Without: the fit on all rows
     for ``rounds`` rounds; returns its model text and seconds.
     """
-    data, x = _binned(rows)
+    data, x = _binned(rows, part)
     if stop is None:
         t0 = time.perf_counter()
         b = lgb.train(rows.params, data, rounds)
@@ -374,11 +524,11 @@ def _cross_fit(problems: dict, *, final: bool, jobs: int = 1, on_fold=None) -> t
 
     def fold_args(p, rows, k):
         tr, es, va = (np.flatnonzero(m) for m in p.masks(k))
-        return rows, tr, es, va
+        return rows, k, tr, es, va
 
     def final_args(name, rows):
         p = problems[name]
-        return rows, None, None, None, final_rounds([folds_done[name][i][0] for i in range(p.folds)])
+        return rows, p.folds, None, None, None, final_rounds([folds_done[name][i][0] for i in range(p.folds)])
 
     def done(name, k, res):
         if k is None:
@@ -430,17 +580,38 @@ def _cross_fit(problems: dict, *, final: bool, jobs: int = 1, on_fold=None) -> t
     return folds_done, boosters
 
 
+def staged_columns(group: str | None, x: np.ndarray, cols: list[str], y: np.ndarray, fold: np.ndarray, study, *,
+                   folds: int, seed: int = 0) -> tuple[np.ndarray, list[str], np.ndarray | None, list[str]]:
+    """A grader's rows as its trees read them: ``x`` without the appearance stage's inputs (:func:`split_appearance`),
+    the trees' column names (with :data:`APPEARANCE_COLUMNS` last when there is a stage), the stage's scores of
+    each fit (:func:`appearance_scores`; None without a stage) and its input columns. The one path of ``train``
+    (:func:`fit`) and ``real-check`` (:func:`grouped_cv`)."""
+    trees, inputs = split_appearance(group, list(cols)) if group else (list(cols), [])
+    if not inputs:
+        return x, list(cols), None, []
+    at = {c: i for i, c in enumerate(cols)}
+    xa = x[:, [at[c] for c in inputs]]
+    stage = appearance_scores(xa, y, fold, np.asarray(study), folds=folds, inputs=inputs,
+                              C=APPEARANCE[group]["C"], seed=seed)
+    return x[:, [at[c] for c in trees]], trees + list(APPEARANCE_COLUMNS), stage, inputs
+
+
 def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner, *, cols: list[str], params: dict,
-               folds: int, scored: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+               folds: int, scored: np.ndarray | None = None, group: str | None = None,
+               study=None) -> tuple[np.ndarray, list[int]]:
     """Out-of-fold raw scores of the grader (LightGBM, :data:`SCORE_OFFSET` added) in study-grouped folds.
 
     ``fold`` gives each row's scored fold; ``inner(k)`` the mask of the training rows that stop fold k's
     boosting early (rows of :func:`early_stopping_studies`). Rows with ``scored`` False only ever train.
     The held-out fold is never used to choose anything, so its predictions are honest.
+    ``group`` (with ``study``, each row's study): the grader whose appearance stage (:data:`APPEARANCE`) is
+    fitted inside each fold when ``cols`` hold its inputs, as :func:`fit` does.
     Each fold is fitted on one LightGBM thread. Returns the raw scores (zero on
     rows never scored) and the best iteration of each fold.
     """
-    p = _Problem(x, y, fold, inner, cols=cols, params=dict(params, num_threads=1), folds=folds, scored=scored)
+    x, cols, stage, _ = staged_columns(group, x, cols, y, fold, study, folds=folds, seed=params.get("seed", 0))
+    p = _Problem(x, y, fold, inner, cols=cols, params=dict(params, num_threads=1), folds=folds, scored=scored,
+                 stage=stage)
     res, _ = _cross_fit({"cv": p}, final=False)
     raw = np.zeros((len(y), 3))
     for k, (_, raw_va, _) in res["cv"].items():
@@ -491,7 +662,7 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         raise SpinefeatError(f"study {lost[0]} has feature rows but no fold")
     held = early_stopping_studies(studies, fold_of, worst, folds, seed, groups=groups)
     # One LightGBM thread a fit (see _cross_fit): the same models whatever ``jobs`` is.
-    out = {"boosters": {}, "columns": {}, "temperature": {}, "rounds": {},
+    out = {"boosters": {}, "columns": {}, "temperature": {}, "rounds": {}, "appearance": {},
            "params": {group: grader_params(group, num_threads=1, seed=seed) for group in MODEL_GROUPS}}
     fold_temperature: dict[str, list[float]] = {}
     oof_parts, spinal_held = [], {}
@@ -503,10 +674,16 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         cols = feature_columns(features, group)
         both = pd.concat([g, ga.reindex(columns=g.columns)], ignore_index=True)
         study = both["study_id"].to_numpy()
-        problems[group] = _Problem(both[cols].to_numpy(np.float32), both["severity"].to_numpy(int),
-                                   both["study_id"].map(fold_of).to_numpy(),
-                                   lambda k, study=study: np.isin(study, held[k]), cols=cols,
-                                   params=out["params"][group], folds=folds, scored=np.arange(len(both)) < len(g))
+        y, fold = both["severity"].to_numpy(int), both["study_id"].map(fold_of).to_numpy()
+        x, cols, stage, inputs = staged_columns(group, both[cols].to_numpy(np.float32), cols, y, fold, study,
+                                                folds=folds, seed=seed)
+        if stage is not None:
+            # The deployed stage: fitted on all rows, as each fold's on its training rows.
+            out["appearance"][group] = Appearance.fit(both[inputs].to_numpy(np.float32), y, inputs=inputs,
+                                                      C=APPEARANCE[group]["C"])
+        problems[group] = _Problem(x, y, fold, lambda k, study=study: np.isin(study, held[k]), cols=cols,
+                                   params=out["params"][group], folds=folds, scored=np.arange(len(both)) < len(g),
+                                   stage=stage)
         tables[group] = (g, both)
         out["columns"][group] = cols
     n_steps = len(MODEL_GROUPS) * (folds + 1)
@@ -609,6 +786,19 @@ class Graders:
 
     boosters: dict[str, lgb.Booster]
     manifest: dict
+    #: Each grader's appearance stage (:class:`Appearance`), when it has one.
+    appearance: dict[str, Appearance] = field(default_factory=dict)
+
+    def design(self, rows: pd.DataFrame, group: str) -> np.ndarray:
+        """The values the ``group`` grader's trees read of ``rows``: its manifest columns, the appearance stage's
+        scores (of its input columns) in place of :data:`APPEARANCE_COLUMNS`."""
+        cols = self.manifest["columns"][group]
+        x = rows.reindex(columns=cols).to_numpy(np.float32)
+        stage = self.appearance.get(group)
+        if stage is not None:
+            at = [cols.index(c) for c in APPEARANCE_COLUMNS]
+            x[:, at] = stage.score(rows.reindex(columns=stage.inputs).to_numpy(np.float32))
+        return x
 
     def predict(self, features: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """25 rows per study of ``features`` (submission order) and the fallback log.
@@ -623,8 +813,7 @@ class Graders:
         for group, booster in self.boosters.items():
             g = features[features["condition"].isin(MODEL_GROUPS[group]) & (err == "")]
             if len(g):
-                x = g.reindex(columns=man["columns"][group]).to_numpy(np.float32)
-                raw = raw_scores(booster, x, offset=score_offset(man, group))
+                raw = raw_scores(booster, self.design(g, group), offset=score_offset(man, group))
                 parts.append(to_submission(g, _softmax(raw / man["temperature"][group])))
         pred = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["row_id", *CLASS_COLUMNS])
         have = set(pred["row_id"])
@@ -666,7 +855,8 @@ def save(result: dict, out: Path) -> Path:
     """Write text models, ``manifest.json``, ``oof.csv``, ``cv.json`` and ``timings.json`` into ``out``.
 
     Each file is written atomically. The manifest hashes every file loading needs: the three
-    graders and, when they are in ``out``, the localiser's ``localizer.txt`` and ``localizer.json``.
+    graders, their appearance stages (``<group>_appearance.json``) and, when they are in ``out``, the
+    localiser's ``localizer.txt`` and ``localizer.json``.
     Timings go to ``timings.json`` only, so two runs on the same data write identical models files.
     """
     from .io import write_csv, write_json, write_text
@@ -677,12 +867,15 @@ def save(result: dict, out: Path) -> Path:
     for group, b in result["boosters"].items():
         path = write_text(out / f"{group}.txt", b.model_to_string())
         files[group] = _file_entry(path)
+    stages = {}
+    for group, stage in result.get("appearance", {}).items():
+        stages[group] = _file_entry(write_json(out / f"{group}_appearance.json", stage.to_json()))
     extra = {name: _file_entry(out / name) for name in LOCALIZER_FILES if (out / name).is_file()}
     cv = {k: v for k, v in result["cv"].items() if k not in TIMING_FIELDS}
     manifest = {
         "spinefeat_version": __version__, "lightgbm_version": lgb.__version__, "classes": list(CLASS_COLUMNS),
         "groups": {g: list(c) for g, c in MODEL_GROUPS.items()}, "columns": result["columns"],
-        "models": files, "files": extra, "params": result["params"], "rounds": result["rounds"],
+        "models": files, "files": extra, "appearance": stages, "params": result["params"], "rounds": result["rounds"],
         "temperature": result["temperature"], "beta": result["beta"], "priors": result["priors"],
         "score_offset": {g: list(SCORE_OFFSET) for g in result["boosters"]},
         "training_fingerprint": result["fingerprint"], "cv": cv,
@@ -871,4 +1064,14 @@ def load(models: Path) -> Graders:
     missing = sorted(set(MODEL_GROUPS) - set(boosters))
     if missing:
         raise ModelError(f"{models}/manifest.json: no {', '.join(missing)} model; retrain with `spinefeat train`")
-    return Graders(boosters, man)
+    stages = {}
+    for group, info in (man.get("appearance") or {}).items():
+        path = verified_file(models, info)
+        try:
+            stages[group] = Appearance.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{path}: not an appearance stage ({type(exc).__name__}); retrain with "
+                             "`spinefeat train`") from None
+        if group not in boosters or not set(APPEARANCE_COLUMNS) <= set(man["columns"][group]):
+            raise ModelError(f"{path}: the {group} grader does not read an appearance stage; refusing to load")
+    return Graders(boosters, man, stages)

@@ -572,7 +572,8 @@ def cv_folds(df: pd.DataFrame, *, folds: int = FOLDS, seed: int = FOLD_SEED) -> 
 def cv_proba(df: pd.DataFrame, cols: list[str], term: str, *, folds: int = FOLDS, seed: int = FOLD_SEED,
              jobs: int = 1) -> np.ndarray:
     """Out-of-fold class probabilities of the project's grader of ``term`` (its settings,
-    :func:`spinefeat.models.grader_params`) on ``cols`` (graded rows, :func:`cv_folds`)."""
+    :func:`spinefeat.models.grader_params`, and its appearance stage fitted in each fold when ``cols`` hold its
+    inputs, :data:`spinefeat.models.APPEARANCE`) on ``cols`` (graded rows, :func:`cv_folds`)."""
     from .models import _softmax, grader_params, grouped_cv
 
     fold_of, held = cv_folds(df, folds=folds, seed=seed)
@@ -580,7 +581,8 @@ def cv_proba(df: pd.DataFrame, cols: list[str], term: str, *, folds: int = FOLDS
     y = df["severity"].to_numpy(int)
     study = df["study_id"]
     raw, _ = grouped_cv(x, y, study.map(fold_of).to_numpy(), lambda k: study.isin(held[k]).to_numpy(),
-                        cols=list(cols), params=grader_params(term, num_threads=jobs, seed=seed), folds=folds)
+                        cols=list(cols), params=grader_params(term, num_threads=jobs, seed=seed), folds=folds,
+                        group=term, study=study.to_numpy())
     return _softmax(raw)
 
 

@@ -270,3 +270,93 @@ def test_an_uninformative_grader_predicts_the_weighted_class_frequencies():
     freq = np.bincount(y, minlength=3) / n
     assert p == pytest.approx(models.prior_proba(y), abs=0.03)
     assert abs(p[2] - freq[2]) > 0.1          # the plain frequencies are far off: 0.10 against ~0.28
+
+
+def _window_table(n_studies=30, seed=5, n_pixels=12):
+    """:func:`_table` plus, on the foraminal rows, ``n_pixels`` appearance-stage inputs that carry the grade
+    together (each alone weakly)."""
+    feats, train = _table(n_studies=n_studies, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    fo = feats["condition"].str.contains("foraminal").to_numpy()
+    sev = feats["signal"].round().clip(0, 2).to_numpy()
+    prefix = models.APPEARANCE["foraminal"]["inputs"]
+    for i in range(n_pixels):
+        feats[f"{prefix}test_{i:02d}"] = np.where(fo, 0.4 * sev * (1 if i % 2 else -1) + rng.normal(size=len(feats)),
+                                                  np.nan)
+    return feats, train
+
+
+def test_appearance_stage_round_trips_through_json():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 5)) * [1, 10, 0.1, 1, 1] + [0, 5, 0, 0, 0]
+    y = (x[:, 0] + x[:, 2] * 10 > 0).astype(int) + (x[:, 0] > 1.5)
+    stage = models.Appearance.fit(x, y, inputs=list("abcde"), C=0.5)
+    again = models.Appearance.from_json(json.loads(json.dumps(stage.to_json())))
+    assert np.array_equal(again.score(x), stage.score(x))
+    s = stage.score(x)
+    assert np.allclose(s.sum(axis=1), 0)                              # centred log-odds
+    assert pd.Series(s[:, 2] - s[:, 0]).corr(pd.Series(y), method="spearman") > 0.7
+    with pytest.raises(ValueError, match="shapes"):
+        models.Appearance.from_json(dict(stage.to_json(), coef=stage.coef[:, :4].tolist()))
+
+
+def test_appearance_scores_of_every_row_are_out_of_fold():
+    """No row's stage score comes from a stage fitted on its own grade: relabelling one study changes none of
+    its own scores, in any fold's fit or the final one, while the other studies' scores do move."""
+    rng = np.random.default_rng(7)
+    study = np.repeat(np.arange(40), 10)
+    y = rng.choice(3, size=len(study), p=[0.6, 0.25, 0.15])
+    x = y[:, None] * [0.8, -0.5, 0.3] + rng.normal(size=(len(y), 3))
+    fold = study % 4
+    a = models.appearance_scores(x, y, fold, study, folds=4, inputs=["a", "b", "c"], C=1.0)
+    assert a.shape == (5, len(y), 3)
+    for s in (3, 18):                                                 # a study of fold 3, one of fold 2
+        flipped = y.copy()
+        flipped[study == s] = 2 - flipped[study == s]
+        b = models.appearance_scores(x, flipped, fold, study, folds=4, inputs=["a", "b", "c"], C=1.0)
+        assert np.array_equal(a[:, study == s], b[:, study == s])
+        assert not np.allclose(a[:, study != s], b[:, study != s])
+    # The final fit's scores are each fold's own scores from the stage fitted outside it.
+    for k in range(4):
+        assert np.array_equal(a[4, fold == k], a[k, fold == k])
+
+
+def test_train_fits_the_appearance_stage_in_fold_and_predict_applies_it(tmp_path):
+    """The foraminal grader reads its stage's scores, not the stage's inputs; saved as JSON beside the text
+    models, the loaded graders predict what the trained booster gives on the stage's scores of the same rows,
+    a changed stage file is refused, and relabelling a fold leaves its out-of-fold rows as they were."""
+    feats, train = _window_table()
+    prefix = models.APPEARANCE["foraminal"]["inputs"]
+    inputs = [c for c in feats if c.startswith(prefix)]
+    fold_of = {sid: i % 3 for i, sid in enumerate(sorted(train.index))}
+    res = models.fit(feats, train, folds=3, fold_of=fold_of)
+    cols = res["columns"]["foraminal"]
+    assert cols[-3:] == list(models.APPEARANCE_COLUMNS) and not set(inputs) & set(cols)
+    assert "foraminal" in res["appearance"] and "spinal" not in res["appearance"]
+    assert not any(c.startswith(prefix) for c in res["columns"]["spinal"])
+    models.save(res, tmp_path / "m")
+    man = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    stage_file = tmp_path / "m" / man["appearance"]["foraminal"]["file"]
+    assert json.loads(stage_file.read_text())["inputs"] == inputs
+    graders = models.load(tmp_path / "m")
+    sub, _ = graders.predict(feats)
+    fo = feats[feats["condition"].str.contains("foraminal")]
+    stage = res["appearance"]["foraminal"]
+    x = np.hstack([fo[cols[:-3]].to_numpy(np.float32), stage.score(fo[inputs].to_numpy(np.float32))])
+    raw = models.raw_scores(res["boosters"]["foraminal"], x.astype(np.float32))
+    want = models._softmax(raw / res["temperature"]["foraminal"])
+    got = sub.set_index("row_id").loc[fo["row_id"], ["normal_mild", "moderate", "severe"]].to_numpy()
+    assert np.allclose(got, want, atol=1e-6)
+    # The stage's scores matter: without them (NaN) the predictions differ.
+    plain = models.Graders(graders.boosters, graders.manifest)
+    sub0, _ = plain.predict(feats)
+    assert not np.allclose(sub0.set_index("row_id").loc[fo["row_id"]].to_numpy(), got)
+    stage_file.write_text(stage_file.read_text().replace("0", "1", 1))
+    with pytest.raises(SpinefeatError, match="hash"):
+        models.load(tmp_path / "m")
+    flipped = train.copy()
+    fold0 = [s for s, k in fold_of.items() if k == 0]
+    flipped.loc[fold0] = flipped.loc[fold0].replace({"Normal/Mild": "Severe", "Severe": "Normal/Mild"})
+    b = models.fit(feats, flipped, folds=3, fold_of=fold_of)
+    in0 = (res["oof"]["fold"] == 0) & res["oof"]["row_id"].str.contains("foraminal")
+    pd.testing.assert_frame_equal(res["oof"][in0].reset_index(drop=True), b["oof"][in0].reset_index(drop=True))
