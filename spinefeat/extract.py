@@ -34,7 +34,7 @@ from .segment import FAILED, FOUND, Segmentation, measure_recess, measure_sagitt
     segment_foramen
 from .segment.canal import SAC_SEED_OFFSETS_MM
 from .segment.recess import RECESS_AROUND_MM
-from .segment.common import View, crop_mm
+from .segment.common import BACK_LPS, LEFT_LPS, View, crop_mm
 from .series import project_to_series
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,8 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
     ``side`` (+1 left, -1 right) orients a recess's lateral direction; ``roi=False`` leaves out the
     intensity/texture crop (the axial sac of a spinal row, whose crop is the sagittal point's); ``axis_rc``
     (foramen: the spine's direction to the feet at the point, :func:`spinefeat.features.texture.spine_axes_rc`)
-    turns the windows of the foramen's HOG and of its grader's appearance stage.
+    turns the windows of the foramen's HOG and of its grader's appearance stage (the axial sac's window: the axial
+    view, :data:`spinefeat.features.texture.WINDOWS_MM`).
     """
     iop = STANDARD_IOP[region] if iop is None else iop
     if region == "foramen":
@@ -117,8 +118,12 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
     if region == "foramen":
         view = View.from_iop(iop)
         feats.update(aligned_hog(crop, series_high=series_high, view=view, axis_rc=axis_rc))
-        feats.update(aligned_windows(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, series_high=series_high,
-                                     view=view, axis_rc=axis_rc))
+        feats.update(aligned_windows("foramen", image, seed_rc, pixel_spacing_mm=pixel_spacing_mm,
+                                     series_high=series_high, view=view, axis_rc=axis_rc))
+    elif region == "canal_ax":
+        feats.update(aligned_windows("canal_ax", image, seed_rc, pixel_spacing_mm=pixel_spacing_mm,
+                                     series_high=series_high, view=View.from_iop(iop, rows_along=BACK_LPS,
+                                                                                 cols_along=LEFT_LPS)))
     return feats, seg
 
 

@@ -146,28 +146,35 @@ def aligned_hog(crop: np.ndarray, *, series_high: float, view, axis_rc=None) -> 
     return {name: float(val) for name, val in zip(HOG_NAMES, v)}
 
 
-#: The foramen's aligned windows read by its grader's fitted appearance stage
-#: (:data:`spinefeat.models.APPEARANCE`): (side mm, pixel mm) of each, turned to the spine as the HOG's.
-WINDOWS_MM = ((32.0, 2.0),)
-WINDOW_NAMES = {
-    f"foramen_window_{size:g}mm_r{r:02d}c{c:02d}": (
-        f"mean intensity of the {spacing:g} mm pixel at row {r} (0 = cranial) and column {c} (0 = anterior) of the "
-        f"{size:g} mm window around the point turned to the spine's axis, over the series' 99.5th percentile "
-        "(clipped to 1.5); read by the foraminal grader's appearance stage, not by its trees")
-    for size, spacing in WINDOWS_MM for r in range(int(round(size / spacing))) for c in range(int(round(size / spacing)))}
-for _n, _d in WINDOW_NAMES.items():
-    register(_n, f"{_d}; sagittal T1, directions from ImageOrientationPatient and the labelled levels", "1")
-#: Side (mm) of the crop the windows are turned within: the largest window at any angle.
-WINDOW_CROP_MM = float(np.ceil(max(s for s, _ in WINDOWS_MM) * np.sqrt(2)))
+#: The windows read by the graders' fitted appearance stages (:data:`spinefeat.models.APPEARANCE`), per region:
+#: (side mm, pixel mm) of each. The foramen's turned to the spine as its HOG's (rows to the feet, columns to the
+#: back); the axial sac's in the axial view (rows to the back, columns to the patient's left).
+WINDOWS_MM = {"foramen": ((32.0, 2.0),), "canal_ax": ((32.0, 2.0),)}
+_WINDOW_AXES = {"foramen": ("row 0 = cranial", "column 0 = anterior"),
+                "canal_ax": ("row 0 = anterior", "column 0 = the patient's right")}
+WINDOW_NAMES = {region: {
+    f"{region}_window_{size:g}mm_r{r:02d}c{c:02d}": (
+        f"mean intensity of the {spacing:g} mm pixel at row {r} ({_WINDOW_AXES[region][0]}) and column {c} "
+        f"({_WINDOW_AXES[region][1]}) of the {size:g} mm window around the point"
+        f"{' turned to the spine' if region == 'foramen' else ''}, over the series' 99.5th percentile (clipped to "
+        "1.5); read by the grader's appearance stage, not by its trees")
+    for size, spacing in windows for r in range(int(round(size / spacing))) for c in range(int(round(size / spacing)))}
+    for region, windows in WINDOWS_MM.items()}
+for _names in WINDOW_NAMES.values():
+    for _n, _d in _names.items():
+        register(_n, f"{_d}; directions from ImageOrientationPatient (and the foramen's from the labelled levels)", "1")
 
 
-def aligned_windows(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float, view,
+def aligned_windows(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high: float, view,
                     axis_rc=None) -> dict[str, float]:
-    """The foramen's :data:`WINDOWS_MM` windows (:func:`aligned_window`) as :data:`WINDOW_NAMES` columns."""
+    """The ``region``'s :data:`WINDOWS_MM` windows (:func:`aligned_window`, from a crop large enough to turn the
+    largest at any angle) as its :data:`WINDOW_NAMES` columns."""
+    names = WINDOW_NAMES[region]
     if not np.isfinite(series_high) or series_high <= 0:
-        return {n: float("nan") for n in WINDOW_NAMES}
-    crop, _ = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, size_mm=WINDOW_CROP_MM,
-                      spacing_mm=ROI_SPACING_MM)
+        return {n: float("nan") for n in names}
+    windows = WINDOWS_MM[region]
+    crop, _ = crop_mm(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm,
+                      size_mm=float(np.ceil(max(s for s, _ in windows) * np.sqrt(2))), spacing_mm=ROI_SPACING_MM)
     vals = [aligned_window(crop, series_high=series_high, view=view, axis_rc=axis_rc, size_mm=size,
-                           spacing_mm=spacing).ravel() for size, spacing in WINDOWS_MM]
-    return {name: float(v) for name, v in zip(WINDOW_NAMES, np.concatenate(vals))}
+                           spacing_mm=spacing).ravel() for size, spacing in windows]
+    return {name: float(v) for name, v in zip(names, np.concatenate(vals))}

@@ -325,6 +325,8 @@ def run_through(mask: np.ndarray, r: int, c: int, axis: int) -> int:
 #: Patient (LPS) directions the sagittal regions are read in: rows towards the feet, columns towards the back.
 DOWN_LPS = (0.0, 0.0, -1.0)
 BACK_LPS = (0.0, 1.0, 0.0)
+#: Towards the patient's left (the axial view's columns: rows towards the back).
+LEFT_LPS = (1.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
