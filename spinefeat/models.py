@@ -1074,4 +1074,8 @@ def load(models: Path) -> Graders:
                              "`spinefeat train`") from None
         if group not in boosters or not set(APPEARANCE_COLUMNS) <= set(man["columns"][group]):
             raise ModelError(f"{path}: the {group} grader does not read an appearance stage; refusing to load")
+    for group, cols in man["columns"].items():
+        if group in boosters and group not in stages and set(APPEARANCE_COLUMNS) & set(cols):
+            raise ModelError(f"{models}/manifest.json: the {group} grader reads an appearance stage the manifest "
+                             "does not list; retrain with `spinefeat train`")
     return Graders(boosters, man, stages)

@@ -354,6 +354,9 @@ def test_train_fits_the_appearance_stage_in_fold_and_predict_applies_it(tmp_path
     stage_file.write_text(stage_file.read_text().replace("0", "1", 1))
     with pytest.raises(SpinefeatError, match="hash"):
         models.load(tmp_path / "m")
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(dict(man, appearance={})))
+    with pytest.raises(SpinefeatError, match="does not list"):
+        models.load(tmp_path / "m")
     flipped = train.copy()
     fold0 = [s for s, k in fold_of.items() if k == 0]
     flipped.loc[fold0] = flipped.loc[fold0].replace({"Normal/Mild": "Severe", "Severe": "Normal/Mild"})
