@@ -81,8 +81,8 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
     ``side`` (+1 left, -1 right) orients a recess's lateral direction; ``roi=False`` leaves out the
     intensity/texture crop (the axial sac of a spinal row, whose crop is the sagittal point's); ``axis_rc``
     (foramen: the spine's direction to the feet at the point, :func:`spinefeat.features.texture.spine_axes_rc`)
-    turns the windows of the foramen's HOG and of its grader's appearance stage (the axial sac's window: the axial
-    view, :data:`spinefeat.features.texture.WINDOWS_MM`).
+    turns the windows of the foramen's HOG and of its grader's appearance stage (the axial sac's and the recess's windows:
+    the axial view, :data:`spinefeat.features.texture.WINDOWS_MM`).
     """
     iop = STANDARD_IOP[region] if iop is None else iop
     if region == "foramen":
@@ -120,10 +120,12 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
         feats.update(aligned_hog(crop, series_high=series_high, view=view, axis_rc=axis_rc))
         feats.update(aligned_windows("foramen", image, seed_rc, pixel_spacing_mm=pixel_spacing_mm,
                                      series_high=series_high, view=view, axis_rc=axis_rc))
-    elif region == "canal_ax":
-        feats.update(aligned_windows("canal_ax", image, seed_rc, pixel_spacing_mm=pixel_spacing_mm,
+    elif region in ("canal_ax", "recess"):
+        # The axial view; a recess's columns run towards its own side, so both sides' windows look alike.
+        towards = LEFT_LPS if region == "canal_ax" or side >= 0 else tuple(-v for v in LEFT_LPS)
+        feats.update(aligned_windows(region, image, seed_rc, pixel_spacing_mm=pixel_spacing_mm,
                                      series_high=series_high, view=View.from_iop(iop, rows_along=BACK_LPS,
-                                                                                 cols_along=LEFT_LPS)))
+                                                                                 cols_along=towards)))
     return feats, seg
 
 
