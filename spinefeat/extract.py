@@ -81,8 +81,8 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
     ``side`` (+1 left, -1 right) orients a recess's lateral direction; ``roi=False`` leaves out the
     intensity/texture crop (the axial sac of a spinal row, whose crop is the sagittal point's); ``axis_rc``
     (foramen: the spine's direction to the feet at the point, :func:`spinefeat.features.texture.spine_axes_rc`)
-    turns the windows of the foramen's HOG and of its grader's appearance stage (the axial sac's and the recess's windows:
-    the axial view, :data:`spinefeat.features.texture.WINDOWS_MM`).
+    turns the windows of the foramen's HOG and of its grader's appearance stage (the recess's and the axial
+    sac's windows: the axial view, :data:`spinefeat.features.texture.WINDOWS_MM`).
     """
     iop = STANDARD_IOP[region] if iop is None else iop
     if region == "foramen":

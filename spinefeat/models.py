@@ -82,8 +82,10 @@ def grader_params(group: str, **extra) -> dict:
 #: (:data:`APPEARANCE_COLUMNS`) join the grader's columns in their place: the trees read the score, not the
 #: pixels. Fitted inside every training fold with its training rows' scores out of inner study-grouped folds
 #: (:func:`appearance_scores`), so the trees never see a score fitted on their own rows' grades.
-APPEARANCE = {"foraminal": {"inputs": "foramen_window_", "C": 0.003}, "spinal": {"inputs": "canal_ax_window_", "C": 0.003},
-              "subarticular": {"inputs": "recess_window_", "C": 0.003}}
+#: Chosen on the development halves of the real rows (README, Graders): each gained there and on the held-out half.
+APPEARANCE = {"foraminal": {"inputs": "foramen_window_", "C": 0.003},
+              "subarticular": {"inputs": "recess_window_", "C": 0.003},
+              "spinal": {"inputs": "canal_ax_window_", "C": 0.003}}
 APPEARANCE_COLUMNS = tuple(f"appearance_logodds_{c}" for c in CLASS_COLUMNS)
 #: Inner folds of the appearance stage (by study).
 APPEARANCE_FOLDS = 5

@@ -100,14 +100,15 @@ def spine_axes_rc(level_index, rows, cols, *, pixel_spacing_mm) -> list[tuple[fl
 
 def aligned_window(crop: np.ndarray, *, series_high: float, view, axis_rc=None, size_mm: float,
                    spacing_mm: float = ROI_SPACING_MM) -> np.ndarray:
-    """The square ``size_mm`` window around the centre of ``crop`` turned to the spine's axis.
+    """The square ``size_mm`` window around the centre of ``crop``, turned to the spine's axis when one is given.
 
     ``crop``: a crop at :data:`ROI_SPACING_MM` around the point (image axes), large enough for the window
     turned by the axis (beyond it the crop is mirrored); ``view`` (:class:`spinefeat.segment.common.View`)
-    turns it to rows to the feet and columns to the back; ``axis_rc``: the spine's direction towards the feet
-    in the image's (row, col) (:func:`spine_axes_rc`; None: the image's own cranio-caudal axis). Rows of the
-    window run along the axis (0 = cranial), columns towards the back (0 = anterior), sampled at
-    :data:`ROI_SPACING_MM` and averaged down to ``spacing_mm``; values over ``series_high``, clipped to 0-1.5.
+    turns it to the region's view (the foramen's: rows to the feet, columns to the back); ``axis_rc``: the
+    spine's direction towards the feet in the image's (row, col) (:func:`spine_axes_rc`; None: the view's own
+    rows). Rows of the window run along the axis (0 = cranial), columns along its perpendicular towards the
+    view's columns (0 = anterior), sampled at :data:`ROI_SPACING_MM` and averaged down to ``spacing_mm``;
+    values over ``series_high``, clipped to 0-1.5.
     """
     import cv2
 
