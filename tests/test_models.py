@@ -322,14 +322,17 @@ def test_appearance_scores_of_every_row_are_out_of_fold():
 
 
 def test_train_fits_the_appearance_stage_in_fold_and_predict_applies_it(tmp_path):
-    """The foraminal grader reads its stage's scores, not the stage's inputs; saved as JSON beside the text
-    models, the loaded graders predict what the trained booster gives on the stage's scores of the same rows,
-    a changed stage file is refused, and relabelling a fold leaves its out-of-fold rows as they were."""
+    """The foraminal grader reads its stage's scores, not the stage's inputs (the same models with fits in worker
+    processes); saved as JSON beside the text models, the loaded graders predict what the trained booster gives on
+    the stage's scores of the same rows, a changed stage file is refused, and relabelling a fold leaves its
+    out-of-fold rows as they were."""
     feats, train = _window_table()
     prefix = models.APPEARANCE["foraminal"]["inputs"]
     inputs = [c for c in feats if c.startswith(prefix)]
     fold_of = {sid: i % 3 for i, sid in enumerate(sorted(train.index))}
     res = models.fit(feats, train, folds=3, fold_of=fold_of)
+    par = models.fit(feats, train, folds=3, fold_of=fold_of, jobs=2)      # the stage's scores through worker files
+    assert par["boosters"]["foraminal"].model_to_string() == res["boosters"]["foraminal"].model_to_string()
     cols = res["columns"]["foraminal"]
     assert cols[-3:] == list(models.APPEARANCE_COLUMNS) and not set(inputs) & set(cols)
     assert "foraminal" in res["appearance"] and "spinal" not in res["appearance"]
