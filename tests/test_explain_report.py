@@ -27,7 +27,8 @@ def test_contributions_plus_expected_value_equal_raw_score(graders, feats):
     for group, booster in graders.boosters.items():
         rows = feats[feats.condition.isin(MODEL_GROUPS[group]) & (feats.diagnostics_error.fillna("") == "")]
         c, cols = contributions(graders, rows, group)
-        raw = booster.predict(rows.reindex(columns=cols).to_numpy(np.float32), raw_score=True)
+        # The values the trees read: the manifest's columns with the appearance stage's scores in place.
+        raw = booster.predict(graders.design(rows, group), raw_score=True)
         assert c.shape == (len(rows), 3, len(cols) + 1)
         assert np.allclose(c.sum(axis=2), raw, atol=1e-6)
 
