@@ -50,7 +50,8 @@ def plan_study(rng: np.random.Generator, ph: Phantom, frame: str) -> dict[str, S
     sp_sag = float(rng.choice([3.3, 3.6, 4.0, 4.4, 4.5, 4.5, 4.8, 5.0, 5.0, 6.0]))
     size_sag = int(rng.choice([384, 448, 512, 512, 640]))
     fov_sag = rng.uniform(260, 330)
-    centre = ph.to_patient(rng.normal(0, 2.5), rng.normal(-8, 10), s_mid + rng.normal(0, 10))
+    # Real fields of view are centred on the bodies as often as on the canal, and not always on L3.
+    centre = ph.to_patient(rng.normal(0, 2.5), rng.normal(-12, 12), s_mid + rng.normal(0, 15))
     shared = rng.random() < 0.5
     for desc, seq in (("Sagittal T1", "T1"), ("Sagittal T2/STIR", "STIR" if rng.random() < 0.2 else "T2")):
         n, sp, size = n_sag, sp_sag, size_sag
@@ -62,12 +63,15 @@ def plan_study(rng: np.random.Generator, ph: Phantom, frame: str) -> dict[str, S
         # Normal points to patient right: positions in normal order run left->right.
         if rng.random() < 0.64:     # 64 % of real series number instances right -> left (increasing x)
             order = order[::-1]
-        plans[desc] = SeriesPlan(desc, seq, [geo], sp - rng.uniform(0.3, 1.0), [order])
+        thick = sp - rng.uniform(0.3, 1.0)
+        if shared and desc == "Sagittal T2/STIR":     # the same slices: the same slab (and one trace of them)
+            thick = plans["Sagittal T1"].thickness_mm
+        plans[desc] = SeriesPlan(desc, seq, [geo], thick, [order])
     # Axial T2: one stack through L1-S1, or one oblique stack per disc.
     size_ax = int(rng.choice([256, 320, 384, 448, 512]))
     fov_ax = rng.uniform(150, 210)
     px_ax = round(fov_ax / size_ax, 4)
-    c_uv = (rng.normal(0, 4), rng.normal(-6, 8))
+    c_uv = (rng.normal(0, 6), rng.normal(-10, 12))
     top_first = rng.random() < 0.5
     stacks = []
     if rng.random() < 0.6:

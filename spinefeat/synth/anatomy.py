@@ -103,9 +103,13 @@ class Phantom:
                 self.foramen_w - (self.foramen_w - w_min) * lose_w)
 
     def recess_axes(self, f: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-        """Lateral recess lobe semi-axes (lateral, AP) for narrowing ``f``."""
+        """Lateral recess lobe semi-axes (lateral, AP) for narrowing ``f``.
+
+        A normal recess is about 5 mm deep (first drawn 6.7 mm: the segmenter read a median depth of 5.8 mm
+        on phantoms against 3.3 mm on the real Axial T2 crops, areas 105 against 65 mm2).
+        """
         f = np.asarray(f, float)
-        return 4.5 * (1 - 0.85 * f) + 0.4, 3.2 * (1 - 0.95 * f) + 0.15
+        return 4.0 * (1 - 0.85 * f) + 0.4, 2.45 * (1 - 0.95 * f) + 0.15
 
     @property
     def foramen_u(self) -> float:
@@ -137,7 +141,9 @@ def make_phantom(rng: np.random.Generator, latents: dict[str, dict]) -> Phantom:
     f_canal = rng.uniform(0, 0.08, nb)
     f_for = rng.uniform(0, 0.1, (nb, 2))
     f_rec = rng.uniform(0, 0.1, (nb, 2))
-    hydration = rng.uniform(0.8, 1.0, nb)
+    # Disc water (nucleus T2/STIR signal): RSNA patients are mostly past middle age, and on their real
+    # Sagittal T2/STIR series (and SPIDER's) many discs are grey or dark, not the bright bands of young discs.
+    hydration = rng.uniform(0.35, 1.0, nb)
     for li, lv in enumerate(LEVELS):
         di = LUMBAR_DISC0 + li
         f_canal[di] = latents[f"spinal_canal_stenosis_{lv}"]["f"]
@@ -147,7 +153,7 @@ def make_phantom(rng: np.random.Generator, latents: dict[str, dict]) -> Phantom:
                      latents[f"right_subarticular_stenosis_{lv}"]["f"]]
         worst = max(f_canal[di], *f_for[di], *f_rec[di])
         # Degenerated discs lose T2 signal and height.
-        hydration[di] = float(np.clip(1.0 - 0.9 * worst + rng.normal(0, 0.08), 0.25, 1.0))
+        hydration[di] = float(np.clip(hydration[di] * (1.0 - 0.8 * worst) + rng.normal(0, 0.08), 0.15, 1.0))
         disc_h[di] *= 1.0 - 0.3 * worst
     body_top = np.concatenate([[0.0], np.cumsum(body_h + disc_h)[:-1]])
     l3 = VERTEBRAE.index("L3")
