@@ -21,13 +21,6 @@ from .rendering import render_slice
 from .truth import label_points, true_measurements
 
 
-#: Rician noise of each series against the study's level. The Sagittal T1 level matches the real slices
-#: (noise over the window's 99th percentile around a foramen, after the share's 250-px resize: median 0.017
-#: on 100 phantom windows, 0.018 on 200 real ones); the real Axial T2 crops are far cleaner (0.011 over the
-#: crop's 99th percentile, 200 crops) than phantoms drawn at the same level were (0.040).
-NOISE_FACTOR = {"Sagittal T1": 1.0, "Sagittal T2/STIR": 1.0, "Axial T2": 0.35}
-
-
 def _unique_ids(rng: np.random.Generator, n: int, lo: int, hi: int) -> list[int]:
     """``n`` distinct random integers in ``[lo, hi)`` (RSNA-like ids)."""
     ids: list[int] = []
@@ -85,8 +78,8 @@ def synth_study(root: Path, split: str, study_id: int, seed: int, index: int, *,
         series_gain = scale * rng.uniform(0.85, 1.15)
         for st, numbers in zip(plan.stacks, plan.instance_order):
             for k in range(st.n_slices):
-                img, _ = render_slice(ph, st, k, plan.sequence, rng, noise=noise * NOISE_FACTOR[desc],
-                                      thickness_mm=plan.thickness_mm, cache=cache)
+                img, _ = render_slice(ph, st, k, plan.sequence, rng, noise=noise, thickness_mm=plan.thickness_mm,
+                                      cache=cache)
                 px = np.clip(img * series_gain, 0, 65535).astype(np.uint16)
                 write_dicom(sdir / f"{numbers[k]}.dcm", px, st, k, study_uid=study_uid, series_uid=series_uid,
                              series_number=si + 2, description=desc, instance=numbers[k],
