@@ -125,7 +125,8 @@ def _mottle(ph: Phantom, u, v, s, cell_mm: float = 3.0) -> np.ndarray:
     for du in (0, 1):
         for dv in (0, 1):
             for dz in (0, 1):
-                h = np.sin((i0[0] + du) * 12.9898 + (i0[1] + dv) * 78.233 + (i0[2] + dz) * 37.719 + seed) * 43758.5453
+                h = np.sin((i0[0] + du) * 12.9898 + (i0[1] + dv) * 78.233 + (i0[2] + dz) * 37.719 + seed)
+                h = h * 43758.5453
                 val = 2 * (h - np.floor(h)) - 1
                 w = (t[0] if du else 1 - t[0]) * (t[1] if dv else 1 - t[1]) * (t[2] if dz else 1 - t[2])
                 acc += w * val
@@ -232,7 +233,7 @@ def _spine(ph: Phantom, u, v, s, lab, reg, gain, idx) -> None:  # noqa: C901 - o
     put(foramen, EPIFAT)
     # The exiting root, just above the keyhole's centre: on the real Sagittal T1 slices the labelled point
     # reads 0.58 of the fat peak around it (median of 4,935 foramina), phantoms with the root 0.3 of the
-    # keyhole's height above the point read 0.80 (reports/real_check/real_vs_phantom.png).
+    # keyhole's height above the point read 0.80, with it here 0.55 (reports/real_check/real_vs_phantom.md).
     root_r = 2.4
     root = foramen & (((s - (fs_c - 0.12 * fh)) / root_r) ** 2 + ((vv - fv) / root_r) ** 2 <= 1)
     put(root, NERVE)
@@ -248,7 +249,7 @@ def _spine(ph: Phantom, u, v, s, lab, reg, gain, idx) -> None:  # noqa: C901 - o
     # Recess content: epidural fat around the traversing root (CSF only in the sac).
     put(lobe, RECESS_FAT)
     # The traversing root on the medial side of the recess, the labelled point on the fat lateral of it (real
-    # crops read 0.47 of the series' high at the point, phantoms with the root under the point 0.32).
+    # crops read 0.47 of the series' high at the point; phantoms with the root under it 0.32, now 0.41).
     put(lobe & (((au - ph.recess_u + ra * 0.4) / 1.4) ** 2 + ((vv - rb) / 1.4) ** 2 <= 1), NERVE)
     reg[idx[lobe & left]] = RECESS_L
     reg[idx[lobe & ~left]] = RECESS_R
@@ -268,9 +269,9 @@ def _spine(ph: Phantom, u, v, s, lab, reg, gain, idx) -> None:  # noqa: C901 - o
     cord_k = np.clip((s_conus - s) / 15.0, 0, 1)
     cord = sac & ((u / (4.2 * cord_k + 1e-3)) ** 2 + ((vv - sv) / (3.4 * cord_k + 1e-3)) ** 2 <= 1) & (cord_k > 0.1)
     put(cord, NERVE)
-    # Marrow is not uniform: fatty and red marrow mottle it at a few mm (real T1 and T2 bodies); epidural fat
-    # has lobules and septa. Phantoms drawn uniform had the real crops' texture only at edges (GLCM contrast of
-    # the recess crop 4.5 against 6.2 real).
+    # Marrow is not uniform: fatty and red marrow mottle it at a few mm (the real T1 and T2 bodies look so, the
+    # phantoms' were flat); epidural fat has lobules and septa. The recess crop's GLCM contrast stays below the
+    # real one's (4.4 against 6.2) all the same: the real texture is more than this.
     for code, amp, cell in ((MARROW, 0.2, 3.0), (EPIFAT, 0.12, 2.0), (RECESS_FAT, 0.12, 2.0)):
         m = lab[idx] == code
         if m.any():
