@@ -195,6 +195,72 @@ def test_canal_curve_goes_on_past_the_csf_and_keeps_its_end():
     assert np.interp(canal.end_mm, canal.s_mm, canal.rows) == pytest.approx(299, abs=1.5)
 
 
+def _sagittal_stack(csf, slice_mm, *, skin_fat=False, extra=None, px=0.7, n=400):
+    """A sagittal stack, slice i at i * ``slice_mm`` along the normal: :func:`_column_image`'s CSF column
+    at brightness ``csf[i]`` (0.2: none) over a 0.2 background with air in front of the body (the first 20
+    columns); with ``skin_fat`` a 21 mm band of fat (1.0) just under the skin of the back (air behind it);
+    ``extra(img, i)`` draws more."""
+    from spinefeat.dicom import Stack
+    from spinefeat.geometry import StackGeometry
+
+    base, _, _, _ = _column_image(n=n, px=px)
+    imgs = []
+    for i, v in enumerate(csf):
+        img = 0.2 + (base - 0.2) * (v - 0.2) / 0.8
+        if extra is not None:
+            extra(img, i)
+        img[:, :20] = 0.0
+        if skin_fat:
+            img[:, 330:360], img[:, 360:] = 1.0, 0.0
+        imgs.append(img)
+    k = len(csf)
+    pos = np.stack([-np.arange(k) * slice_mm, np.zeros(k), np.zeros(k)], axis=1)
+    geo = StackGeometry(pos, np.array([0.0, 1, 0, 0, 0, -1]), np.array([px, px]), (n, n))
+    return Stack(1, 2, "Sagittal T2/STIR", (1000 * np.stack(imgs)).astype(np.float32), geo, np.arange(1, k + 1))
+
+
+def _sac(mid, slice_mm, k, half_mm=12.0):
+    """CSF brightness on each of ``k`` slices through a sac centred on slice ``mid``: partial volume dims it
+    towards the sac's edges."""
+    return [0.2 + 0.8 * max(0.0, 1.0 - abs(i - mid) * slice_mm / half_mm) for i in range(k)]
+
+
+def test_mid_sagittal_is_the_middle_of_the_sac_not_the_edge_slice_with_the_most_csf_area():
+    from spinefeat.localize import mid_sagittal
+
+    _, rows, cols, _ = _column_image()
+    csf = _sac(6, 4.0, 11)                    # the slab's centre is slice 5; the sac's middle is slice 6
+
+    def foramen_fat(img, i):                  # off the middle: fat as dim as its CSF beside the column
+        if i == 5:
+            for r in rows[10::40]:
+                c = int(cols[r - rows[0]])
+                img[r:r + 12, c + 5:c + 17] = csf[5]
+
+    stack = _sagittal_stack(csf, 4.0, skin_fat=True, extra=foramen_fat)
+    area = {i: csf_column(stack.pixels[i], stack.geometry.pixel_spacing_mm, follow=False)[0].sum() for i in (5, 6)}
+    assert area[5] > area[6]                 # the trap: more CSF-column area off the middle
+    k, shift_mm = mid_sagittal(stack)
+    assert k == 6 and abs(shift_mm) < 2.0    # within half a slice of the sac's middle
+
+
+def test_mid_sagittal_on_thin_slices_finds_a_sac_off_the_slab_centre():
+    from spinefeat.localize import mid_sagittal
+
+    k, shift_mm = mid_sagittal(_sagittal_stack(_sac(28, 1.0, 41), 1.0))    # slab centre: slice 20 (8 mm off)
+    assert abs(k + shift_mm - 28) <= 1.0
+
+
+def test_mid_sagittal_ignores_the_fat_under_the_skin_beside_the_spine():
+    from spinefeat.localize import mid_sagittal
+
+    stack = _sagittal_stack(_sac(5, 4.0, 11), 4.0, skin_fat=True)
+    lateral = csf_column(stack.pixels[1], stack.geometry.pixel_spacing_mm, follow=False)[0]
+    assert lateral.any() and np.nonzero(lateral)[1].min() >= 325     # the column on a lateral slice: the fat
+    k, shift_mm = mid_sagittal(stack)
+    assert k == 5 and abs(shift_mm) < 2.0
+
+
 def _axial_stack(centre_rc, r_mm=6.0, px=0.5, n=200):
     """One axial slice (rows posterior, cols patient left) with a round sac at ``centre_rc``."""
     from spinefeat.dicom import Stack

@@ -147,8 +147,10 @@ def csf_column(img: np.ndarray, pixel_spacing_mm, *, cut: float = CSF_CUT, follo
     return mask, float(np.ptp(rows) * float(pixel_spacing_mm[0])) if len(rows) else 0.0
 
 
-def _seed_column(img: np.ndarray, pixel_spacing_mm, *, cut: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """The CSF column's own pieces (see :func:`csf_column`), the row top-hat image and its 99.5th percentile."""
+def _seed_column(img: np.ndarray, pixel_spacing_mm, *, cut: float, deep_only: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The CSF column's own pieces (see :func:`csf_column`), the row top-hat image and its 99.5th percentile.
+    ``deep_only``: no column when only pieces under the skin are found (no fallback to them)."""
     dr, dc = (float(v) for v in pixel_spacing_mm)
     x = ndi.uniform_filter(normalise_intensity(img), size=3)
     th = _row_tophat(x, dc)
@@ -167,7 +169,7 @@ def _seed_column(img: np.ndarray, pixel_spacing_mm, *, cut: float) -> tuple[np.n
         if h_mm >= 15 and 1.5 <= width_mm <= 22 and h_mm / max(width_mm, 1e-6) > 3:
             deep = np.median(depth[sl][comp]) >= MIN_BODY_DEPTH_MM
             (cands if deep else shallow).append((h_mm, i))
-    cands = cands or shallow
+    cands = cands or ([] if deep_only else shallow)
     if not cands:
         return np.zeros(img.shape, bool), th, hi
     # Each of the longest pieces seeds a chain of the pieces that join it. The column is the chain with
@@ -261,30 +263,76 @@ def follow_column(ridge: np.ndarray, mask: np.ndarray, pixel_spacing_mm, *, low:
     return out
 
 
+#: The sagittal slab is centred on the spine from left to right (the phantoms: sd 2.5 mm): the slice choice
+#: weighs a slice this far (mm, sd) off the slab's centre down by a Gaussian (bands of fat under the skin
+#: 15-30 mm lateral are as bright and long as the CSF column).
+SLAB_CENTRE_SD_MM = 30.0
+#: The slices whose weighted CSF contrast is within this share of the best one's are the sac's middle.
+MID_SHARE = 0.7
+#: Of those, the slice nearest the midline whose column is at least this share of the longest one's.
+LONG_SHARE = 0.75
+
+
+def column_evidence(img: np.ndarray, pixel_spacing_mm) -> tuple[float, float]:
+    """The CSF column of one sagittal slice: its contrast, its pixels' brightness above their rows'
+    background (normalised intensity) summed over its area (mm2), and its length (mm); (0, 0) when the
+    column is under 40 mm long or only the fat under the skin stands out (:data:`MIN_BODY_DEPTH_MM`).
+
+    The contrast is largest at the midline and falls off to either side as
+    the slice cuts the edge of the sac: partial volume through a thick slice
+    dims the CSF, and the fat of the foramina beside it adds area, not contrast.
+    """
+    dr, dc = (float(v) for v in pixel_spacing_mm)
+    seed, th, _ = _seed_column(img, pixel_spacing_mm, cut=CSF_CUT, deep_only=True)
+    rows = np.flatnonzero(seed.any(axis=1))
+    if len(rows) < 2 or np.ptp(rows) * dr < 40.0:
+        return 0.0, 0.0
+    return float(th[seed].sum()) * dr * dc, float(np.ptp(rows)) * dr
+
+
+def _run_around(score: np.ndarray, i: int, share: float) -> tuple[int, int]:
+    """The first and last index of the run of ``score`` around ``i`` at or above ``share`` of ``score[i]``."""
+    lo, hi = i, i
+    while lo > 0 and score[lo - 1] >= share * score[i]:
+        lo -= 1
+    while hi < len(score) - 1 and score[hi + 1] >= share * score[i]:
+        hi += 1
+    return lo, hi
+
+
 def mid_sagittal(stack: Stack) -> tuple[int, float]:
     """The mid-sagittal slice and the midline's offset from it along the slice normal (mm).
 
-    The sac is widest at the midline, so its CSF area on a sagittal slice peaks
-    there: the slice with the largest CSF-column area among those whose column
-    is nearly as long as the longest (a bright patch of fat off the spine can
-    have a large area, never the column's length), refined between slices by a
-    parabola through it and its neighbours.
+    Every slice's CSF column (:func:`column_evidence`): its contrast, smoothed
+    over 5 mm of slices (thin slices are noisy) and weighed by the slice's
+    distance from the slab's centre (:data:`SLAB_CENTRE_SD_MM`), peaks at the
+    midline; the midline is the mean position of the slices around the peak
+    within :data:`MID_SHARE` of it, weighted by that score (the sac is
+    symmetric about it). The slice returned is the one nearest the midline
+    among the slices of the sac's middle (unsmoothed contrast within
+    :data:`MID_SHARE` of their best) whose column is nearly as long as their
+    longest (:data:`LONG_SHARE`): the canal is fitted and its discs found on
+    it, and a column that stops short (a bright sac end not joined, a tight
+    level) loses the lowest discs.
     """
-    k = stack.geometry.n_slices
-    cands = list(range(max(0, k // 2 - 4), min(k, k // 2 + 5)))
-    area, extent = {}, {}
-    for i in cands:
-        mask, extent[i] = csf_column(stack.pixels[i], stack.geometry.pixel_spacing_mm, follow=False)
-        area[i] = float(mask.sum()) if extent[i] >= 40 else 0.0
-    longest = max(extent.values())
-    best = max(cands, key=lambda i: (extent[i] >= 0.75 * longest and area[i] > 0, area[i], -abs(i - (k - 1) / 2)))
-    shift = 0.0
-    if best - 1 in area and best + 1 in area:
-        a0, a1, a2 = area[best - 1], area[best], area[best + 1]
-        den = a0 - 2 * a1 + a2
-        if den < 0:
-            shift = float(np.clip(0.5 * (a0 - a2) / den, -0.5, 0.5))
-    return best, shift * stack.geometry.slice_spacing_mm
+    g = stack.geometry
+    k, sp = g.n_slices, float(g.slice_spacing_mm) if g.n_slices > 1 else 1.0
+    contrast, length = np.array([column_evidence(stack.pixels[i], g.pixel_spacing_mm) for i in range(k)]).T.reshape(2, k)
+    if not contrast.any():
+        return k // 2, 0.0
+    weight = np.exp(-0.5 * (((np.arange(k) - (k - 1) / 2) * sp) / SLAB_CENTRE_SD_MM) ** 2)
+    h = int(round(2.5 / sp))
+    score = (ndi.uniform_filter1d(contrast, 2 * h + 1, mode="nearest") if h else contrast) * weight
+    lo, hi = _run_around(score, int(np.argmax(score)), MID_SHARE)
+    centre = float((np.arange(lo, hi + 1) * score[lo:hi + 1]).sum() / score[lo:hi + 1].sum())
+    raw = contrast * weight
+    near = int(round(centre))
+    top = lo + int(np.argmax(raw[lo:hi + 1]))
+    a, b = _run_around(raw, top, MID_SHARE)
+    a, b = min(a, near), max(b, near)
+    longest = length[a:b + 1].max()
+    mid = min((i for i in range(a, b + 1) if length[i] >= LONG_SHARE * longest), key=lambda i: abs(i - centre))
+    return mid, (centre - mid) * sp
 
 
 @dataclass
