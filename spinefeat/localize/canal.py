@@ -317,7 +317,7 @@ def mid_sagittal(stack: Stack) -> tuple[int, float]:
     """
     g = stack.geometry
     k, sp = g.n_slices, float(g.slice_spacing_mm) if g.n_slices > 1 else 1.0
-    contrast, length = np.array([column_evidence(stack.pixels[i], g.pixel_spacing_mm) for i in range(k)]).T.reshape(2, k)
+    contrast, length = np.array([column_evidence(stack.pixels[i], g.pixel_spacing_mm) for i in range(k)]).reshape(k, 2).T
     if not contrast.any():
         return k // 2, 0.0
     weight = np.exp(-0.5 * (((np.arange(k) - (k - 1) / 2) * sp) / SLAB_CENTRE_SD_MM) ** 2)
