@@ -326,10 +326,7 @@ def mid_sagittal(stack: Stack) -> tuple[int, float]:
     lo, hi = _run_around(score, int(np.argmax(score)), MID_SHARE)
     centre = float((np.arange(lo, hi + 1) * score[lo:hi + 1]).sum() / score[lo:hi + 1].sum())
     raw = contrast * weight
-    near = int(round(centre))
-    top = lo + int(np.argmax(raw[lo:hi + 1]))
-    a, b = _run_around(raw, top, MID_SHARE)
-    a, b = min(a, near), max(b, near)
+    a, b = _run_around(raw, lo + int(np.argmax(raw[lo:hi + 1])), MID_SHARE)
     longest = length[a:b + 1].max()
     mid = min((i for i in range(a, b + 1) if length[i] >= LONG_SHARE * longest), key=lambda i: abs(i - centre))
     return mid, (centre - mid) * sp
