@@ -342,73 +342,6 @@ class Canal:
     anterior: float             # +1 when anterior is increasing column, else -1
 
 
-def _runs(cols: np.ndarray, gap: int = 1) -> list[np.ndarray]:
-    """Sorted column indices split into runs where neighbours are more than ``gap`` columns apart."""
-    return np.split(cols, np.flatnonzero(np.diff(cols) > gap) + 1) if len(cols) else []
-
-
-#: A row of the CSF that is one run at most this wide (mm) is plainly the canal: the track starts among them.
-TRACK_CLEAN_WIDTH_MM = 20.0
-#: The track takes a row's run at most this far (mm) from where the canal is expected, clipped to it (or to
-#: 0.75 times the canal's width where the track starts, when wider).
-TRACK_HALF_WIDTH_MM = 6.0
-#: Runs of a row less than this far apart (mm) are one: the cord or the roots split the CSF.
-TRACK_JOIN_MM = 5.0
-
-
-def _track_centre(mask: np.ndarray, csf: np.ndarray, dr: float, dc: float, *, max_gap_mm: float = 30.0,
-                  fit_mm: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
-    """The canal's centre, row by row: (rows, columns) of a track through ``mask`` that moves on smoothly.
-
-    A row's median column leaves the canal wherever the mask holds other bright tissue beside it (a
-    vertebral body's marrow, the fat behind the sacrum). The track starts in the middle of the longest
-    stretch of rows where ``csf`` is one run no wider than :data:`TRACK_CLEAN_WIDTH_MM`, and goes up and
-    down from there: each row's centre is the middle of the run nearest the straight line through the last
-    ``fit_mm`` of track, clipped to :data:`TRACK_HALF_WIDTH_MM` around it; runs further off are not the
-    canal. It stops after ``max_gap_mm`` of rows without one.
-    """
-    h = mask.shape[0]
-    join = int(TRACK_JOIN_MM / dc)
-
-    def runs(m, r):
-        return _runs(np.flatnonzero(m[r]), join)
-
-    clean = np.zeros(h + 1, bool)
-    for r in np.flatnonzero(csf.any(axis=1)):
-        v = runs(csf, r)
-        clean[r] = len(v) == 1 and (v[0][-1] - v[0][0] + 1) * dc <= TRACK_CLEAN_WIDTH_MM
-    # The longest stretch of clean rows: its first row and length.
-    edges = np.flatnonzero(np.diff(np.concatenate([[False], clean])))
-    if not len(edges):
-        return np.zeros(0, int), np.zeros(0)
-    starts, stops = edges[0::2], edges[1::2]
-    i = int(np.argmax(stops - starts))
-    width_mm = float(np.median([np.ptp(runs(csf, r)[0]) + 1 for r in range(starts[i], stops[i])])) * dc
-    half = max(TRACK_HALF_WIDTH_MM, 0.75 * width_mm) / dc
-    r0 = int(starts[i] + stops[i]) // 2
-    got = {r0: 0.5 * float(runs(csf, r0)[0][0] + runs(csf, r0)[0][-1])}
-    for step in (1, -1):
-        # Going up, the track's first rows below the start set the first slope.
-        trail, missed, r = sorted(got, reverse=True), 0.0, r0 + step
-        while 0 <= r < h and missed <= max_gap_mm:
-            last = [k for k in trail[-int(fit_mm / dr) - 1:] if abs(k - r) * dr <= fit_mm + missed]
-            if len(last) >= 3:
-                pred = float(np.polyval(np.polyfit(last, [got[k] for k in last], 1), r))
-            else:
-                pred = got[trail[-1]]
-            near = [c[np.abs(c - pred) <= half] for c in runs(mask, r)]
-            near = [c for c in near if len(c)]
-            if near:
-                c = min(near, key=lambda c: np.abs(c - pred).min())
-                got[r], missed = 0.5 * float(c[0] + c[-1]), 0.0
-                trail.append(r)
-            else:
-                missed += dr
-            r += step
-    rows = np.array(sorted(got))
-    return rows, np.array([got[r] for r in rows])
-
-
 def fit_canal(img: np.ndarray, pixel_spacing_mm, iop, *, extend_mm: tuple[float, float] = (20.0, 40.0)) -> Canal | None:
     """Fit ``col = f(row)`` through the CSF column and sample it every :data:`STEP_MM`.
 
@@ -423,14 +356,12 @@ def fit_canal(img: np.ndarray, pixel_spacing_mm, iop, *, extend_mm: tuple[float,
     rows_csf = np.flatnonzero(csf.any(axis=1))
     if len(rows_csf) < 2 or np.ptp(rows_csf) * dr < 40:
         return None
-    # The centre line: a track through the column's rows (:func:`_track_centre`: bright tissue beside the
-    # canal does not pull it off), rows without CSF (tight levels) interpolated, smoothed over 10 mm. A real
-    # canal bends too much between the thoracic spine and the sacrum for one polynomial.
-    rows_m, cen_m = _track_centre(mask, csf, dr, dc)
-    if len(rows_m) < 2 or np.ptp(rows_m) * dr < 40:
-        return None
+    # The centre line: each row's median column (a bright blob beside the column does not pull it), rows
+    # without CSF (tight levels) interpolated, smoothed over 10 mm. A real canal bends too much between the
+    # thoracic spine and the sacrum for one polynomial.
+    rows_m = np.flatnonzero(mask.any(axis=1))
     top, bottom = int(rows_m[0]), int(rows_m[-1])
-    centre = np.interp(np.arange(top, bottom + 1), rows_m, cen_m)
+    centre = np.interp(np.arange(top, bottom + 1), rows_m, [np.median(np.flatnonzero(mask[r])) for r in rows_m])
     win = max(3, int(round(10.0 / dr)) | 1)
     centre = ndi.uniform_filter1d(ndi.median_filter(centre, size=win, mode="nearest"), win, mode="nearest")
     end = max(2, int(round(15.0 / dr)))

@@ -202,11 +202,6 @@ SACRUM_VIEW_MM = 20.0
 SEEN_P = 0.5
 #: The confidence of every level of a study whose count from the sacrum is doubtful.
 DOUBTFUL_CONFIDENCE = 0.25
-#: A spine's disc spacing is the learnt one times a factor of its own (real spines are shorter than the
-#: phantoms': L4/L5 to L5/S1 25 mm on SPIDER, 36 mm on the phantoms): the chain runs at each of these factors
-#: and keeps the best score less a normal prior on the factor (sd :data:`GAP_SCALE_SD`).
-GAP_SCALES = tuple(np.round(np.arange(0.7, 1.21, 0.05), 2))
-GAP_SCALE_SD = 0.2
 
 
 def count_discs(p: np.ndarray, s_mm: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -215,17 +210,15 @@ def count_discs(p: np.ndarray, s_mm: np.ndarray, gaps: np.ndarray) -> tuple[np.n
     ``p`` (samples, 6): the detector's probabilities at each canal sample (arc positions ``s_mm``) of
     background and of each level, L1/L2 to L5/S1; ``gaps``: the learnt (mean, sd) of the four disc spacings.
     The chain (:func:`~spinefeat.localize.chain.chain`) picks one sample per level, ordered and spaced as
-    learnt times the spine's own factor (:data:`GAP_SCALES`); each disc sits at the centre of its level's
-    plateau (:func:`disc_centre_mm`); a level's confidence is its probability there. Flagged (every
-    confidence capped at :data:`DOUBTFUL_CONFIDENCE`, ``predict`` then lists the points) when the image ends
-    less than :data:`SACRUM_VIEW_MM` below L5/S1 (the sacrum is not in the field of view: the lowest disc
-    seen may be L4/L5), when L5/S1 is not clearly seen, or when a disc of any level is seen more than half a
-    level below it (a sixth lumbar disc: transitional anatomy).
+    learnt; each disc sits at the centre of its level's plateau (:func:`disc_centre_mm`); a level's
+    confidence is its probability there. Flagged (every confidence capped at :data:`DOUBTFUL_CONFIDENCE`,
+    ``predict`` then lists the points) when the image ends less than :data:`SACRUM_VIEW_MM` below L5/S1
+    (the sacrum is not in the field of view: the lowest disc seen may be L4/L5), when L5/S1 is not clearly
+    seen, or when a disc of any level is seen more than half a level below it (a sixth lumbar disc:
+    transitional anatomy).
     """
     p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
-    fits = [chain(np.log(p[:, 1:]), s_mm, gaps * f) for f in GAP_SCALES]
-    best = int(np.argmax([tot - 0.5 * ((f - 1.0) / GAP_SCALE_SD) ** 2 for (_, tot), f in zip(fits, GAP_SCALES)]))
-    idx, gaps = fits[best][0], gaps * GAP_SCALES[best]
+    idx, _ = chain(np.log(p[:, 1:]), s_mm, gaps)
     disc_s = np.array([disc_centre_mm(p[:, lv + 1], s_mm, i) for lv, i in enumerate(idx)])
     conf = p[idx, np.arange(1, N_LEVELS + 1)]
     # The largest probability of any disc more than half a level below L5/S1.
