@@ -56,7 +56,7 @@ TERMS = ("foraminal", "subarticular", "spinal")
 REGION_OF_TERM = {"foraminal": "foramen", "subarticular": "recess", "spinal": "canal_ax"}
 #: The measurement each term's Spearman target is held to (the one a reader's grade should follow).
 MAIN_MEASUREMENT = {"foraminal": "foramen_shape_fat_area_mm2", "subarticular": "recess_shape_depth_mm",
-                    "spinal": "canal_ax_shape_area_mm2"}
+                    "spinal": "canal_ax_shape_csf_area_mm2"}
 SEVERITY_CODE = {s: i for i, s in enumerate(SEVERITIES)}
 
 #: Checks on a ``real_spider/``-layout folder: name -> callable(folder, jobs, progress) -> dict (JSON-ready;

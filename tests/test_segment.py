@@ -6,6 +6,7 @@ from spinefeat import dataset as ds
 from spinefeat.dicom import load_series
 from spinefeat.geometry import project_to_stacks
 from spinefeat.segment import FAILED, FOUND, segment_axial_sac
+from spinefeat.segment.canal import SAC_SEED_OFFSETS_MM
 
 
 def mm_grid(img, spacing):
@@ -52,6 +53,18 @@ def test_rootlet_holes_are_filled_and_counted_as_not_csf():
     seg = segment_axial_sac(img, seed, pixel_spacing_mm=(0.4, 0.4))
     assert seg.measurements["area_mm2"] == pytest.approx(np.pi * 49, rel=0.06)
     assert 0.85 < seg.measurements["csf_fraction"] < 0.99
+
+
+def test_csf_area_leaves_out_a_grey_clump_the_filled_sac_keeps():
+    """A grey clump of rootlets (r 2.5 mm) inside a sac of r 7 mm: the sac's area is the whole disc (its holes
+    filled), its CSF area is the disc less the clump, from the seeds around the seed too."""
+    img, seed = disc_image(7.0, 0.4, noise=0.02)
+    yy, xx = mm_grid(img, 0.4)
+    img[np.hypot(yy - 2.0, xx) <= 2.5] = 0.4
+    for offsets in ((0.0,), SAC_SEED_OFFSETS_MM):
+        m = segment_axial_sac(img, seed, pixel_spacing_mm=(0.4, 0.4), seed_offsets_mm=offsets).measurements
+        assert m["area_mm2"] == pytest.approx(np.pi * 49, rel=0.06)
+        assert m["csf_area_mm2"] == pytest.approx(np.pi * (49 - 2.5 ** 2), rel=0.05)
 
 
 def test_seed_chooses_the_component_not_the_brightest_blob():

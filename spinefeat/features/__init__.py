@@ -39,6 +39,8 @@ def _unit(key: str) -> str:
 SHAPE_DEFINITIONS = {
     "canal_ax": ("dural sac on the axial T2 slice at the level (convex hull of its CSF)", {
         "area_mm2": "cross-sectional area",
+        "csf_area_mm2": "cross-sectional area of its CSF: area times the share that is bright CSF (rootlets and "
+                        "grey tissue inside the sac left out; 0 when it holds no CSF)",
         "ap_diameter_mm": "antero-posterior extent (direction from the orientation tags)",
         "transverse_diameter_mm": "left-right extent (direction from the orientation tags)",
         "equivalent_diameter_mm": "diameter of the circle of the same area (any orientation)",

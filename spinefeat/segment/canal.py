@@ -8,8 +8,8 @@ from .common import FAILED, FOUND, WEAK, Segmentation, axis_lengths_mm, bright_r
     extent_along_mm, finish, open_crop, usable_normalised
 
 NAN = float("nan")
-AXIAL_KEYS = ("area_mm2", "ap_diameter_mm", "transverse_diameter_mm", "equivalent_diameter_mm", "feret_max_mm",
-              "minor_axis_mm", "csf_fraction", "solidity", "width_front_mm", "width_middle_mm", "width_back_mm",
+AXIAL_KEYS = ("area_mm2", "csf_area_mm2", "ap_diameter_mm", "transverse_diameter_mm", "equivalent_diameter_mm",
+              "feret_max_mm", "minor_axis_mm", "csf_fraction", "solidity", "width_front_mm", "width_middle_mm", "width_back_mm",
               "back_to_front_width")
 #: Where the sac's width across is read, as fractions of its extent from its front to its back: an oval or
 #: trefoil sac is widest in its middle, the posterior epidural fat triangle (taken for the sac when the sac
@@ -79,6 +79,8 @@ def segment_axial_sac(image: np.ndarray, seed_rc, *, pixel_spacing_mm, posterior
     Returns a :class:`Segmentation` with ``area_mm2``, ``ap_diameter_mm`` and
     ``transverse_diameter_mm`` (extents towards the patient's back,
     ``posterior_rc`` from the orientation tags, and across it),
+    ``csf_area_mm2`` (``area_mm2`` times ``csf_fraction``: the part of the
+    sac that is bright CSF, without the rootlets and grey tissue inside it),
     ``equivalent_diameter_mm`` (of the circle of the same area, whatever the
     orientation) with ``feret_max_mm`` and ``minor_axis_mm`` (largest
     caliper diameter, minor axis of the ellipse of the same moments),
@@ -175,7 +177,8 @@ def _sac_sizes(mask, spacing_mm, back, *, csf_fraction, solidity) -> dict[str, f
     feret, _, minor = axis_lengths_mm(mask, spacing_mm)
     widths = _widths_mm(mask, spacing_mm, back)
     front = widths["width_front_mm"]
-    return {"area_mm2": area, "ap_diameter_mm": extent_along_mm(mask, spacing_mm, back),
+    return {"area_mm2": area, "csf_area_mm2": area * csf_fraction,
+            "ap_diameter_mm": extent_along_mm(mask, spacing_mm, back),
             "transverse_diameter_mm": extent_along_mm(mask, spacing_mm, across),
             "equivalent_diameter_mm": float(2 * np.sqrt(area / np.pi)), "feret_max_mm": feret,
             "minor_axis_mm": minor, "csf_fraction": csf_fraction, "solidity": solidity, **widths,
