@@ -9,8 +9,8 @@ from .common import FAILED, FOUND, WEAK, Segmentation, axis_lengths_mm, bright_r
 
 NAN = float("nan")
 AXIAL_KEYS = ("area_mm2", "csf_area_mm2", "ap_diameter_mm", "transverse_diameter_mm", "equivalent_diameter_mm",
-              "feret_max_mm", "minor_axis_mm", "csf_fraction", "solidity", "width_front_mm", "width_middle_mm", "width_back_mm",
-              "back_to_front_width")
+              "feret_max_mm", "minor_axis_mm", "csf_fraction", "solidity", "width_front_mm", "width_middle_mm",
+              "width_back_mm", "back_to_front_width")
 #: Where the sac's width across is read, as fractions of its extent from its front to its back: an oval or
 #: trefoil sac is widest in its middle, the posterior epidural fat triangle (taken for the sac when the sac
 #: itself is compressed and grey) is widest at its front and narrows to an apex at the back. Chosen before
