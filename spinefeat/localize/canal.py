@@ -282,12 +282,19 @@ def column_evidence(img: np.ndarray, pixel_spacing_mm) -> tuple[float, float]:
     the slice cuts the edge of the sac: partial volume through a thick slice
     dims the CSF, and the fat of the foramina beside it adds area, not contrast.
     """
+    contrast, length, _ = _column_evidence(img, pixel_spacing_mm)
+    return contrast, length
+
+
+def _column_evidence(img: np.ndarray, pixel_spacing_mm) -> tuple[float, float, tuple | None]:
+    """:func:`column_evidence` and, when the column counts (contrast > 0), the :func:`_seed_column` result
+    it came from: its pieces lie deep in the body, so it is also the column without ``deep_only``."""
     dr, dc = (float(v) for v in pixel_spacing_mm)
-    seed, th, _ = _seed_column(img, pixel_spacing_mm, cut=CSF_CUT, deep_only=True)
+    seed, th, hi = _seed_column(img, pixel_spacing_mm, cut=CSF_CUT, deep_only=True)
     rows = np.flatnonzero(seed.any(axis=1))
     if len(rows) < 2 or np.ptp(rows) * dr < 40.0:
-        return 0.0, 0.0
-    return float(th[seed].sum()) * dr * dc, float(np.ptp(rows)) * dr
+        return 0.0, 0.0, None
+    return float(th[seed].sum()) * dr * dc, float(np.ptp(rows)) * dr, (seed, th, hi)
 
 
 def _run_around(score: np.ndarray, i: int, share: float) -> tuple[int, int]:
@@ -301,6 +308,11 @@ def _run_around(score: np.ndarray, i: int, share: float) -> tuple[int, int]:
 
 
 def mid_sagittal(stack: Stack) -> tuple[int, float]:
+    """See :func:`mid_sagittal_seeded` (the slice and the offset only)."""
+    return mid_sagittal_seeded(stack)[:2]
+
+
+def mid_sagittal_seeded(stack: Stack) -> tuple[int, float, tuple | None]:
     """The mid-sagittal slice and the midline's offset from it along the slice normal (mm).
 
     Every slice's CSF column (:func:`column_evidence`): its contrast, smoothed
@@ -314,12 +326,16 @@ def mid_sagittal(stack: Stack) -> tuple[int, float]:
     longest (:data:`LONG_SHARE`): the canal is fitted and its discs found on
     it, and a column that stops short (a bright sac end not joined, a tight
     level) loses the lowest discs.
+
+    The third value is the chosen slice's CSF column as :func:`fit_canal` takes it (``seed``), so the
+    canal is not looked for twice on it; None when no slice has a column.
     """
     g = stack.geometry
     k, sp = g.n_slices, float(g.slice_spacing_mm) if g.n_slices > 1 else 1.0
-    contrast, length = np.array([column_evidence(stack.pixels[i], g.pixel_spacing_mm) for i in range(k)]).reshape(k, 2).T
+    evidence = [_column_evidence(stack.pixels[i], g.pixel_spacing_mm) for i in range(k)]
+    contrast, length = np.array([e[:2] for e in evidence]).reshape(k, 2).T
     if not contrast.any():
-        return k // 2, 0.0
+        return k // 2, 0.0, None
     weight = np.exp(-0.5 * (((np.arange(k) - (k - 1) / 2) * sp) / SLAB_CENTRE_SD_MM) ** 2)
     h = int(round(2.5 / sp))
     score = (ndi.uniform_filter1d(contrast, 2 * h + 1, mode="nearest") if h else contrast) * weight
@@ -329,7 +345,7 @@ def mid_sagittal(stack: Stack) -> tuple[int, float]:
     a, b = _run_around(raw, lo + int(np.argmax(raw[lo:hi + 1])), MID_SHARE)
     longest = length[a:b + 1].max()
     mid = min((i for i in range(a, b + 1) if length[i] >= LONG_SHARE * longest), key=lambda i: abs(i - centre))
-    return mid, (centre - mid) * sp
+    return mid, (centre - mid) * sp, evidence[mid][2]
 
 
 @dataclass
@@ -342,16 +358,18 @@ class Canal:
     anterior: float             # +1 when anterior is increasing column, else -1
 
 
-def fit_canal(img: np.ndarray, pixel_spacing_mm, iop, *, extend_mm: tuple[float, float] = (20.0, 40.0)) -> Canal | None:
+def fit_canal(img: np.ndarray, pixel_spacing_mm, iop, *, extend_mm: tuple[float, float] = (20.0, 40.0),
+              seed: tuple | None = None) -> Canal | None:
     """Fit ``col = f(row)`` through the CSF column and sample it every :data:`STEP_MM`.
 
     The curve goes on straight (along its end tangent) ``extend_mm`` above and
     below the CSF, within the image: the CSF can stop above the lowest disc
     (a tight canal at L5/S1, a short sac), and the detector must still be able
-    to find it there.
+    to find it there. ``seed``: this slice's :func:`_seed_column` result when already computed
+    (:func:`mid_sagittal_seeded`).
     """
     dr, dc = (float(v) for v in pixel_spacing_mm)
-    csf, th, hi = _seed_column(img, pixel_spacing_mm, cut=CSF_CUT)
+    csf, th, hi = seed if seed is not None else _seed_column(img, pixel_spacing_mm, cut=CSF_CUT)
     mask = _follow(csf, th, hi, pixel_spacing_mm, CSF_CUT)
     rows_csf = np.flatnonzero(csf.any(axis=1))
     if len(rows_csf) < 2 or np.ptp(rows_csf) * dr < 40:

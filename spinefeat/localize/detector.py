@@ -17,7 +17,7 @@ from ..dataset import CONDITIONS, LEVELS, DataFolder
 from ..dicom import Stack
 from ..errors import SpinefeatError
 from ..images import StudyImages
-from .canal import STEP_MM, Canal, fit_canal, mid_sagittal, normalise_intensity
+from .canal import STEP_MM, Canal, fit_canal, mid_sagittal_seeded, normalise_intensity
 from .chain import DISC_RADIUS_MM, chain, disc_centre_mm
 from .placement import KEYHOLE_ROOT_SHARE, RECESSES, fit_recess_rule, label_share, recess_corners_xyz
 
@@ -185,9 +185,9 @@ class Localizer:
         """Mid-sagittal slice, the midline's offset from it (mm), the five disc (row, col) on it, a confidence
         per level, and why the count from the sacrum is doubtful (empty when it is not; see :func:`count_discs`).
         ``mid``: the slice and offset when :func:`mid_sagittal` already picked them."""
-        k, shift_mm = mid if mid is not None else mid_sagittal(stack)
+        k, shift_mm, seed = (*mid, None) if mid is not None else mid_sagittal_seeded(stack)
         img = stack.pixels[k]
-        canal = fit_canal(img, stack.geometry.pixel_spacing_mm, stack.geometry.iop)
+        canal = fit_canal(img, stack.geometry.pixel_spacing_mm, stack.geometry.iop, seed=seed)
         if canal is None:
             raise SpinefeatError(f"study {stack.study_id} series {stack.series_id}: no CSF column found")
         p = self.detector.predict(sample_features(img, stack.geometry.pixel_spacing_mm, canal))
