@@ -273,22 +273,17 @@ MID_SHARE = 0.7
 LONG_SHARE = 0.75
 
 
-def column_evidence(img: np.ndarray, pixel_spacing_mm) -> tuple[float, float]:
+def column_evidence(img: np.ndarray, pixel_spacing_mm) -> tuple[float, float, tuple | None]:
     """The CSF column of one sagittal slice: its contrast, its pixels' brightness above their rows'
-    background (normalised intensity) summed over its area (mm2), and its length (mm); (0, 0) when the
-    column is under 40 mm long or only the fat under the skin stands out (:data:`MIN_BODY_DEPTH_MM`).
+    background (normalised intensity) summed over its area (mm2), and its length (mm); (0, 0, None) when the
+    column is under 40 mm long or only the fat under the skin stands out (:data:`MIN_BODY_DEPTH_MM`). Third,
+    when the column counts, the :func:`_seed_column` result it came from (its pieces lie deep in the body,
+    so it is also the column without ``deep_only``).
 
     The contrast is largest at the midline and falls off to either side as
     the slice cuts the edge of the sac: partial volume through a thick slice
     dims the CSF, and the fat of the foramina beside it adds area, not contrast.
     """
-    contrast, length, _ = _column_evidence(img, pixel_spacing_mm)
-    return contrast, length
-
-
-def _column_evidence(img: np.ndarray, pixel_spacing_mm) -> tuple[float, float, tuple | None]:
-    """:func:`column_evidence` and, when the column counts (contrast > 0), the :func:`_seed_column` result
-    it came from: its pieces lie deep in the body, so it is also the column without ``deep_only``."""
     dr, dc = (float(v) for v in pixel_spacing_mm)
     seed, th, hi = _seed_column(img, pixel_spacing_mm, cut=CSF_CUT, deep_only=True)
     rows = np.flatnonzero(seed.any(axis=1))
@@ -332,7 +327,7 @@ def mid_sagittal_seeded(stack: Stack) -> tuple[int, float, tuple | None]:
     """
     g = stack.geometry
     k, sp = g.n_slices, float(g.slice_spacing_mm) if g.n_slices > 1 else 1.0
-    evidence = [_column_evidence(stack.pixels[i], g.pixel_spacing_mm) for i in range(k)]
+    evidence = [column_evidence(stack.pixels[i], g.pixel_spacing_mm) for i in range(k)]
     contrast, length = np.array([e[:2] for e in evidence]).reshape(k, 2).T
     if not contrast.any():
         return k // 2, 0.0, None
