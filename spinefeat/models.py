@@ -77,12 +77,15 @@ def grader_params(group: str, **extra) -> dict:
 # ---------------------------------------------------------------- the in-fold appearance stage
 
 #: Per grader, its fitted appearance stage (:class:`Appearance`; no entry: none): the columns starting with
-#: ``inputs`` (the aligned window's pixels, :data:`spinefeat.features.texture.WINDOW_NAMES`) feed a multinomial
+#: ``inputs`` (the aligned windows' pixels, :data:`spinefeat.features.texture.WINDOW_NAMES`; the foramen's 32 and
+#: 48 mm windows both) feed a multinomial
 #: logistic regression (L2, inverse strength ``C``, on the standardised values) whose 3 centred log-odds
 #: (:data:`APPEARANCE_COLUMNS`) join the grader's columns in their place: the trees read the score, not the
 #: pixels. Fitted inside every training fold with its training rows' scores out of inner study-grouped folds
 #: (:func:`appearance_scores`), so the trees never see a score fitted on their own rows' grades.
 #: Chosen on the development halves of the real rows (README, Graders): each gained there and on the held-out half.
+#: C was varied on the foraminal stage only (0.001 / 0.003 / 0.01 / 0.03: development half 0.567 / 0.565 / 0.563 /
+#: 0.564, held-out half 0.516 / 0.514 / 0.517 / 0.517, seeds 0 and 1): no clear gain, 0.003 kept for all three.
 APPEARANCE = {"foraminal": {"inputs": "foramen_window_", "C": 0.003},
               "subarticular": {"inputs": "recess_window_", "C": 0.003},
               "spinal": {"inputs": "canal_ax_window_", "C": 0.003}}

@@ -282,3 +282,23 @@ def test_foramen_hog_turns_with_the_spine():
     mirrored = hog_of(turned, (axis[0], -axis[1]))          # the axis turned the wrong way
     assert ref.shape == (96,) and ref.std() > 0.05
     assert np.abs(back - ref).mean() < 0.35 * min(np.abs(blind - ref).mean(), np.abs(mirrored - ref).mean())
+
+
+def test_foramen_windows_cover_32_and_48_mm():
+    """A bright 40 mm square around the point (0.8 mm pixels) fills the whole 32 mm window at 2 mm, and in the
+    48 mm window at 3 mm fills the inner 36 mm (12 x 12 pixels) and leaves its outer 3 mm ring dark."""
+    from spinefeat.features.texture import aligned_windows
+
+    img = np.zeros((200, 200), np.float32)
+    c = 99.5
+    half_px = 20.0 / 0.8
+    img[int(round(c - half_px + 0.5)):int(round(c + half_px + 0.5)),
+        int(round(c - half_px + 0.5)):int(round(c + half_px + 0.5))] = 1.0
+    vals = aligned_windows("foramen", img, (c, c), pixel_spacing_mm=(0.8, 0.8), series_high=1.0,
+                           view=View.from_iop(SAGITTAL_IOP))
+    w32 = np.array([v for k, v in vals.items() if k.startswith("foramen_window_32mm_")]).reshape(16, 16)
+    w48 = np.array([v for k, v in vals.items() if k.startswith("foramen_window_48mm_")]).reshape(16, 16)
+    assert w32.min() > 0.95
+    ring = np.ones((16, 16), bool)
+    ring[1:-1, 1:-1] = False
+    assert w48[ring].max() < 0.05 and w48[2:-2, 2:-2].min() > 0.95
