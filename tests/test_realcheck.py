@@ -291,9 +291,7 @@ def test_foramen_windows_cover_32_and_48_mm():
 
     img = np.zeros((200, 200), np.float32)
     c = 99.5
-    half_px = 20.0 / 0.8
-    img[int(round(c - half_px + 0.5)):int(round(c + half_px + 0.5)),
-        int(round(c - half_px + 0.5)):int(round(c + half_px + 0.5))] = 1.0
+    img[75:125, 75:125] = 1.0                               # 50 pixels of 0.8 mm centred on (c, c)
     vals = aligned_windows("foramen", img, (c, c), pixel_spacing_mm=(0.8, 0.8), series_high=1.0,
                            view=View.from_iop(SAGITTAL_IOP))
     w32 = np.array([v for k, v in vals.items() if k.startswith("foramen_window_32mm_")]).reshape(16, 16)
