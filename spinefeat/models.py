@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,7 +87,9 @@ def grader_params(group: str, **extra) -> dict:
 #: Chosen on the development halves of the real rows (README, Graders): each gained there and on the held-out half.
 #: C was varied on the foraminal stage only (0.001 / 0.003 / 0.01 / 0.03: development half 0.567 / 0.565 / 0.563 /
 #: 0.564, held-out half 0.516 / 0.514 / 0.517 / 0.517, seeds 0 and 1): no clear gain, 0.003 kept for all three.
-APPEARANCE = {"foraminal": {"inputs": "foramen_window_", "C": 0.003},
+#: ``window_z``: the stage also reads each window standardised over itself (:func:`with_window_z`; foraminal,
+#: development half 0.5598 -> 0.5534, held-out 0.5050 -> 0.5018, seeds 0-4; not tried on the axial stages).
+APPEARANCE = {"foraminal": {"inputs": "foramen_window_", "C": 0.003, "window_z": True},
               "subarticular": {"inputs": "recess_window_", "C": 0.003},
               "spinal": {"inputs": "canal_ax_window_", "C": 0.003}}
 APPEARANCE_COLUMNS = tuple(f"appearance_logodds_{c}" for c in CLASS_COLUMNS)
@@ -106,11 +109,27 @@ def _register_appearance() -> None:
 _register_appearance()
 
 
+def with_window_z(x: np.ndarray, inputs: list[str]) -> np.ndarray:
+    """``x`` (columns ``inputs``) with each window's pixels appended standardised over that window in the row
+    (minus its mean, over its sd): the window's pattern whatever its brightness and contrast. A window is the
+    columns whose names agree up to the last ``_`` (``foramen_window_48mm_r00c00`` -> ``foramen_window_48mm``)."""
+    keys = [c.rsplit("_", 1)[0] for c in inputs]
+    parts = [x]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # a row without the window stays NaN
+        for k in dict.fromkeys(keys):
+            w = x[:, [i for i, kk in enumerate(keys) if kk == k]]
+            m, sd = np.nanmean(w, axis=1, keepdims=True), np.nanstd(w, axis=1, keepdims=True)
+            parts.append((w - m) / np.clip(sd, 1e-6, None))
+    return np.concatenate(parts, axis=1)
+
+
 @dataclass
 class Appearance:
     """A fitted appearance stage: ``score(x) = centred(((x - mean) / scale) @ coef.T + intercept)``.
 
-    ``inputs``: the columns it reads, in order; ``coef`` (3, inputs), ``intercept`` (3). Stored as JSON
+    ``inputs``: the columns it reads, in order; ``coef`` (3, inputs), ``intercept`` (3); with ``window_z``,
+    ``x`` is :func:`with_window_z` of the inputs (``mean``, ``scale``, ``coef`` twice as wide). Stored as JSON
     (:meth:`to_json`), never pickled.
     """
 
@@ -120,9 +139,10 @@ class Appearance:
     coef: np.ndarray
     intercept: np.ndarray
     C: float
+    window_z: bool = False
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, *, inputs: list[str], C: float) -> "Appearance":
+    def fit(cls, x: np.ndarray, y: np.ndarray, *, inputs: list[str], C: float, window_z: bool = False) -> "Appearance":
         """Multinomial logistic regression of the grades ``y`` (0/1/2) on the standardised ``x``: the unweighted
         log loss summed over rows plus ``|coef|^2 / (2 C)`` (scikit-learn's convention), L-BFGS from zero.
         A class missing from ``y`` gets a low but finite score; missing values count as the mean."""
@@ -130,6 +150,7 @@ class Appearance:
         from threadpoolctl import threadpool_limits
 
         x = np.asarray(x, float)
+        x = with_window_z(x, list(inputs)) if window_z else x
         mean = np.nanmean(x, axis=0) if len(x) else np.zeros(x.shape[1])
         mean = np.where(np.isfinite(mean), mean, 0.0)
         scale = np.nanstd(x, axis=0) if len(x) else np.ones(x.shape[1])
@@ -152,24 +173,28 @@ class Appearance:
         # cost 50x the CPU (0.08 against 4.2 CPU s for 2,400 rows of 256 values).
         with threadpool_limits(1):
             res = minimize(loss, np.zeros(3 * d + 3), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
-        return cls(list(inputs), mean, scale, res.x[:3 * d].reshape(3, d), res.x[3 * d:], float(C))
+        return cls(list(inputs), mean, scale, res.x[:3 * d].reshape(3, d), res.x[3 * d:], float(C), bool(window_z))
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """The (n, 3) centred log-odds of the rows ``x`` (columns :attr:`inputs`)."""
-        z = np.nan_to_num((np.asarray(x, float) - self.mean) / self.scale)
+        x = np.asarray(x, float)
+        x = with_window_z(x, self.inputs) if self.window_z else x
+        z = np.nan_to_num((x - self.mean) / self.scale)
         s = z @ self.coef.T + self.intercept
         return s - s.mean(axis=1, keepdims=True)
 
     def to_json(self) -> dict:
         return {"kind": "multinomial logistic regression on standardised inputs", "C": self.C,
+                "window_z": self.window_z,
                 "inputs": self.inputs, "mean": self.mean.tolist(), "scale": self.scale.tolist(),
                 "coef": self.coef.tolist(), "intercept": self.intercept.tolist(), "outputs": list(APPEARANCE_COLUMNS)}
 
     @classmethod
     def from_json(cls, d: dict) -> "Appearance":
         a = cls(list(d["inputs"]), np.asarray(d["mean"], float), np.asarray(d["scale"], float),
-                np.asarray(d["coef"], float), np.asarray(d["intercept"], float), float(d["C"]))
-        n = len(a.inputs)
+                np.asarray(d["coef"], float), np.asarray(d["intercept"], float), float(d["C"]),
+                bool(d.get("window_z", False)))
+        n = len(a.inputs) * (2 if a.window_z else 1)
         if a.mean.shape != (n,) or a.scale.shape != (n,) or a.coef.shape != (3, n) or a.intercept.shape != (3,):
             raise ValueError(f"appearance stage of {n} inputs with arrays of shapes {a.mean.shape}, {a.scale.shape}, "
                              f"{a.coef.shape}, {a.intercept.shape}")
@@ -185,7 +210,7 @@ def split_appearance(group: str, cols: list[str]) -> tuple[list[str], list[str]]
 
 
 def appearance_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, study: np.ndarray, *, folds: int,
-                      inputs: list[str], C: float, seed: int = 0) -> np.ndarray:
+                      inputs: list[str], C: float, window_z: bool = False, seed: int = 0) -> np.ndarray:
     """The appearance stage's scores each fit of a grader sees (the deployed stage is fitted on all rows).
 
     Returns ``(folds + 1, n, 3)`` scores. Index k (fold k's fit): the rows outside fold k scored out of
@@ -201,7 +226,7 @@ def appearance_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, study: np.
     def fit_score(train, score):
         out_rows = np.zeros((int(score.sum()), 3))
         if train.any():
-            out_rows = Appearance.fit(x[train], y[train], inputs=inputs, C=C).score(x[score])
+            out_rows = Appearance.fit(x[train], y[train], inputs=inputs, C=C, window_z=window_z).score(x[score])
         return out_rows
 
     for k in range(folds):
@@ -598,7 +623,7 @@ def staged_columns(group: str | None, x: np.ndarray, cols: list[str], y: np.ndar
     at = {c: i for i, c in enumerate(cols)}
     xa = x[:, [at[c] for c in inputs]]
     stage = appearance_scores(xa, y, fold, np.asarray(study), folds=folds, inputs=inputs,
-                              C=APPEARANCE[group]["C"], seed=seed)
+                              C=APPEARANCE[group]["C"], window_z=APPEARANCE[group].get("window_z", False), seed=seed)
     return x[:, [at[c] for c in trees]], trees + list(APPEARANCE_COLUMNS), stage, inputs
 
 
@@ -686,7 +711,8 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         if stage is not None:
             # The deployed stage: fitted on all rows, as each fold's on its training rows.
             out["appearance"][group] = Appearance.fit(both[inputs].to_numpy(np.float32), y, inputs=inputs,
-                                                      C=APPEARANCE[group]["C"])
+                                                      C=APPEARANCE[group]["C"],
+                                                      window_z=APPEARANCE[group].get("window_z", False))
         problems[group] = _Problem(x, y, fold, lambda k, study=study: np.isin(study, held[k]), cols=cols,
                                    params=out["params"][group], folds=folds, scored=np.arange(len(both)) < len(g),
                                    stage=stage)
