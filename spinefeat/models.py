@@ -109,6 +109,11 @@ def _register_appearance() -> None:
 _register_appearance()
 
 
+def stage_options(group: str) -> dict:
+    """The fit settings of ``group``'s appearance stage (:data:`APPEARANCE`): ``C`` and ``window_z``."""
+    return {"C": APPEARANCE[group]["C"], "window_z": APPEARANCE[group].get("window_z", False)}
+
+
 def with_window_z(x: np.ndarray, inputs: list[str]) -> np.ndarray:
     """``x`` (columns ``inputs``) with each window's pixels appended standardised over that window in the row
     (minus its mean, over its sd): the window's pattern whatever its brightness and contrast. A window is the
@@ -623,7 +628,7 @@ def staged_columns(group: str | None, x: np.ndarray, cols: list[str], y: np.ndar
     at = {c: i for i, c in enumerate(cols)}
     xa = x[:, [at[c] for c in inputs]]
     stage = appearance_scores(xa, y, fold, np.asarray(study), folds=folds, inputs=inputs,
-                              C=APPEARANCE[group]["C"], window_z=APPEARANCE[group].get("window_z", False), seed=seed)
+                              **stage_options(group), seed=seed)
     return x[:, [at[c] for c in trees]], trees + list(APPEARANCE_COLUMNS), stage, inputs
 
 
@@ -711,8 +716,7 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         if stage is not None:
             # The deployed stage: fitted on all rows, as each fold's on its training rows.
             out["appearance"][group] = Appearance.fit(both[inputs].to_numpy(np.float32), y, inputs=inputs,
-                                                      C=APPEARANCE[group]["C"],
-                                                      window_z=APPEARANCE[group].get("window_z", False))
+                                                      **stage_options(group))
         problems[group] = _Problem(x, y, fold, lambda k, study=study: np.isin(study, held[k]), cols=cols,
                                    params=out["params"][group], folds=folds, scored=np.arange(len(both)) < len(g),
                                    stage=stage)
