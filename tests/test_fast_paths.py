@@ -195,3 +195,86 @@ def test_members_is_isin_on_label_images():
         assert np.array_equal(members(lab, ids), want)
     empty = np.zeros((4, 4), np.int32)
     assert not members(empty, [1, 2]).any() and members(empty, [0]).all()
+
+
+def test_row_opening_is_scipys_grey_opening():
+    """The row opening on OpenCV against scipy's grey_opening with size (1, w): odd and even widths (scipy
+    shifts an even window's maximum by one), widths wider than the image, float32 and float64 images, images
+    with many equal values (plateaus, where a window off by one shows)."""
+    from spinefeat.segment.common import row_opening
+
+    rng = np.random.default_rng(7)
+    widths = set()
+    for k in range(200):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        width = int(rng.integers(3, 70))
+        x = rng.random((h, w))
+        if k % 2:
+            x = np.round(x * 4)
+        x = x.astype(np.float32 if k % 3 else np.float64)
+        got = row_opening(x, width)
+        assert got.dtype == x.dtype and np.array_equal(got, ndi.grey_opening(x, size=(1, width))), (k, width)
+        widths.add((width % 2, width > w))
+    assert widths == {(0, False), (0, True), (1, False), (1, True)}
+
+
+def test_row_distance_at_pixels_is_the_row_distance_map_there():
+    """row_distance_at_mm at chosen pixels against row_distance_mm's whole map read there: pixels inside and not
+    inside, rows with nothing outside (infinitely deep), outside only on one side, the first and last column."""
+    from spinefeat.localize.canal import row_distance_at_mm
+
+    rng = np.random.default_rng(8)
+    for k in range(40):
+        h, w = (int(v) for v in rng.integers(1, 60, 2))
+        inside = rng.random((h, w)) > rng.uniform(0.05, 0.9)
+        inside[rng.integers(h)] = True                       # a row with no outside pixel
+        if w > 2:
+            inside[rng.integers(h), 1:] = True               # outside only at the first column
+        r, c = rng.integers(0, h, 300), rng.integers(0, w, 300)
+        np.testing.assert_array_equal(row_distance_at_mm(inside, r, c, 0.7), row_distance_mm(inside, 0.7)[r, c])
+    full = np.ones((3, 4), bool)
+    assert np.isinf(row_distance_at_mm(full, np.array([0, 2]), np.array([1, 3]), 0.7)).all()
+
+
+def test_near_line_decides_as_polyfits_line():
+    """_near_line (the closed-form line) against the test on np.polyfit's line written out here: random
+    columns, straight and slanted, and pieces placed exactly at the limit on pixel columns (a median of
+    exactly 8 mm, where only np.polyfit's own line can decide and the fallback runs)."""
+    from spinefeat.localize.canal import _near_line
+
+    rng = np.random.default_rng(9)
+    at_limit = 0
+    for k in range(3000):
+        limit = k % 4 == 0              # a vertical pixel column, the piece 8 mm beside it on either side
+        dc = float(rng.choice([0.5, 0.25, 1.0] if limit else [0.5, 0.53571427, 0.8]))
+        r = rng.integers(0, 400, int(rng.integers(10, 600)))
+        slope = 0.0 if limit else float(rng.normal(0, 0.4))
+        c = np.round(slope * r + 200 + (0 if limit else rng.integers(-3, 4, len(r)))).astype(np.intp)
+        r2 = rng.integers(0, 400, int(rng.integers(5, 300)))
+        if limit:
+            c2 = (200 + rng.choice([-1, 1], len(r2)) * 8.0 / dc).astype(np.intp)
+        else:
+            c2 = np.round(slope * r2 + 200 + rng.normal(0, 25) + rng.integers(-2, 3, len(r2))).astype(np.intp)
+        off = np.median(np.abs(c2 - np.polyval(np.polyfit(r, c, 1), r2))) * dc
+        at_limit += bool(abs(off - 8.0) < 1e-9)
+        assert _near_line(r, c, r2, c2, dc, 8.0) == (off <= 8.0), k
+    assert at_limit >= 100
+
+
+def test_chain_score_from_its_pieces_is_the_score_of_its_mask():
+    """_chain_score (from the pieces' pixel lists) against the score written out from the chain's mask: its
+    top-hat mean, the square root of its row extent and its periodicity beside it (beside_periodicity, from the
+    mask's rows), bit for bit, on label images of random pieces taken in a random order."""
+    from spinefeat.localize.canal import _chain_score
+
+    rng = np.random.default_rng(10)
+    for k in range(40):
+        x = ndi.gaussian_filter(rng.random((150, 90)), 2).astype(np.float32)
+        th = rng.random(x.shape).astype(np.float32)
+        lab, n = ndi.label(rng.random(x.shape) > 0.6)
+        ids = rng.permutation(np.arange(1, n + 1))[: int(rng.integers(1, min(n, 40) + 1))]
+        pieces = [tuple(np.nonzero(lab == i)) for i in ids]
+        mask = np.isin(lab, ids)
+        rows = np.flatnonzero(mask.any(axis=1))
+        want = th[mask].mean() * np.sqrt(np.ptp(rows) + 1) * (0.5 + beside_periodicity(x, mask, 0.5, 0.6))
+        assert _chain_score(x, th, pieces, 0.5, 0.6) == want

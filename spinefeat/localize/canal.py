@@ -39,18 +39,25 @@ def _row_tophat(x: np.ndarray, dc: float, width_mm: float = TOPHAT_WIDTH_MM) -> 
     is brighter than CSF on many T2): the top-hat keeps it and drops anything
     wider than ``width_mm``.
     """
-    return x - ndi.grey_opening(x, size=(1, max(3, int(round(width_mm / dc)))))
+    from ..segment.common import row_opening      # scipy's grey opening, on OpenCV
+
+    return x - row_opening(x, max(3, int(round(width_mm / dc))))
 
 
 def body_depth_mm(x: np.ndarray, dc: float, *, air: float = 0.06) -> np.ndarray:
     """Per pixel of a normalised slice: the distance (mm) along its row to the nearest air outside the body
     (the image edge is not air: fields of view cut the body)."""
-    from ..segment.common import dilate, erode, fill_holes       # scipy's closing and hole filling, on OpenCV
-
-    body = fill_holes(erode(dilate(ndi.uniform_filter(x, 9) > air, iterations=3), iterations=3))
+    body = _body(x, air=air)
     if body.all() or not body.any():
         return np.full(x.shape, np.inf)
     return row_distance_mm(body, dc)
+
+
+def _body(x: np.ndarray, *, air: float = 0.06) -> np.ndarray:
+    """The body of a normalised slice: not air, closed and its holes filled (see :func:`body_depth_mm`)."""
+    from ..segment.common import dilate, erode, fill_holes       # scipy's closing and hole filling, on OpenCV
+
+    return fill_holes(erode(dilate(ndi.uniform_filter(x, 9) > air, iterations=3), iterations=3))
 
 
 def row_distance_mm(inside: np.ndarray, dc: float) -> np.ndarray:
@@ -60,6 +67,21 @@ def row_distance_mm(inside: np.ndarray, dc: float) -> np.ndarray:
     before = np.maximum.accumulate(np.where(inside, -np.inf, cols), axis=1)
     after = np.minimum.accumulate(np.where(inside, np.inf, cols)[:, ::-1], axis=1)[:, ::-1]
     return np.minimum(cols - before, after - cols) * dc
+
+
+def row_distance_at_mm(inside: np.ndarray, r: np.ndarray, c: np.ndarray, dc: float) -> np.ndarray:
+    """:func:`row_distance_mm` at the pixels ``(r, c)`` only: the pixels not ``inside`` before and after each
+    one in its row found by a binary search of their flat indices (the same distances, not the whole map)."""
+    w = inside.shape[1]
+    outside = np.flatnonzero(~inside)
+    if not len(outside):
+        return np.full(len(r), np.inf)
+    f = np.asarray(r) * w + np.asarray(c)
+    j = np.searchsorted(outside, f)                   # the first pixel not inside at or after each pixel
+    after, before = outside[np.minimum(j, len(outside) - 1)], outside[np.maximum(j - 1, 0)]
+    gap_after = np.where((j < len(outside)) & (after // w == f // w), after - f, np.inf)
+    gap_before = np.where((j > 0) & (before // w == f // w), f - before, np.inf)
+    return np.minimum(gap_before, gap_after) * dc
 
 
 def _row_centres(mask: np.ndarray) -> np.ndarray:
@@ -74,29 +96,50 @@ def _members(lab: np.ndarray, n: int, ids) -> np.ndarray:
     return keep[lab]
 
 
-def _join_pieces(pieces: dict[int, tuple[np.ndarray, np.ndarray]], seed: int, dr: float, dc: float) -> list[int]:
+def _join_pieces(pieces: dict[int, tuple[np.ndarray, np.ndarray]], seed: int, dr: float, dc: float,
+                 extent: dict[int, tuple[int, int]] | None = None) -> list[int]:
     """The piece ``seed`` and the pieces (id -> pixel rows, cols) that continue it: one at a time, nearest
     first, each within 8 mm of a line through the 40 mm of column next to it (the column curves with the
-    lordosis; a global fit drifts at the ends) and within 50 mm of it."""
+    lordosis; a global fit drifts at the ends) and within 50 mm of it. ``extent``: each piece's first and
+    last row, when already known."""
+    extent = extent or {i: (int(r.min()), int(r.max())) for i, (r, _) in pieces.items()}
     chain_ids = [seed]
     rr, cc = pieces[seed]
+    first, last = extent[seed]                        # the chain's rows
     todo = set(pieces) - {seed}
-    top, bottom = {i: r.min() for i, (r, _) in pieces.items()}, {i: r.max() for i, (r, _) in pieces.items()}
     while todo:
-        gap = {i: min(abs(top[i] - rr.max()), abs(rr.min() - bottom[i])) for i in todo}
+        gap = {i: min(abs(extent[i][0] - last), abs(first - extent[i][1])) for i in todo}
         i = min(todo, key=gap.get)
         todo.discard(i)
         if gap[i] * dr > 50.0:
             break
         r2, c2 = pieces[i]
-        near = np.abs(rr - (r2.min() if r2.min() > rr.max() else r2.max())) * dr <= 40.0
+        near = np.abs(rr - (extent[i][0] if extent[i][0] > last else extent[i][1])) * dr <= 40.0
         if near.sum() < 10 or np.ptp(rr[near]) == 0:
             continue
-        coef = np.polyfit(rr[near], cc[near], 1)
-        if np.median(np.abs(c2 - np.polyval(coef, r2))) * dc <= 8.0:
+        if _near_line(rr[near], cc[near], r2, c2, dc, 8.0):
             chain_ids.append(i)
             rr, cc = np.concatenate([rr, r2]), np.concatenate([cc, c2])
+            first, last = min(first, extent[i][0]), max(last, extent[i][1])
     return chain_ids
+
+
+def _near_line(r: np.ndarray, c: np.ndarray, r2: np.ndarray, c2: np.ndarray, dc: float, max_mm: float) -> bool:
+    """Whether the pixels ``(r2, c2)`` lie within ``max_mm`` (median, along the rows; ``dc`` mm a column) of the
+    least-squares line ``c = f(r)`` through ``(r, c)`` (``np.polyfit(r, c, 1)``).
+
+    Decided on the line in closed form (means and the covariance: a small share of ``np.polyfit``'s SVD), which
+    is ``np.polyfit``'s to float rounding, far under a millionth of a pixel on images of up to
+    :data:`~spinefeat.dicom.MAX_SIDE` rows; a median within a millionth of a pixel of the limit is decided on
+    ``np.polyfit``'s line itself, so the answer is always ``np.polyfit``'s.
+    """
+    x = r.astype(float)
+    dx = x - x.mean()
+    slope = float((dx * (c - c.mean())).sum() / (dx * dx).sum())
+    off_px = float(np.median(np.abs(c2 - (slope * r2 + (c.mean() - slope * x.mean())))))
+    if abs(off_px - max_mm / dc) > 1e-6:
+        return off_px * dc <= max_mm
+    return bool(np.median(np.abs(c2 - np.polyval(np.polyfit(r, c, 1), r2))) * dc <= max_mm)
 
 
 def beside_periodicity(x: np.ndarray, mask: np.ndarray, dr: float, dc: float, *,
@@ -108,10 +151,16 @@ def beside_periodicity(x: np.ndarray, mask: np.ndarray, dr: float, dc: float, *,
     (1 mm steps along the rows) at a lag in ``period_mm``.
     """
     rows = np.flatnonzero(mask.any(axis=1))
+    return _periodicity(x, rows, _row_centres(mask[rows]), dr, dc, period_mm=period_mm)
+
+
+def _periodicity(x: np.ndarray, rows: np.ndarray, centres: np.ndarray, dr: float, dc: float, *,
+                 period_mm: tuple[float, float] = (20.0, 50.0)) -> float:
+    """:func:`beside_periodicity` of the column with pixels on ``rows`` (ascending), centred at ``centres``."""
     if len(rows) < 2 or np.ptp(rows) * dr < 2 * period_mm[0]:
         return 0.0
     r = np.arange(rows[0], rows[-1] + 1, 1.0 / dr)
-    cen = np.interp(r, rows, _row_centres(mask[rows]))
+    cen = np.interp(r, rows, centres)
     best = 0.0
     for side in (-1.0, 1.0):
         cols = cen[:, None] + side * np.arange(5.0, 25.1, 5.0)[None, :] / dc
@@ -154,38 +203,57 @@ def _seed_column(img: np.ndarray, pixel_spacing_mm, *, cut: float, deep_only: bo
     dr, dc = (float(v) for v in pixel_spacing_mm)
     x = ndi.uniform_filter(normalise_intensity(img), size=3)
     th = _row_tophat(x, dc)
-    depth = body_depth_mm(x, dc)
     hi = float(np.percentile(th, 99.5))
+    none = np.zeros(img.shape, bool)
     if hi <= 0:
-        return np.zeros(img.shape, bool), th, hi
+        return none, th, hi
     lab, n = ndi.label(th > cut * hi)
     if n == 0:
-        return np.zeros(img.shape, bool), th, hi
-    cands, shallow = [], []
+        return none, th, hi
+    # Tall, narrow pieces: their pixels (id -> rows, cols) and first and last row.
+    pieces, extent, heights = {}, {}, {}
     for i, sl in enumerate(ndi.find_objects(lab), start=1):
         h_mm = (sl[0].stop - sl[0].start) * dr
         comp = lab[sl] == i
         width_mm = float(comp.sum()) * dr * dc / max(h_mm, 1e-6)
         if h_mm >= 15 and 1.5 <= width_mm <= 22 and h_mm / max(width_mm, 1e-6) > 3:
-            deep = np.median(depth[sl][comp]) >= MIN_BODY_DEPTH_MM
-            (cands if deep else shallow).append((h_mm, i))
+            r, c = np.nonzero(comp)
+            pieces[i], extent[i], heights[i] = (r + sl[0].start, c + sl[1].start), (sl[0].start, sl[0].stop - 1), h_mm
+    if not pieces:
+        return none, th, hi
+    # Deep in the body, or within MIN_BODY_DEPTH_MM of air along its row (the depth read at its pixels only).
+    body = _body(x)
+    if body.all() or not body.any():                  # no air to measure from: every piece is deep
+        depth = {i: np.inf for i in pieces}
+    else:
+        at = row_distance_at_mm(body, *(np.concatenate(v) for v in zip(*pieces.values())), dc)
+        ends = np.cumsum([len(r) for r, _ in pieces.values()])[:-1]
+        depth = {i: np.median(d) for i, d in zip(pieces, np.split(at, ends))}
+    cands, shallow = [], []
+    for i in pieces:
+        (cands if depth[i] >= MIN_BODY_DEPTH_MM else shallow).append((heights[i], i))
     cands = cands or ([] if deep_only else shallow)
     if not cands:
-        return np.zeros(img.shape, bool), th, hi
+        return none, th, hi
+    pieces = {i: pieces[i] for _, i in cands}
     # Each of the longest pieces seeds a chain of the pieces that join it. The column is the chain with
     # the most contrast times the square root of its length: the CSF stands out of its rows more than the
     # fat along the vertebral bodies or in the back muscles, and a canal broken at tight levels is still long;
     # and it runs along the vertebral column (bodies and discs alternate beside it), a band of fat does not.
-    slices = ndi.find_objects(lab)
-    pieces = {}
-    for _, i in cands:
-        r, c = np.nonzero(lab[slices[i - 1]] == i)
-        pieces[i] = (r + slices[i - 1][0].start, c + slices[i - 1][1].start)
-    chains = [_members(lab, n, _join_pieces(pieces, seed, dr, dc)) for _, seed in sorted(cands)[-6:]]
-    score = [th[m].mean() * np.sqrt(np.ptp(np.flatnonzero(m.any(axis=1))) + 1) * (0.5 + beside_periodicity(x, m, dr, dc))
-             for m in chains]
-    best = int(np.argmax(score))
-    return chains[best], th, hi
+    chains = [_join_pieces(pieces, seed, dr, dc, extent) for _, seed in sorted(cands)[-6:]]
+    score = [_chain_score(x, th, [pieces[i] for i in ids], dr, dc) for ids in chains]
+    return _members(lab, n, chains[int(np.argmax(score))]), th, hi
+
+
+def _chain_score(x: np.ndarray, th: np.ndarray, pieces: list[tuple[np.ndarray, np.ndarray]], dr: float,
+                 dc: float) -> float:
+    """A chain's contrast times the square root of its length, weighted by its :func:`beside_periodicity`,
+    from its pieces' pixels (the values the chain's mask gives: its pixels in the mask's order)."""
+    r, c = np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
+    contrast = th.ravel()[np.sort(r * th.shape[1] + c)].mean()
+    rows, at = np.unique(r, return_inverse=True)
+    centres = np.bincount(at, weights=c) / np.bincount(at)
+    return contrast * np.sqrt(rows[-1] - rows[0] + 1) * (0.5 + _periodicity(x, rows, centres, dr, dc))
 
 
 def _follow(seed: np.ndarray, th: np.ndarray, hi: float, pixel_spacing_mm, cut: float) -> np.ndarray:

@@ -138,6 +138,15 @@ def _morphology(op, mask: np.ndarray, footprint: np.ndarray | None, iterations: 
     return out.view(bool)
 
 
+def row_opening(x: np.ndarray, width_px: int) -> np.ndarray:
+    """:func:`scipy.ndimage.grey_opening` of an image by ``width_px`` pixels along its rows
+    (``size=(1, width_px)``) with OpenCV's morphology: the same pixels (a minimum then a maximum over the
+    same windows, scipy's shift of an even window's maximum by one included), several times faster."""
+    k, a = np.ones((1, width_px), np.uint8), width_px // 2
+    low = cv2.erode(np.ascontiguousarray(x), k, anchor=(a, 0))
+    return cv2.dilate(low, k, anchor=(a - 1 + width_px % 2, 0))
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """:func:`scipy.ndimage.binary_fill_holes` of a 2-D mask (background reaching the border through 4-connected
     steps stays; everything else is filled) by one OpenCV flood fill from a frame around the image."""
