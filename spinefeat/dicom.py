@@ -498,29 +498,33 @@ def load_series(series_dir: Path, *, description: str = "", study_id: int | None
         skipped[i] = f"{f.name}: {why}"
 
     heads: dict[int, _Header] = {}
-    for i, f in enumerate(series_files(series_dir)):
-        try:
-            heads[i] = _slice_header(f)
-        except DicomError as exc:
-            skip(i, f, exc)
-    # The stacks' layout comes from the headers, so each slice is decoded straight into its stack's array.
-    # A slice that then fails to decode is left out and the layout redone without it (its gaps may differ).
-    while True:
-        layout, pixels, failed = _layout(list(heads.values())), [], {}
-        for members in layout:
-            arr = np.empty((len(members), *members[0].shape), np.float32)
-            for j, h in enumerate(members):
-                try:
-                    _decode_into(h, arr[j])
-                except DicomError as exc:
-                    failed[h.path] = exc
-            pixels.append(arr)
-        if not failed:
-            break
-        for i, h in list(heads.items()):
-            if h.path in failed:
-                skip(i, h.path, failed[h.path])
-                del heads[i]
+    _quiet_pydicom(+1)           # once for the series, not twice a file (each switch clears logging's caches)
+    try:
+        for i, f in enumerate(series_files(series_dir)):
+            try:
+                heads[i] = _slice_header(f)
+            except DicomError as exc:
+                skip(i, f, exc)
+        # The stacks' layout comes from the headers, so each slice is decoded straight into its stack's array.
+        # A slice that then fails to decode is left out and the layout redone without it (its gaps may differ).
+        while True:
+            layout, pixels, failed = _layout(list(heads.values())), [], {}
+            for members in layout:
+                arr = np.empty((len(members), *members[0].shape), np.float32)
+                for j, h in enumerate(members):
+                    try:
+                        _decode_into(h, arr[j])
+                    except DicomError as exc:
+                        failed[h.path] = exc
+                pixels.append(arr)
+            if not failed:
+                break
+            for i, h in list(heads.items()):
+                if h.path in failed:
+                    skip(i, h.path, failed[h.path])
+                    del heads[i]
+    finally:
+        _quiet_pydicom(-1)
     if not heads:
         first = f" (first: {skipped[min(skipped)]})" if skipped else ""
         raise DicomError(f"study {study_id} series {series_id}: no decodable instance with geometry{first}")

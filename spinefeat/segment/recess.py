@@ -44,14 +44,12 @@ def _rays(x: np.ndarray, angles_deg, *, posterior_rc, lateral_rc, spacing_mm: fl
     xs = gaussian_filter(x, 0.5 / spacing_mm)
     c = (xs.shape[0] - 1) / 2
     k = np.arange(int(round(reach_mm / spacing_mm)))
-    out = {}
-    for a in angles_deg:
-        t = np.radians(a)
-        d = np.sin(t) * np.asarray(posterior_rc, float) + np.cos(t) * np.asarray(lateral_rc, float)
-        i = np.clip(np.rint(c + k * d[0]).astype(int), 0, xs.shape[0] - 1)
-        j = np.clip(np.rint(c + k * d[1]).astype(int), 0, xs.shape[1] - 1)
-        out[a] = xs[i, j]
-    return out
+    back, side = np.asarray(posterior_rc, float), np.asarray(lateral_rc, float)
+    d = np.array([np.sin(t) * back + np.cos(t) * side for t in np.radians(list(angles_deg))])   # one row a ray
+    # Every ray's pixels at once (the same arithmetic per ray), kept inside the crop.
+    i = np.minimum(np.maximum(np.rint(c + k * d[:, :1]).astype(int), 0), xs.shape[0] - 1)
+    j = np.minimum(np.maximum(np.rint(c + k * d[:, 1:]).astype(int), 0), xs.shape[1] - 1)
+    return dict(zip(angles_deg, xs[i, j]))
 
 
 def free_space(x: np.ndarray, *, posterior_rc, lateral_rc, spacing_mm: float) -> dict[str, float]:
