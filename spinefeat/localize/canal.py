@@ -134,9 +134,10 @@ def _near_line(r: np.ndarray, c: np.ndarray, r2: np.ndarray, c2: np.ndarray, dc:
     ``np.polyfit``'s line itself, so the answer is always ``np.polyfit``'s.
     """
     x = r.astype(float)
-    dx = x - x.mean()
-    slope = float((dx * (c - c.mean())).sum() / (dx * dx).sum())
-    off_px = float(np.median(np.abs(c2 - (slope * r2 + (c.mean() - slope * x.mean())))))
+    x_mean, c_mean = x.mean(), c.mean()
+    dx = x - x_mean
+    slope = float((dx * (c - c_mean)).sum() / (dx * dx).sum())
+    off_px = float(np.median(np.abs(c2 - (slope * r2 + (c_mean - slope * x_mean)))))
     if abs(off_px - max_mm / dc) > 1e-6:
         return off_px * dc <= max_mm
     return bool(np.median(np.abs(c2 - np.polyval(np.polyfit(r, c, 1), r2))) * dc <= max_mm)
