@@ -96,13 +96,11 @@ def _members(lab: np.ndarray, n: int, ids) -> np.ndarray:
     return keep[lab]
 
 
-def _join_pieces(pieces: dict[int, tuple[np.ndarray, np.ndarray]], seed: int, dr: float, dc: float,
-                 extent: dict[int, tuple[int, int]] | None = None) -> list[int]:
-    """The piece ``seed`` and the pieces (id -> pixel rows, cols) that continue it: one at a time, nearest
-    first, each within 8 mm of a line through the 40 mm of column next to it (the column curves with the
-    lordosis; a global fit drifts at the ends) and within 50 mm of it. ``extent``: each piece's first and
-    last row, when already known."""
-    extent = extent or {i: (int(r.min()), int(r.max())) for i, (r, _) in pieces.items()}
+def _join_pieces(pieces: dict[int, tuple[np.ndarray, np.ndarray]], extent: dict[int, tuple[int, int]], seed: int,
+                 dr: float, dc: float) -> list[int]:
+    """The piece ``seed`` and the pieces (id -> pixel rows, cols; first and last row in ``extent``) that
+    continue it: one at a time, nearest first, each within 8 mm of a line through the 40 mm of column next to
+    it (the column curves with the lordosis; a global fit drifts at the ends) and within 50 mm of it."""
     chain_ids = [seed]
     rr, cc = pieces[seed]
     first, last = extent[seed]                        # the chain's rows
@@ -241,7 +239,7 @@ def _seed_column(img: np.ndarray, pixel_spacing_mm, *, cut: float, deep_only: bo
     # the most contrast times the square root of its length: the CSF stands out of its rows more than the
     # fat along the vertebral bodies or in the back muscles, and a canal broken at tight levels is still long;
     # and it runs along the vertebral column (bodies and discs alternate beside it), a band of fat does not.
-    chains = [_join_pieces(pieces, seed, dr, dc, extent) for _, seed in sorted(cands)[-6:]]
+    chains = [_join_pieces(pieces, extent, seed, dr, dc) for _, seed in sorted(cands)[-6:]]
     score = [_chain_score(x, th, [pieces[i] for i in ids], dr, dc) for ids in chains]
     return _members(lab, n, chains[int(np.argmax(score))]), th, hi
 
