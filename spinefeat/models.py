@@ -129,6 +129,20 @@ def with_window_z(x: np.ndarray, inputs: list[str]) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def stage_matrix(x: np.ndarray, inputs: list[str], window_z: bool) -> np.ndarray:
+    """The matrix an appearance stage reads of the rows ``x`` (columns ``inputs``): float64, with
+    :func:`with_window_z` appended when ``window_z``. Row by row, so one matrix of all rows serves every fit."""
+    x = np.asarray(x, float)
+    return with_window_z(x, list(inputs)) if window_z else x
+
+
+def _standardised(z: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``nan_to_num((z - mean) / scale)``, computed in place in ``z`` (a copy of the caller's rows)."""
+    z -= mean
+    z /= scale
+    return np.nan_to_num(z, copy=False)
+
+
 @dataclass
 class Appearance:
     """A fitted appearance stage: ``score(x) = centred(((x - mean) / scale) @ coef.T + intercept)``.
@@ -151,16 +165,23 @@ class Appearance:
         """Multinomial logistic regression of the grades ``y`` (0/1/2) on the standardised ``x``: the unweighted
         log loss summed over rows plus ``|coef|^2 / (2 C)`` (scikit-learn's convention), L-BFGS from zero.
         A class missing from ``y`` gets a low but finite score; missing values count as the mean."""
+        m = stage_matrix(x, inputs, window_z)
+        return cls.fit_rows(m, np.arange(len(m)), y, inputs=inputs, C=C, window_z=window_z)
+
+    @classmethod
+    def fit_rows(cls, m: np.ndarray, rows: np.ndarray, y: np.ndarray, *, inputs: list[str], C: float,
+                 window_z: bool = False) -> "Appearance":
+        """:meth:`fit` on the rows ``rows`` (indices) of ``m``, the matrix the stage reads (:func:`stage_matrix`
+        of all rows, computed once for many fits); ``y``: the grades of those rows. The fit is the same."""
         from scipy.optimize import minimize
         from threadpoolctl import threadpool_limits
 
-        x = np.asarray(x, float)
-        x = with_window_z(x, list(inputs)) if window_z else x
-        mean = np.nanmean(x, axis=0) if len(x) else np.zeros(x.shape[1])
+        z = m[rows]                                         # a copy, standardised in place
+        mean = np.nanmean(z, axis=0) if len(z) else np.zeros(z.shape[1])
         mean = np.where(np.isfinite(mean), mean, 0.0)
-        scale = np.nanstd(x, axis=0) if len(x) else np.ones(x.shape[1])
+        scale = np.nanstd(z, axis=0) if len(z) else np.ones(z.shape[1])
         scale = np.where(np.isfinite(scale) & (scale > 1e-6), scale, 1.0)
-        z = np.nan_to_num((x - mean) / scale)
+        z = _standardised(z, mean, scale)
         d = z.shape[1]
         onehot = np.eye(3)[np.asarray(y, int)]
 
@@ -182,10 +203,12 @@ class Appearance:
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """The (n, 3) centred log-odds of the rows ``x`` (columns :attr:`inputs`)."""
-        x = np.asarray(x, float)
-        x = with_window_z(x, self.inputs) if self.window_z else x
-        z = np.nan_to_num((x - self.mean) / self.scale)
-        s = z @ self.coef.T + self.intercept
+        m = stage_matrix(x, self.inputs, self.window_z)
+        return self.score_rows(m, np.arange(len(m)))
+
+    def score_rows(self, m: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """:meth:`score` of the rows ``rows`` of ``m`` (:func:`stage_matrix` of all rows)."""
+        s = _standardised(m[rows], self.mean, self.scale) @ self.coef.T + self.intercept
         return s - s.mean(axis=1, keepdims=True)
 
     def to_json(self) -> dict:
@@ -215,25 +238,24 @@ def split_appearance(group: str, cols: list[str]) -> tuple[list[str], list[str]]
 
 
 def appearance_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, study: np.ndarray, *, folds: int,
-                      inputs: list[str], C: float, window_z: bool = False, seed: int = 0) -> np.ndarray:
-    """The appearance stage's scores each fit of a grader sees (the deployed stage is fitted on all rows).
+                      inputs: list[str], C: float, window_z: bool = False, seed: int = 0, jobs: int = 1,
+                      deploy: bool = False) -> tuple[np.ndarray, Appearance | None]:
+    """The appearance stage's scores each fit of a grader sees, and (``deploy``) the deployed stage, fitted on
+    all rows (else None).
 
-    Returns ``(folds + 1, n, 3)`` scores. Index k (fold k's fit): the rows outside fold k scored out of
+    The scores are ``(folds + 1, n, 3)``. Index k (fold k's fit): the rows outside fold k scored out of
     :data:`APPEARANCE_FOLDS` inner folds of their studies (each by the stage fitted on the others),
     the rows of fold k by the stage fitted on all rows outside it. Index ``folds`` (the final fit): each row
     scored by the stage fitted outside its fold, as :meth:`Graders.predict` scores new rows by the stage fitted on
     all of them. No row's score ever comes from a stage fitted on its own grade, and no fit's training
     rows' scores from a stage fitted on the rows it is scored on.
+
+    The stage's matrix (:func:`stage_matrix`) is computed once for all the fits; with ``jobs`` > 1 the fits run
+    in that many worker processes, each the same function of the same rows as in this one (the same scores).
     """
     n = len(y)
     out = np.zeros((folds + 1, n, 3))
-
-    def fit_score(train, score):
-        out_rows = np.zeros((int(score.sum()), 3))
-        if train.any():
-            out_rows = Appearance.fit(x[train], y[train], inputs=inputs, C=C, window_z=window_z).score(x[score])
-        return out_rows
-
+    fits = []                                               # (training rows, scored rows, where the scores go)
     for k in range(folds):
         tr = fold != k
         # Inner folds dealt round the training studies in a seeded order, not stratified: a study's own grades
@@ -242,10 +264,51 @@ def appearance_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, study: np.
         inner = {s: i % APPEARANCE_FOLDS for i, s in enumerate(part)}
         ifold = np.array([inner.get(s, -1) for s in study])
         for j in range(min(APPEARANCE_FOLDS, len(part))):
-            out[k, tr & (ifold == j)] = fit_score(tr & (ifold != j), tr & (ifold == j))
-        out[k, ~tr] = fit_score(tr, ~tr)
+            fits.append((tr & (ifold != j), tr & (ifold == j), k))
+        fits.append((tr, ~tr, k))
+    if deploy:
+        fits.append((np.ones(n, bool), None, None))
+    opts = {"inputs": list(inputs), "C": C, "window_z": window_z}
+    m = stage_matrix(x, inputs, window_z)
+    args = [(np.flatnonzero(train), None if score is None else np.flatnonzero(score)) for train, score, _ in fits]
+    if jobs <= 1:
+        res = [_stage_fit(m, y, train, score, opts) for train, score in args]
+    else:
+        import tempfile
+
+        from joblib import Parallel, delayed
+
+        with tempfile.TemporaryDirectory(prefix="spinefeat-stage-") as tmp:
+            path = Path(tmp) / "stage.npy"
+            np.save(path, m)
+            del m
+            # The largest fits first; each worker maps the one matrix file and copies its fit's rows.
+            order = sorted(range(len(args)), key=lambda i: -len(args[i][0]))
+            done = Parallel(n_jobs=jobs)(delayed(_stage_fit)(path, y, *args[i], opts) for i in order)
+        res = [None] * len(args)
+        for i, r in zip(order, done):
+            res[i] = r
+    deployed = None
+    for (train, score, k), r in zip(fits, res):
+        if score is None:
+            deployed = Appearance.from_json(r)
+        elif k is not None:
+            out[k, score] = r
+    for k in range(folds):
         out[folds, fold == k] = out[k, fold == k]
-    return out
+    return out, deployed
+
+
+def _stage_fit(m: np.ndarray | Path, y: np.ndarray, train: np.ndarray, score: np.ndarray | None,
+               opts: dict) -> np.ndarray | dict:
+    """One fit of :func:`appearance_scores`: the stage fitted on the ``train`` rows of ``m`` (or of the matrix in
+    the file ``m``), and the scores of its ``score`` rows; without ``score``, the stage itself as JSON."""
+    if not isinstance(m, np.ndarray):
+        m = np.load(m, mmap_mode="r")
+    if not len(train):
+        return np.zeros((len(score), 3))
+    stage = Appearance.fit_rows(m, train, y[train], **opts)
+    return stage.to_json() if score is None else stage.score_rows(m, score)
 
 
 def group_of(condition: str) -> str:
@@ -617,24 +680,25 @@ def _cross_fit(problems: dict, *, final: bool, jobs: int = 1, on_fold=None) -> t
 
 
 def staged_columns(group: str | None, x: np.ndarray, cols: list[str], y: np.ndarray, fold: np.ndarray, study, *,
-                   folds: int, seed: int = 0) -> tuple[np.ndarray, list[str], np.ndarray | None, list[str]]:
+                   folds: int, seed: int = 0, jobs: int = 1,
+                   deploy: bool = False) -> tuple[np.ndarray, list[str], np.ndarray | None, Appearance | None]:
     """A grader's rows as its trees read them: ``x`` without the appearance stage's inputs (:func:`split_appearance`),
     the trees' column names (with :data:`APPEARANCE_COLUMNS` last when there is a stage), the stage's scores of
-    each fit (:func:`appearance_scores`; None without a stage) and its input columns. The one path of ``train``
-    (:func:`fit`) and ``real-check`` (:func:`grouped_cv`)."""
+    each fit and, with ``deploy``, the stage fitted on all rows (:func:`appearance_scores`, its fits in ``jobs``
+    processes; None without a stage). The one path of ``train`` (:func:`fit`) and ``real-check``
+    (:func:`grouped_cv`)."""
     trees, inputs = split_appearance(group, list(cols)) if group else (list(cols), [])
     if not inputs:
-        return x, list(cols), None, []
+        return x, list(cols), None, None
     at = {c: i for i, c in enumerate(cols)}
-    xa = x[:, [at[c] for c in inputs]]
-    stage = appearance_scores(xa, y, fold, np.asarray(study), folds=folds, inputs=inputs,
-                              **stage_options(group), seed=seed)
-    return x[:, [at[c] for c in trees]], trees + list(APPEARANCE_COLUMNS), stage, inputs
+    stage, deployed = appearance_scores(x[:, [at[c] for c in inputs]], y, fold, np.asarray(study), folds=folds,
+                                        inputs=inputs, **stage_options(group), seed=seed, jobs=jobs, deploy=deploy)
+    return x[:, [at[c] for c in trees]], trees + list(APPEARANCE_COLUMNS), stage, deployed
 
 
 def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner, *, cols: list[str], params: dict,
                folds: int, scored: np.ndarray | None = None, group: str | None = None,
-               study=None) -> tuple[np.ndarray, list[int]]:
+               study=None, jobs: int = 1) -> tuple[np.ndarray, list[int]]:
     """Out-of-fold raw scores of the grader (LightGBM, :data:`SCORE_OFFSET` added) in study-grouped folds.
 
     ``fold`` gives each row's scored fold; ``inner(k)`` the mask of the training rows that stop fold k's
@@ -642,10 +706,11 @@ def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner, *, cols: l
     The held-out fold is never used to choose anything, so its predictions are honest.
     ``group`` (with ``study``, each row's study): the grader whose appearance stage (:data:`APPEARANCE`) is
     fitted inside each fold when ``cols`` hold its inputs, as :func:`fit` does.
-    Each fold is fitted on one LightGBM thread. Returns the raw scores (zero on
-    rows never scored) and the best iteration of each fold.
+    Each fold is fitted on one LightGBM thread, the appearance stage's fits in ``jobs`` processes. Returns the
+    raw scores (zero on rows never scored) and the best iteration of each fold.
     """
-    x, cols, stage, _ = staged_columns(group, x, cols, y, fold, study, folds=folds, seed=params.get("seed", 0))
+    x, cols, stage, _ = staged_columns(group, x, cols, y, fold, study, folds=folds, seed=params.get("seed", 0),
+                                       jobs=jobs)
     p = _Problem(x, y, fold, inner, cols=cols, params=dict(params, num_threads=1), folds=folds, scored=scored,
                  stage=stage)
     res, _ = _cross_fit({"cv": p}, final=False)
@@ -711,12 +776,11 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         both = pd.concat([g, ga.reindex(columns=g.columns)], ignore_index=True)
         study = both["study_id"].to_numpy()
         y, fold = both["severity"].to_numpy(int), both["study_id"].map(fold_of).to_numpy()
-        x, cols, stage, inputs = staged_columns(group, both[cols].to_numpy(np.float32), cols, y, fold, study,
-                                                folds=folds, seed=seed)
-        if stage is not None:
-            # The deployed stage: fitted on all rows, as each fold's on its training rows.
-            out["appearance"][group] = Appearance.fit(both[inputs].to_numpy(np.float32), y, inputs=inputs,
-                                                      **stage_options(group))
+        # The deployed stage: fitted on all rows, as each fold's on its training rows.
+        x, cols, stage, deployed = staged_columns(group, both[cols].to_numpy(np.float32), cols, y, fold, study,
+                                                  folds=folds, seed=seed, jobs=jobs, deploy=True)
+        if deployed is not None:
+            out["appearance"][group] = deployed
         problems[group] = _Problem(x, y, fold, lambda k, study=study: np.isin(study, held[k]), cols=cols,
                                    params=out["params"][group], folds=folds, scored=np.arange(len(both)) < len(g),
                                    stage=stage)

@@ -582,7 +582,7 @@ def cv_proba(df: pd.DataFrame, cols: list[str], term: str, *, folds: int = FOLDS
     study = df["study_id"]
     raw, _ = grouped_cv(x, y, study.map(fold_of).to_numpy(), lambda k: study.isin(held[k]).to_numpy(),
                         cols=list(cols), params=grader_params(term, num_threads=jobs, seed=seed), folds=folds,
-                        group=term, study=study.to_numpy())
+                        group=term, study=study.to_numpy(), jobs=jobs)
     return _softmax(raw)
 
 

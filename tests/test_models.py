@@ -329,6 +329,58 @@ def test_window_z_stage_reads_each_window_standardised_over_itself_and_round_tri
     assert rho(stage) > 0.7 and rho(stage) > rho(plain) + 0.05
 
 
+def _stage_problem(n_studies=40, seed=11):
+    """Rows of studies with two windows of 6 pixels whose pattern, under a per-row brightness, carries the grade."""
+    rng = np.random.default_rng(seed)
+    study = np.repeat(np.arange(n_studies), 10)
+    y = rng.choice(3, size=len(study), p=[0.6, 0.25, 0.15])
+    pattern = np.array([1.0, -1.0, 0.5, -0.5, 0.0, 0.3])
+    x = rng.uniform(-5, 5, size=(len(y), 1)) + np.hstack([(y[:, None] - 1) * pattern, np.zeros((len(y), 6))])
+    x = x + rng.normal(size=x.shape)
+    x[rng.random(x.shape) < 0.02] = np.nan                           # a few missing pixels
+    inputs = [f"w_a_r0c{i}" for i in range(6)] + [f"w_b_r0c{i}" for i in range(6)]
+    return x, y, study, inputs
+
+
+def _reference_scores(x_train, y_train, x_score, C):
+    """The stage's centred log-odds computed independently: each window z-scored over itself by hand, the columns
+    standardised on the training rows (missing values at the mean), scikit-learn's multinomial logistic regression
+    (its objective is the stage's: log loss summed over rows plus |coef|^2 / (2 C)) fitted far past convergence."""
+    from sklearn.linear_model import LogisticRegression
+
+    def design(x):
+        parts = [x]
+        for w in (x[:, :6], x[:, 6:]):
+            parts.append((w - np.nanmean(w, axis=1, keepdims=True)) / np.nanstd(w, axis=1, keepdims=True))
+        return np.hstack(parts)
+    tr, sc = design(x_train), design(x_score)
+    mean, sd = np.nanmean(tr, axis=0), np.nanstd(tr, axis=0)
+    lr = LogisticRegression(C=C, tol=1e-12, max_iter=20000).fit(np.nan_to_num((tr - mean) / sd), y_train)
+    s = lr.decision_function(np.nan_to_num((sc - mean) / sd))
+    return s - s.mean(axis=1, keepdims=True)
+
+
+def test_appearance_scores_match_an_independent_fit_and_are_the_same_in_worker_processes():
+    """The stage's matrix (the windows' z-scores) is computed once for all fits and their rows taken from it; each
+    fold's scores of its own rows and the deployed stage are those of a logistic regression fitted independently
+    on that fit's rows alone; the fits spread over 2 worker processes give the same scores and stage."""
+    x, y, study, inputs = _stage_problem()
+    fold = study % 3
+    C = 0.05
+    scores, deployed = models.appearance_scores(x, y, fold, study, folds=3, inputs=inputs, C=C, window_z=True,
+                                                deploy=True)
+    for k in range(3):
+        tr = fold != k
+        ref = _reference_scores(x[tr], y[tr], x[~tr], C)
+        np.testing.assert_allclose(scores[k, ~tr], ref, atol=2e-3)
+        assert np.abs(ref).max() > 0.3                                  # the scores carry the grade
+    np.testing.assert_allclose(deployed.score(x), _reference_scores(x, y, x, C), atol=2e-3)
+    again, deployed2 = models.appearance_scores(x, y, fold, study, folds=3, inputs=inputs, C=C, window_z=True,
+                                                deploy=True, jobs=2)
+    assert np.array_equal(again, scores) and np.array_equal(deployed2.coef, deployed.coef)
+    assert np.array_equal(deployed2.mean, deployed.mean) and np.array_equal(deployed2.scale, deployed.scale)
+
+
 def test_appearance_scores_of_every_row_are_out_of_fold():
     """No row's stage score comes from a stage fitted on its own grade: relabelling one study changes none of
     its own scores, in any fold's fit or the final one, while the other studies' scores do move."""
@@ -337,12 +389,12 @@ def test_appearance_scores_of_every_row_are_out_of_fold():
     y = rng.choice(3, size=len(study), p=[0.6, 0.25, 0.15])
     x = y[:, None] * [0.8, -0.5, 0.3] + rng.normal(size=(len(y), 3))
     fold = study % 4
-    a = models.appearance_scores(x, y, fold, study, folds=4, inputs=["a", "b", "c"], C=1.0)
-    assert a.shape == (5, len(y), 3)
+    a, none = models.appearance_scores(x, y, fold, study, folds=4, inputs=["a", "b", "c"], C=1.0)
+    assert none is None and a.shape == (5, len(y), 3)
     for s in (3, 18):                                                 # a study of fold 3, one of fold 2
         flipped = y.copy()
         flipped[study == s] = 2 - flipped[study == s]
-        b = models.appearance_scores(x, flipped, fold, study, folds=4, inputs=["a", "b", "c"], C=1.0)
+        b, _ = models.appearance_scores(x, flipped, fold, study, folds=4, inputs=["a", "b", "c"], C=1.0)
         assert np.array_equal(a[:, study == s], b[:, study == s])
         assert not np.allclose(a[:, study != s], b[:, study != s])
     # The final fit's scores are each fold's own scores from the stage fitted outside it.
