@@ -172,8 +172,7 @@ class Appearance:
     def fit_rows(cls, m: np.ndarray, rows: np.ndarray, y: np.ndarray, *, inputs: list[str], C: float,
                  window_z: bool = False) -> "Appearance":
         """:meth:`fit` on the rows ``rows`` (indices) of ``m``, the matrix the stage reads (:func:`stage_matrix`
-        of all rows, computed once for many fits); ``y``: the grades of those rows. The same fit as on a matrix of
-        those rows alone."""
+        of all rows, computed once for many fits); ``y``: the grades of those rows. The fit is the same."""
         from scipy.optimize import minimize
         from threadpoolctl import threadpool_limits
 
@@ -182,23 +181,19 @@ class Appearance:
         mean = np.where(np.isfinite(mean), mean, 0.0)
         scale = np.nanstd(z, axis=0) if len(z) else np.ones(z.shape[1])
         scale = np.where(np.isfinite(scale) & (scale > 1e-6), scale, 1.0)
-        # The design matrix in float32: half the memory and 1.7x less CPU for its two products a step (the rows'
-        # scores, the loss and the weights stay float64). L-BFGS stops as near the optimum as in float64: on 2,790
-        # phantom foramina of 1,024 inputs, scores within 0.0043 (median 0.0008) of a fit run to ftol 1e-14 in
-        # both (/work/notes/s9_train.md).
-        z = _standardised(z, mean, scale).astype(np.float32)
+        z = _standardised(z, mean, scale)
         d = z.shape[1]
         onehot = np.eye(3)[np.asarray(y, int)]
 
         def loss(w):
             coef, b = w[:3 * d].reshape(3, d), w[3 * d:]
-            s = z @ coef.T.astype(np.float32) + b
+            s = z @ coef.T + b
             s -= s.max(axis=1, keepdims=True)
             lse = np.log(np.exp(s).sum(axis=1, keepdims=True))
             p = np.exp(s - lse)
             g = p - onehot
             val = float(-(onehot * (s - lse)).sum() + (coef ** 2).sum() / (2 * C))
-            return val, np.concatenate([(g.T.astype(np.float32) @ z + coef / C).ravel(), g.sum(axis=0)])
+            return val, np.concatenate([(g.T @ z + coef / C).ravel(), g.sum(axis=0)])
 
         # One BLAS thread: these small products gain nothing from more, and spinning threads on a busy machine
         # cost 50x the CPU (0.08 against 4.2 CPU s for 2,400 rows of 256 values).
