@@ -298,6 +298,12 @@ def time_throughput(root: Path, split: str, ids: list[int], points, *,
     return out
 
 
+def _reaped_cpu_s() -> float:
+    """User + system CPU seconds of this process's children that have ended and been waited for."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def time_startup(repeats: int = 5) -> tuple[float, float]:
     """Median wall and CPU seconds of ``spinefeat --help`` as its own process (imports and the typer app)."""
     cmd = [sys.executable, "-m", "spinefeat", "--help"]
@@ -334,13 +340,15 @@ def time_training(features: pd.DataFrame, train: pd.DataFrame, *, studies: int, 
     big_f["row_id"] = [r.replace(f"{o}_", f"{n}_", 1) for r, o, n in zip(big_f["row_id"], old, big_f["study_id"])]
     big_t = train.loc[pick].set_axis(pd.Index(new_ids, name=train.index.name))
     groups = {int(new): int(sid) for new, sid in zip(new_ids, pick)}
-    t0, c0, k0 = time.perf_counter(), time.process_time(), _cpu_s(_descendants())
+    t0, c0, k0, r0 = time.perf_counter(), time.process_time(), _cpu_s(_descendants()), _reaped_cpu_s()
     res = fit(big_f, big_t, folds=5, jobs=jobs, seed=seed, groups=groups)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    reaped = _reaped_cpu_s() - r0         # workers that ended during the fit (the appearance stages' pool)
     return {"train_studies": studies, "train_source_studies": int(len(set(pick))), "train_rows": res["cv"]["rows"],
             "train_jobs": jobs, "train_seconds_5fold_cv_plus_final": wall,
-            # this process and its fit workers (alive after the fit: the executor keeps them for reuse)
-            "train_cpu_seconds_5fold_cv_plus_final": cpu + _cpu_s(_descendants()) - k0,
+            # this process, its fit workers (alive after the fit: the executor keeps them for reuse) and the
+            # workers that ended during it
+            "train_cpu_seconds_5fold_cv_plus_final": cpu + reaped + _cpu_s(_descendants()) - k0,
             "train_parent_cpu_seconds": cpu,
             "train_seconds_final_fit_25_targets": res["cv"]["seconds_final_fit"],
             "train_rounds": res["rounds"]}
