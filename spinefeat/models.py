@@ -292,7 +292,7 @@ def appearance_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, study: np.
     for (train, score, k), r in zip(fits, res):
         if score is None:
             deployed = Appearance.from_json(r)
-        elif k is not None:
+        else:
             out[k, score] = r
     for k in range(folds):
         out[folds, fold == k] = out[k, fold == k]
