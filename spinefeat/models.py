@@ -89,10 +89,23 @@ def grader_params(group: str, **extra) -> dict:
 #: 0.564, held-out half 0.516 / 0.514 / 0.517 / 0.517, seeds 0 and 1): no clear gain, 0.003 kept for all three.
 #: ``window_z``: the stage also reads each window standardised over itself (:func:`with_window_z`; foraminal,
 #: development half 0.5598 -> 0.5534, held-out 0.5050 -> 0.5018, seeds 0-4; not tried on the axial stages).
-APPEARANCE = {"foraminal": {"inputs": "foramen_window_", "C": 0.003, "window_z": True},
+#: ``context``: the trees also read the stage's scores of the same study's other foramina
+#: (:data:`APPEARANCE_CONTEXT_COLUMNS`; foraminal, development half 0.5525 -> 0.5494, held-out 0.5063 -> 0.5051,
+#: fold and LightGBM seeds 0-2; the severe-minus-normal log-odds alone of the same neighbours and the study's
+#: largest: 0.5512 / 0.5043).
+APPEARANCE = {"foraminal": {"inputs": "foramen_window_", "C": 0.003, "window_z": True, "context": True},
               "subarticular": {"inputs": "recess_window_", "C": 0.003},
               "spinal": {"inputs": "canal_ax_window_", "C": 0.003}}
 APPEARANCE_COLUMNS = tuple(f"appearance_logodds_{c}" for c in CLASS_COLUMNS)
+#: With ``context`` in :data:`APPEARANCE`, the trees also read each row's stage scores against its study's other
+#: rows, as a reader compares the levels (each row is graded alone): per neighbour (:func:`appearance_context`),
+#: the 3 log-odds of the mean over the study's other foramina, of the other side at the same level and of the level
+#: above and below on the same side.
+APPEARANCE_NEIGHBOURS = {"study_others": "the mean over the study's other foramina",
+                         "other_side": "the foramen of the other side at the same level",
+                         "above": "the foramen one level up on the same side",
+                         "below": "the foramen one level down on the same side"}
+APPEARANCE_CONTEXT_COLUMNS = tuple(f"appearance_logodds_{c}_{k}" for k in APPEARANCE_NEIGHBOURS for c in CLASS_COLUMNS)
 #: Inner folds of the appearance stage (by study).
 APPEARANCE_FOLDS = 5
 
@@ -104,6 +117,9 @@ def _register_appearance() -> None:
         register(f"appearance_logodds_{c}", f"log-odds of {c} (centred over the 3 grades) of the grader's appearance "
                  "stage: a logistic regression on the aligned window's pixels fitted inside the training fold, "
                  "out of inner folds on the training rows", "1")
+        for k, what in APPEARANCE_NEIGHBOURS.items():
+            register(f"appearance_logodds_{c}_{k}", f"appearance_logodds_{c} of {what} (missing where the study has "
+                     "none)", "1")
 
 
 _register_appearance()
@@ -112,6 +128,26 @@ _register_appearance()
 def stage_options(group: str) -> dict:
     """The fit settings of ``group``'s appearance stage (:data:`APPEARANCE`): ``C`` and ``window_z``."""
     return {"C": APPEARANCE[group]["C"], "window_z": APPEARANCE[group].get("window_z", False)}
+
+
+def appearance_context(scores: np.ndarray, study, level_index, side) -> np.ndarray:
+    """The (n, 12) :data:`APPEARANCE_CONTEXT_COLUMNS` of the rows with stage ``scores`` (n, 3): for each
+    neighbour of :data:`APPEARANCE_NEIGHBOURS`, its scores (NaN where the study has none). ``study``,
+    ``level_index`` (0 = L1/L2 .. 4 = L5/S1) and ``side`` (+1 left, -1 right) name each row's foramen; rows
+    naming the same foramen (a point found and a labelled one) count as one, with their mean scores."""
+    key = pd.MultiIndex.from_arrays([np.asarray(study), np.asarray(level_index, float), np.asarray(side, float)])
+    per = pd.DataFrame(np.asarray(scores, float), index=key).groupby(level=[0, 1, 2]).mean()
+    own = per.reindex(key).to_numpy()
+    total = per.groupby(level=0).sum().reindex(key.get_level_values(0)).to_numpy()
+    count = per.groupby(level=0).size().reindex(key.get_level_values(0)).to_numpy()[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        others = np.where(count > 1, (total - own) / (count - 1), np.nan)
+
+    def at(dlevel, dside):
+        return per.reindex(pd.MultiIndex.from_arrays([key.get_level_values(0), key.get_level_values(1) + dlevel,
+                                                      key.get_level_values(2) * dside])).to_numpy()
+
+    return np.hstack([others, at(0, -1), at(-1, 1), at(1, 1)])
 
 
 def with_window_z(x: np.ndarray, inputs: list[str]) -> np.ndarray:
@@ -693,7 +729,14 @@ def staged_columns(group: str | None, x: np.ndarray, cols: list[str], y: np.ndar
     at = {c: i for i, c in enumerate(cols)}
     stage, deployed = appearance_scores(x[:, [at[c] for c in inputs]], y, fold, np.asarray(study), folds=folds,
                                         inputs=inputs, **stage_options(group), seed=seed, jobs=jobs, deploy=deploy)
-    return x[:, [at[c] for c in trees]], trees + list(APPEARANCE_COLUMNS), stage, deployed
+    names = trees + list(APPEARANCE_COLUMNS)
+    if APPEARANCE[group].get("context"):
+        # Each fit's context from its own scores: a study's rows share their fold and inner fold, so their
+        # neighbours' scores come from the same stage, fitted without the study.
+        where = (x[:, at["context_level_index"]], x[:, at["context_side"]])
+        stage = np.stack([np.hstack([s, appearance_context(s, study, *where)]) for s in stage])
+        names += APPEARANCE_CONTEXT_COLUMNS
+    return x[:, [at[c] for c in trees]], names, stage, deployed
 
 
 def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner, *, cols: list[str], params: dict,
@@ -897,7 +940,10 @@ class Graders:
         stage = self.appearance.get(group)
         if stage is not None:
             at = [cols.index(c) for c in APPEARANCE_COLUMNS]
-            x[:, at] = stage.score(rows.reindex(columns=stage.inputs).to_numpy(np.float32))
+            x[:, at] = s = stage.score(rows.reindex(columns=stage.inputs).to_numpy(np.float32))
+            if APPEARANCE_CONTEXT_COLUMNS[0] in cols:
+                at = [cols.index(c) for c in APPEARANCE_CONTEXT_COLUMNS]
+                x[:, at] = appearance_context(s, rows["study_id"], rows["context_level_index"], rows["context_side"])
         return x
 
     def predict(self, features: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

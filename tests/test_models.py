@@ -47,7 +47,8 @@ def _table(n_studies=40, seed=0):
                 labels[sid][f"{cond}_{lv}"] = SEVERITIES[sev]
                 rows.append({"study_id": sid, "condition": cond, "level": lv, "row_id": f"{sid}_{cond}_{lv}",
                              "split": "train", "signal": sev + rng.normal(0, 0.8), "noise": rng.normal(),
-                             "context_level_index": float(li)})
+                             "context_level_index": float(li),
+                             "context_side": 1.0 if cond.startswith("left") else -1.0 if cond.startswith("right") else 0.0})
     train = pd.DataFrame.from_dict(labels, orient="index")[list(TRAIN_COLUMNS)]
     train.index.name = "study_id"
     return pd.DataFrame(rows), train
@@ -381,6 +382,27 @@ def test_appearance_scores_match_an_independent_fit_and_are_the_same_in_worker_p
     assert np.array_equal(deployed2.mean, deployed.mean) and np.array_equal(deployed2.scale, deployed.scale)
 
 
+def test_appearance_context_reads_each_foramen_against_its_study_by_hand():
+    """Two studies: study 1 has the left L1/L2 (twice: a found and a labelled point), left L2/L3 and right L1/L2;
+    study 2 one foramen. Each neighbour's scores written out by hand."""
+    study = [1, 1, 1, 1, 2]
+    level = [0, 0, 1, 0, 3]
+    side = [1, 1, 1, -1, 1]
+    s = np.array([[1.0, 0, -1], [3, 0, -3], [0, 1, -1], [-2, 0, 2], [5, 5, -10]])
+    c = models.appearance_context(s, study, level, side)
+    assert c.shape == (5, 12)
+    l12 = [2.0, 0, -2]                       # the mean of the left L1/L2's two rows
+    others = {0: np.mean([[0, 1, -1], [-2, 0, 2]], axis=0), 2: np.mean([l12, [-2, 0, 2]], axis=0),
+              3: np.mean([l12, [0, 1, -1]], axis=0)}
+    for i, want in (0, others[0]), (1, others[0]), (2, others[2]), (3, others[3]):
+        assert np.allclose(c[i, 0:3], want)
+    assert np.isnan(c[4]).all()              # study 2 has no other foramen
+    nan = [np.nan] * 3
+    # other side, level above, level below
+    for i, want in ((0, [[-2, 0, 2], nan, [0, 1, -1]]), (2, [nan, l12, nan]), (3, [l12, nan, nan])):
+        assert np.allclose(c[i, 3:], np.ravel(want), equal_nan=True)
+
+
 def test_appearance_scores_of_every_row_are_out_of_fold():
     """No row's stage score comes from a stage fitted on its own grade: relabelling one study changes none of
     its own scores, in any fold's fit or the final one, while the other studies' scores do move."""
@@ -415,7 +437,8 @@ def test_train_fits_the_appearance_stage_in_fold_and_predict_applies_it(tmp_path
     par = models.fit(feats, train, folds=3, fold_of=fold_of, jobs=2)      # the stage's scores through worker files
     assert par["boosters"]["foraminal"].model_to_string() == res["boosters"]["foraminal"].model_to_string()
     cols = res["columns"]["foraminal"]
-    assert cols[-3:] == list(models.APPEARANCE_COLUMNS) and not set(inputs) & set(cols)
+    staged = list(models.APPEARANCE_COLUMNS) + list(models.APPEARANCE_CONTEXT_COLUMNS)
+    assert cols[-15:] == staged and not set(inputs) & set(cols)
     assert "foraminal" in res["appearance"] and "spinal" not in res["appearance"]
     assert not any(c.startswith(prefix) for c in res["columns"]["spinal"])
     models.save(res, tmp_path / "m")
@@ -426,7 +449,9 @@ def test_train_fits_the_appearance_stage_in_fold_and_predict_applies_it(tmp_path
     sub, _ = graders.predict(feats)
     fo = feats[feats["condition"].str.contains("foraminal")]
     stage = res["appearance"]["foraminal"]
-    x = np.hstack([fo[cols[:-3]].to_numpy(np.float32), stage.score(fo[inputs].to_numpy(np.float32))])
+    s = stage.score(fo[inputs].to_numpy(np.float32))
+    context = models.appearance_context(s, fo["study_id"], fo["context_level_index"], fo["context_side"])
+    x = np.hstack([fo[cols[:-15]].to_numpy(np.float32), s, context])
     raw = models.raw_scores(res["boosters"]["foraminal"], x.astype(np.float32))
     want = models._softmax(raw / res["temperature"]["foraminal"])
     got = sub.set_index("row_id").loc[fo["row_id"], ["normal_mild", "moderate", "severe"]].to_numpy()
