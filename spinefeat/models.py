@@ -135,17 +135,24 @@ def appearance_context(scores: np.ndarray, study, level_index, side) -> np.ndarr
     neighbour of :data:`APPEARANCE_NEIGHBOURS`, its scores (NaN where the study has none). ``study``,
     ``level_index`` (0 = L1/L2 .. 4 = L5/S1) and ``side`` (+1 left, -1 right) name each row's foramen; rows
     naming the same foramen (a point found and a labelled one) count as one, with their mean scores."""
-    key = pd.MultiIndex.from_arrays([np.asarray(study), np.asarray(level_index, float), np.asarray(side, float)])
-    per = pd.DataFrame(np.asarray(scores, float), index=key).groupby(level=[0, 1, 2]).mean()
-    own = per.reindex(key).to_numpy()
-    total = per.groupby(level=0).sum().reindex(key.get_level_values(0)).to_numpy()
-    count = per.groupby(level=0).size().reindex(key.get_level_values(0)).to_numpy()[:, None]
+    keys = list(zip(np.asarray(study).tolist(), np.asarray(level_index, float).tolist(),
+                    np.asarray(side, float).tolist()))
+    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}           # one per foramen
+    row = np.array([ids[k] for k in keys], int)
+    per = np.zeros((len(ids), 3))
+    np.add.at(per, row, np.asarray(scores, float))
+    per /= np.bincount(row, minlength=len(ids))[:, None]
+    studies = {s: i for i, s in enumerate(dict.fromkeys(k[0] for k in ids))}
+    of = np.array([studies[k[0]] for k in ids], int)                  # each foramen's study
+    total = np.zeros((len(studies), 3))
+    np.add.at(total, of, per)
+    count = np.bincount(of)[of[row]][:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
-        others = np.where(count > 1, (total - own) / (count - 1), np.nan)
+        others = np.where(count > 1, (total[of[row]] - per[row]) / (count - 1), np.nan)
 
     def at(dlevel, dside):
-        return per.reindex(pd.MultiIndex.from_arrays([key.get_level_values(0), key.get_level_values(1) + dlevel,
-                                                      key.get_level_values(2) * dside])).to_numpy()
+        i = np.array([ids.get((s, lv + dlevel, sd * dside), -1) for s, lv, sd in keys], int)
+        return np.where(i[:, None] >= 0, per[i], np.nan)
 
     return np.hstack([others, at(0, -1), at(-1, 1), at(1, 1)])
 
