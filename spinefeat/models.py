@@ -79,7 +79,7 @@ def grader_params(group: str, **extra) -> dict:
 
 #: Per grader, its fitted appearance stage (:class:`Appearance`; no entry: none): the columns starting with
 #: ``inputs`` (the aligned windows' pixels, :data:`spinefeat.features.texture.WINDOW_NAMES`; the foramen's 32 and
-#: 48 mm windows both) feed a multinomial
+#: 48 mm and 64 mm windows) feed a multinomial
 #: logistic regression (L2, inverse strength ``C``, on the standardised values) whose 3 centred log-odds
 #: (:data:`APPEARANCE_COLUMNS`) join the grader's columns in their place: the trees read the score, not the
 #: pixels. Fitted inside every training fold with its training rows' scores out of inner study-grouped folds
@@ -89,6 +89,8 @@ def grader_params(group: str, **extra) -> dict:
 #: 0.564, held-out half 0.516 / 0.514 / 0.517 / 0.517, seeds 0 and 1): no clear gain, 0.003 kept for all three.
 #: ``window_z``: the stage also reads each window standardised over itself (:func:`with_window_z`; foraminal,
 #: development half 0.5598 -> 0.5534, held-out 0.5050 -> 0.5018, seeds 0-4; not tried on the axial stages).
+#: The foramen's 64 mm window (:data:`spinefeat.features.texture.WINDOWS_MM`): development half 0.5525 -> 0.5460,
+#: held-out 0.5063 -> 0.4981 (seeds 0-2, every seed gains on both); with ``context`` 0.5428 / 0.4969.
 #: ``context``: the trees also read the stage's scores of the same study's other foramina
 #: (:data:`APPEARANCE_CONTEXT_COLUMNS`; foraminal, development half 0.5525 -> 0.5494, held-out 0.5063 -> 0.5051,
 #: fold and LightGBM seeds 0-2; the severe-minus-normal log-odds alone of the same neighbours and the study's
@@ -726,8 +728,9 @@ def staged_columns(group: str | None, x: np.ndarray, cols: list[str], y: np.ndar
                    folds: int, seed: int = 0, jobs: int = 1,
                    deploy: bool = False) -> tuple[np.ndarray, list[str], np.ndarray | None, Appearance | None]:
     """A grader's rows as its trees read them: ``x`` without the appearance stage's inputs (:func:`split_appearance`),
-    the trees' column names (with :data:`APPEARANCE_COLUMNS` last when there is a stage), the stage's scores of
-    each fit and, with ``deploy``, the stage fitted on all rows (:func:`appearance_scores`, its fits in ``jobs``
+    the trees' column names (with :data:`APPEARANCE_COLUMNS` last when there is a stage, then with ``context``
+    :data:`APPEARANCE_CONTEXT_COLUMNS`), the stage's scores of each fit (with their :func:`appearance_context`)
+    and, with ``deploy``, the stage fitted on all rows (:func:`appearance_scores`, its fits in ``jobs``
     processes; None without a stage). The one path of ``train`` (:func:`fit`) and ``real-check``
     (:func:`grouped_cv`)."""
     trees, inputs = split_appearance(group, list(cols)) if group else (list(cols), [])

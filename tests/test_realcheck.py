@@ -284,9 +284,10 @@ def test_foramen_hog_turns_with_the_spine():
     assert np.abs(back - ref).mean() < 0.35 * min(np.abs(blind - ref).mean(), np.abs(mirrored - ref).mean())
 
 
-def test_foramen_windows_cover_32_and_48_mm():
-    """A bright 40 mm square around the point (0.8 mm pixels) fills the whole 32 mm window at 2 mm, and in the
-    48 mm window at 3 mm fills the inner 36 mm (12 x 12 pixels) and leaves its outer 3 mm ring dark."""
+def test_foramen_windows_cover_32_48_and_64_mm():
+    """A bright 40 mm square around the point (0.8 mm pixels) fills the whole 32 mm window at 2 mm, in the
+    48 mm window at 3 mm fills the inner 36 mm (12 x 12 pixels) and leaves its outer 3 mm ring dark, and in the
+    64 mm window at 4 mm is 10 x 10 of its pixels with 12 mm of dark around them."""
     from spinefeat.features.texture import aligned_windows
 
     img = np.zeros((200, 200), np.float32)
@@ -300,3 +301,8 @@ def test_foramen_windows_cover_32_and_48_mm():
     ring = np.ones((16, 16), bool)
     ring[1:-1, 1:-1] = False
     assert w48[ring].max() < 0.05 and w48[2:-2, 2:-2].min() > 0.95
+    w64 = np.array([v for k, v in vals.items() if k.startswith("foramen_window_64mm_")]).reshape(16, 16)
+    assert (w64 > 0.5).sum() == 100 and w64[3:13, 3:13].min() > 0.5 and w64[4:12, 4:12].min() > 0.95
+    outer = np.ones((16, 16), bool)
+    outer[2:-2, 2:-2] = False
+    assert w64[outer].max() < 0.05

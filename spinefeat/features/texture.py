@@ -151,7 +151,7 @@ def aligned_hog(crop: np.ndarray, *, series_high: float, view, axis_rc=None) -> 
 #: (side mm, pixel mm) of each. The foramen's turned to the spine as its HOG's (rows to the feet, columns to the
 #: back); the axial sac's in the axial view (rows to the back, columns to the patient's left); the lateral
 #: recess's too, with its columns towards its own side (left recess: the patient's left; right: the right).
-WINDOWS_MM = {"foramen": ((32.0, 2.0), (48.0, 3.0)), "canal_ax": ((32.0, 2.0),), "recess": ((32.0, 2.0),)}
+WINDOWS_MM = {"foramen": ((32.0, 2.0), (48.0, 3.0), (64.0, 4.0)), "canal_ax": ((32.0, 2.0),), "recess": ((32.0, 2.0),)}
 _WINDOW_AXES = {"foramen": ("row 0 = cranial", "column 0 = anterior"),
                 "canal_ax": ("row 0 = anterior", "column 0 = the patient's right"),
                 "recess": ("row 0 = anterior", "column 0 = medial")}
