@@ -278,3 +278,49 @@ def test_chain_score_from_its_pieces_is_the_score_of_its_mask():
         rows = np.flatnonzero(mask.any(axis=1))
         want = th[mask].mean() * np.sqrt(np.ptp(rows) + 1) * (0.5 + beside_periodicity(x, mask, 0.5, 0.6))
         assert _chain_score(x, th, pieces, 0.5, 0.6) == want
+
+
+def _same(got, want) -> bool:
+    """The same value (bit for bit, NaN included) and the same type and dtype."""
+    got_a, want_a = np.asarray(got), np.asarray(want)
+    return (type(got) is type(want) and got_a.dtype == want_a.dtype and got_a.shape == want_a.shape
+            and got_a.tobytes() == want_a.tobytes())
+
+
+def test_percentile_and_median_are_numpys_bit_for_bit():
+    """spinefeat.fastnp's percentile and median against np.percentile and np.median themselves: random arrays of
+    every dtype the code passes (float32, float64, integers) and size (1 .. 3000, 1-D and 2-D, with ties and
+    constant runs), scalar (int and float: NumPy's weak promotion) and list quantiles at and between order
+    statistics, the ends, and NaN in the data (handed to NumPy): the same value, type and dtype."""
+    from spinefeat.fastnp import median, percentile
+
+    rng = np.random.default_rng(5)
+    qs = [0, 1, 1.0, 5, 10, 25, 50, 75, 90, 95, 99, 99.5, 100, 100.0, 33.3333,
+          [1, 99], [1.0, 99.0], [1.0, 99.0, 99.5], [1, 99.5], [25, 50, 75], [10, 50, 90], [0, 100]]
+    checked = 0
+    for k in range(400):
+        n = int(rng.choice([1, 2, 3, 4, 7, 10, 64, 101, 400, 1000, 3000]))
+        kind = k % 6
+        if kind == 0:
+            x = rng.random(n).astype(np.float32)
+        elif kind == 1:
+            x = rng.normal(size=n) * 1e3
+        elif kind == 2:
+            x = rng.integers(0, 1800, n).astype(np.float32)          # integer-valued pixels, many ties
+        elif kind == 3:
+            x = rng.integers(-500, 500, n).astype(np.int16)
+        elif kind == 4:
+            x = np.round(rng.random(n) * 4).astype(np.float64) / 3    # few distinct values
+        else:
+            x = rng.integers(0, 4000, n).astype(np.uint16)
+        if k % 5 == 0 and n % 2 == 0 and n >= 4:
+            x = x.reshape(2, -1)
+        for q in qs:
+            assert _same(percentile(x, q), np.percentile(x, q)), (x.dtype, n, q)
+            checked += 1
+        assert _same(median(x), np.median(x)), (x.dtype, n)
+    assert checked == 400 * len(qs)
+    x = rng.random(50)
+    x[7] = np.nan
+    assert _same(percentile(x, [1, 99]), np.percentile(x, [1, 99])) and np.isnan(percentile(x, 50))
+    assert np.isnan(median(x)) and _same(median(x), np.median(x))

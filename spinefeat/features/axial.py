@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..fastnp import percentile
 from ..segment.common import Segmentation, centre_distance_mm, crop_mm, profile
 from . import register
 
@@ -68,7 +69,7 @@ def recess_profile(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high:
         return {n: float("nan") for n in RECESS_NAMES}
     x, c, r = _scaled_crop(image, seed_rc, pixel_spacing_mm, series_high)
     out = {"recess_profile_point": float(x[r <= 1.5].mean()),
-           "recess_profile_peak_3mm": float(np.percentile(x[r <= 3.0], 95))}
+           "recess_profile_peak_3mm": float(percentile(x[r <= 3.0], 95))}
     lat = profile(x, (c, c), lateral_rc, RECESS_LATERAL_MM, spacing_mm=SPACING_MM)
     ap = profile(x, (c, c), posterior_rc, RECESS_AP_MM, spacing_mm=SPACING_MM)
     out.update({f"recess_profile_lateral_{_offset_name(o)}": float(v) for o, v in zip(RECESS_LATERAL_MM, lat)})
@@ -82,7 +83,7 @@ def sac_profile(image: np.ndarray, seed_rc, seg: Segmentation, *, pixel_spacing_
     if not np.isfinite(series_high) or series_high <= 0:
         return {n: float("nan") for n in SAC_NAMES}
     x, c, r = _scaled_crop(image, seed_rc, pixel_spacing_mm, series_high)
-    out = {"canal_ax_profile_peak_4mm": float(np.percentile(x[r <= 4.0], 95)),
+    out = {"canal_ax_profile_peak_4mm": float(percentile(x[r <= 4.0], 95)),
            "canal_ax_profile_bright_share_6mm": float((x[r <= 6.0] >= 0.5).mean()),
            "canal_ax_profile_sac_mean": float("nan")}
     if seg.mask.any():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..fastnp import median, percentile
 from ..segment.common import View, crop_mm
 from . import register
 
@@ -67,8 +68,8 @@ def foramen_profile(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
         out[f"foramen_profile_ring_{_ring_name(a, b)}"] = float(x[ring].mean())
         for s, sec in sector_of.items() if a > 0 else ():
             out[f"foramen_profile_{s}_{_ring_name(a, b)}"] = float(x[ring & sec].mean())
-    peak = float(np.percentile(x[r <= 6.0], 95))
-    local = float(np.median(x))
+    peak = float(percentile(x[r <= 6.0], 95))
+    local = float(median(x))
     centre = float(x[r < 1.5].mean())
     near = (r >= 1.5) & (r < 4.5)
     sector_means = {s: float(x[near & sec].mean()) for s, sec in sector_of.items()}

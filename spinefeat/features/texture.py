@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.feature import graycomatrix, graycoprops, hog, local_binary_pattern
 
+from ..fastnp import percentile
 from ..segment.common import centre_distance_mm, crop_mm
 from . import register
 
@@ -37,7 +38,7 @@ def roi_features(crop: np.ndarray, *, series_high: float) -> dict[str, float]:
         return {n: float("nan") for n in NAMES}
     x = np.clip(crop / series_high, 0, 1.5).astype(np.float32)
     centre = centre_distance_mm(x.shape, ROI_SPACING_MM) <= 2.0
-    p10, p50, p90 = np.percentile(x, [10, 50, 90])
+    p10, p50, p90 = percentile(x, [10, 50, 90])
     q = np.clip(x / 1.5 * LEVELS, 0, LEVELS - 1).astype(np.uint8)
     glcm = graycomatrix(q, distances=[1, 2], angles=[0, np.pi / 4, np.pi / 2, 3 * np.pi / 4], levels=LEVELS,
                         symmetric=True, normed=True)

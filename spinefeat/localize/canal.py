@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..fastnp import median, percentile
 from ..dicom import Stack
 from ..geometry import orientation_axes
 
@@ -18,8 +19,14 @@ STEP_MM = 1.0
 
 
 def normalise_intensity(img: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(img, [1, 99.5])
-    return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1.2).astype(np.float32)
+    """``np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1.2).astype(np.float32)`` with ``lo, hi`` the 1st and
+    99.5th percentiles: the same float64 arithmetic on one buffer, in place (no temporaries, and np.maximum /
+    np.minimum for np.clip, which give the same values, NaN included), then cast."""
+    lo, hi = percentile(img, [1, 99.5])
+    t = np.subtract(img, lo)                       # float64 (lo is a float64 scalar), as img - lo is
+    np.divide(t, max(hi - lo, 1e-6), out=t)
+    np.maximum(t, 0, out=t)
+    return np.minimum(t, 1.2, out=t).astype(np.float32)
 
 
 #: Tissue narrower than this across the image rows stands out of its row's background (the canal is 8-20 mm
@@ -135,10 +142,10 @@ def _near_line(r: np.ndarray, c: np.ndarray, r2: np.ndarray, c2: np.ndarray, dc:
     x_mean, c_mean = x.mean(), c.mean()
     dx = x - x_mean
     slope = float((dx * (c - c_mean)).sum() / (dx * dx).sum())
-    off_px = float(np.median(np.abs(c2 - (slope * r2 + (c_mean - slope * x_mean)))))
+    off_px = float(median(np.abs(c2 - (slope * r2 + (c_mean - slope * x_mean)))))
     if abs(off_px - max_mm / dc) > 1e-6:
         return off_px * dc <= max_mm
-    return bool(np.median(np.abs(c2 - np.polyval(np.polyfit(r, c, 1), r2))) * dc <= max_mm)
+    return bool(median(np.abs(c2 - np.polyval(np.polyfit(r, c, 1), r2))) * dc <= max_mm)
 
 
 def beside_periodicity(x: np.ndarray, mask: np.ndarray, dr: float, dc: float, *,
@@ -202,7 +209,7 @@ def _seed_column(img: np.ndarray, pixel_spacing_mm, *, cut: float, deep_only: bo
     dr, dc = (float(v) for v in pixel_spacing_mm)
     x = ndi.uniform_filter(normalise_intensity(img), size=3)
     th = _row_tophat(x, dc)
-    hi = float(np.percentile(th, 99.5))
+    hi = float(percentile(th, 99.5))
     none = np.zeros(img.shape, bool)
     if hi <= 0:
         return none, th, hi
@@ -213,6 +220,8 @@ def _seed_column(img: np.ndarray, pixel_spacing_mm, *, cut: float, deep_only: bo
     pieces, extent, heights = {}, {}, {}
     for i, sl in enumerate(ndi.find_objects(lab), start=1):
         h_mm = (sl[0].stop - sl[0].start) * dr
+        if h_mm < 15:               # too short whatever its width: not looked at (most pieces are)
+            continue
         comp = lab[sl] == i
         width_mm = float(comp.sum()) * dr * dc / max(h_mm, 1e-6)
         if h_mm >= 15 and 1.5 <= width_mm <= 22 and h_mm / max(width_mm, 1e-6) > 3:
@@ -227,7 +236,7 @@ def _seed_column(img: np.ndarray, pixel_spacing_mm, *, cut: float, deep_only: bo
     else:
         at = row_distance_at_mm(body, *(np.concatenate(v) for v in zip(*pieces.values())), dc)
         ends = np.cumsum([len(r) for r, _ in pieces.values()])[:-1]
-        depth = {i: np.median(d) for i, d in zip(pieces, np.split(at, ends))}
+        depth = {i: median(d) for i, d in zip(pieces, np.split(at, ends))}
     cands, shallow = [], []
     for i in pieces:
         (cands if depth[i] >= MIN_BODY_DEPTH_MM else shallow).append((heights[i], i))
@@ -259,7 +268,7 @@ def _follow(seed: np.ndarray, th: np.ndarray, hi: float, pixel_spacing_mm, cut: 
     """The seed column continued along the top-hat ridge, at most 1.5 times its median width."""
     if not seed.any():
         return seed
-    width_mm = float(np.median(seed.sum(axis=1)[seed.any(axis=1)])) * float(pixel_spacing_mm[1])
+    width_mm = float(median(seed.sum(axis=1)[seed.any(axis=1)])) * float(pixel_spacing_mm[1])
     return follow_column(th, seed, pixel_spacing_mm, low=0.5 * cut * hi, max_width_mm=max(1.5 * width_mm, 4.0))
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from ..fastnp import percentile
 from ..dataset import CONDITIONS, LEVELS, DataFolder
 from ..dicom import Stack
 from ..errors import SpinefeatError
@@ -116,7 +117,7 @@ def sample_features(img: np.ndarray, pixel_spacing_mm, canal: Canal) -> np.ndarr
     x = ndi.uniform_filter(normalise_intensity(img), size=max(3, int(round(2.0 / dr))))
     col = straightened(x, pixel_spacing_mm, canal)
     band = col[:, 6:27]
-    lo, med, hi = np.percentile(band, [25, 50, 75])
+    lo, med, hi = percentile(band, [25, 50, 75])
     z = ndi.uniform_filter1d((col - med) / max(hi - lo, 1e-3), 3, axis=0)
     depth = [z[:, int(a)] for a in ANTERIOR_MM]
     feats = [_along(v, d) for v in depth for d in NEAR_ALONG_MM]

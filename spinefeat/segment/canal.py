@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..fastnp import median
 from .common import FAILED, FOUND, WEAK, Segmentation, axis_lengths_mm, bright_region, convex_hull, crop_mm, \
     extent_along_mm, finish, open_crop, usable_normalised
 
@@ -242,7 +243,7 @@ def _column_width(image, seed_rc, pixel_spacing_mm, spacing_mm, search_mm) -> tu
     c = mask.shape[0] // 2
     band = mask[max(c - int(1 / spacing_mm), 0): c + int(1 / spacing_mm) + 1]
     widths = band.sum(axis=1)          # columns run antero-posterior on a sagittal slice
-    return float(np.median(widths)) * spacing_mm, mask, origin
+    return float(median(widths)) * spacing_mm, mask, origin
 
 
 def measure_sagittal_canal(image: np.ndarray, seed_rc, *, pixel_spacing_mm, body_offset_mm: float = 17.0,

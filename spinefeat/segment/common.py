@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..fastnp import median, percentile
+
 FOUND, WEAK, FAILED = "found", "weak", "failed"
 
 
@@ -71,7 +73,7 @@ def usable_normalised(crop: np.ndarray, hi_pct: float | None = None) -> tuple[st
     saturation test's float32 comparison and the normalised crop are those of the separate calls."""
     if np.ptp(crop) < 1e-6:
         return "blank crop", None
-    lo, p99, *top = np.percentile(crop, [1.0, 99.0] if hi_pct is None else [1.0, 99.0, hi_pct])
+    lo, p99, *top = percentile(crop, [1.0, 99.0] if hi_pct is None else [1.0, 99.0, hi_pct])
     if (_scaled(crop, lo, p99) > 0.95).mean() > 0.6:
         return "saturated crop", None
     return None, _scaled(crop, lo, top[0]) if top else None
@@ -103,7 +105,7 @@ def finish(mask, meas, spacing_mm, origin, *, min_area_mm2: float, border_is_wea
 
 def normalise(img: np.ndarray, *, lo_pct: float = 1.0, hi_pct: float = 99.0) -> np.ndarray:
     """Percentile scaling to [0, 1] (per crop or per series, the caller chooses the reference)."""
-    lo, hi = np.percentile(img, [lo_pct, hi_pct])
+    lo, hi = percentile(img, [lo_pct, hi_pct])
     return _scaled(img, lo, hi)
 
 
@@ -188,7 +190,7 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
     dist_mm = centre_distance_mm(x.shape, spacing_mm)
     near = dist_mm <= search_mm
     info = {"hi": float("nan"), "lo": float("nan"), "threshold": float("nan"), "bright": np.zeros(x.shape, bool)}
-    hi = float(np.percentile(x[near], 95))
+    hi = float(percentile(x[near], 95))
     info["hi"] = hi
     if hi <= min_level:
         return np.zeros(x.shape, bool), info
@@ -216,7 +218,7 @@ def bright_region(x: np.ndarray, *, spacing_mm: float, input_px_mm: float, searc
     xw, cw = x[win], comp[win]
     grown = dilate(cw, disk(px))
     ring = dilate(grown, disk(px)) & ~grown
-    lo = float(np.median(xw[ring])) if ring.any() else 0.0
+    lo = float(median(xw[ring])) if ring.any() else 0.0
     thr = 0.5 * (hi + lo)
     bright = grown & (xw >= thr) | cw
     lab2, _ = ndi.label(bright)

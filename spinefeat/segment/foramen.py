@@ -7,6 +7,7 @@ import functools
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..fastnp import median, percentile
 from .common import FAILED, FOUND, Segmentation, View, axis_lengths_mm, centre_distance_mm, convex_hull, extent_mm, \
     finish, members, open_crop
 
@@ -64,15 +65,15 @@ def segment_foramen(image: np.ndarray, seed_rc, *, pixel_spacing_mm, series_high
     view = View.from_iop((0.0, 1.0, 0.0, 0.0, 0.0, -1.0) if iop is None else iop)
     crop = view.apply(crop)        # rows now run to the feet, columns to the back
     near = centre_distance_mm(crop.shape, spacing_mm) <= 4.0
-    fat_level = float(np.percentile(crop[near], 95) / series_high) if series_high else NAN
+    fat_level = float(percentile(crop[near], 95) / series_high) if series_high else NAN
     if fat_level < FAT_LEVEL:
         return _no_fat(crop.shape, fat_level, spacing_mm, origin, "no fat left")
     # Fat is the tissue brighter than half-way between the crop's typical tissue (its median: marrow,
     # disc, muscle) and the brightest fat near the point; scale- and offset-free, so it holds on any
     # scanner's contrast and on windowed 8-bit exports.
     within = _within(crop.shape[0], spacing_mm)
-    tissue = float(np.median(crop))
-    peak = float(np.percentile(crop[within], 95))
+    tissue = float(median(crop))
+    peak = float(percentile(crop[within], 95))
     if peak - tissue <= 1e-6 * max(abs(peak), 1.0):
         return Segmentation(np.zeros(crop.shape, bool), {k: NAN for k in KEYS}, FAILED, spacing_mm, origin,
                             ["no contrast near the seed"])

@@ -1,0 +1,64 @@
+"""NumPy's percentile and median without their per-call machinery: the same values, bit for bit.
+
+The segmenters and features ask for a percentile or a median of a small array some 600 times per study;
+``np.percentile`` spends most of each call (about 40 us) on generic set-up (axis handling, method look-up,
+``np.unique`` of the indices, dtype checks), not on the partition that finds the values. These run the same
+partition and the same interpolation arithmetic as NumPy's ``linear`` method (``(n - 1) q`` virtual index,
+``_lerp`` from below for a weight under 0.5 and from above otherwise, float64 weights; a scalar ``q`` keeps
+NumPy's weak promotion, so a float32 array gives a float32 result as ``np.percentile`` does) and give the same
+result type; anything else (NaN in the data, an empty or non-real array, ``q`` out of range) goes to NumPy itself.
+``tests/test_fast_paths.py`` checks them against NumPy on many arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_REAL = frozenset("fiu")
+
+
+def percentile(a, q):
+    """``np.percentile(a, q)`` (``method="linear"``, every axis), the same value and type."""
+    arr = np.asarray(a)
+    n = arr.size
+    if n == 0 or arr.dtype.kind not in _REAL:
+        return np.percentile(a, q)
+    weak = type(q) in (int, float)
+    qs = np.true_divide(q, 100)
+    if not ((qs >= 0) & (qs <= 1)).all():
+        return np.percentile(a, q)
+    vi = (n - 1) * qs                                  # NumPy's virtual index for "linear"
+    prev = np.floor(vi)
+    nxt = prev + 1
+    above = vi >= n - 1
+    prev_i = np.where(above, -1, prev).astype(np.intp)
+    next_i = np.where(above, -1, nxt).astype(np.intp)
+    inexact = arr.dtype.kind == "f"
+    # The partition NumPy runs (the same kth set: 0, -1 and the neighbours); its values at those places are
+    # the order statistics, whatever the partition's internal order.
+    part = np.partition(arr.ravel(), np.unique(np.concatenate(([0, -1], prev_i.ravel(), next_i.ravel()))))
+    if inexact and np.isnan(part[-1]):
+        return np.percentile(a, q)
+    lo, hi = part[prev_i], part[next_i]
+    gamma = np.asarray(vi - prev_i, dtype=np.asarray(vi).dtype)
+    t = float(gamma) if weak else gamma
+    diff = hi - lo
+    out = np.add(lo, diff * t, out=...)
+    np.subtract(hi, diff * (1 - t), out=out, where=t >= 0.5, casting="unsafe", dtype=type(out.dtype))
+    return out[()] if out.ndim == 0 else out
+
+
+def median(a):
+    """``np.median(a)`` of a real array (every axis), the same value and type."""
+    arr = np.asarray(a)
+    n = arr.size
+    if n == 0 or arr.dtype.kind not in _REAL:
+        return np.median(a)
+    h = n // 2
+    inexact = arr.dtype.kind == "f"
+    kth = [h - 1, h] if n % 2 == 0 else [h]
+    part = np.partition(arr.ravel(), kth + [-1] if inexact else kth)
+    if inexact and np.isnan(part[-1]):
+        return np.median(a)
+    # np.mean of the one or two middle values: their sum in the array's dtype over the count.
+    return part[h:h + 1].mean() if n % 2 else part[h - 1:h + 1].mean()
