@@ -132,11 +132,16 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
 def spine_axis_rc(side_points: pd.DataFrame, level: str, pixel_spacing_mm) -> tuple[float, float] | None:
     """The spine's direction to the feet at ``level`` (:func:`~spinefeat.features.texture.spine_axes_rc`) from
     the points (columns ``level``, ``x``, ``y``: image pixels) of one side of one series; None without them."""
-    if side_points is None or level not in set(side_points["level"]):
+    if side_points is None:
         return None
-    pts = side_points.drop_duplicates("level")
-    axes = spine_axes_rc(pts["level"].map(LEVELS.index), pts["y"], pts["x"], pixel_spacing_mm=pixel_spacing_mm)
-    return axes[list(pts["level"]).index(level)]
+    levels = side_points["level"].to_numpy()
+    if level not in set(levels):
+        return None
+    # The first point of each level, in the table's order (``drop_duplicates("level")``), with numpy.
+    first = np.sort(np.unique(levels, return_index=True)[1])
+    axes = spine_axes_rc([LEVELS.index(lv) for lv in levels[first]], side_points["y"].to_numpy(float)[first],
+                         side_points["x"].to_numpy(float)[first], pixel_spacing_mm=pixel_spacing_mm)
+    return axes[list(levels[first]).index(level)]
 
 
 def point_features(images: StudyImages, point: pd.Series, side_points: pd.DataFrame | None = None

@@ -324,3 +324,19 @@ def test_percentile_and_median_are_numpys_bit_for_bit():
     x[7] = np.nan
     assert _same(percentile(x, [1, 99]), np.percentile(x, [1, 99])) and np.isnan(percentile(x, 50))
     assert np.isnan(median(x)) and _same(median(x), np.median(x))
+
+
+def test_row_medians_are_numpys_median_per_row():
+    """The median column of each row's pixels, at once, against np.median of each row's columns (odd and even
+    counts, single pixels, rows full)."""
+    from spinefeat.localize.canal import row_medians
+
+    rng = np.random.default_rng(2)
+    for k in range(30):
+        m = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 60)))) > rng.uniform(0.05, 0.95)
+        m[np.arange(m.shape[0]), rng.integers(0, m.shape[1], m.shape[0])] = True      # every row has a pixel
+        if k == 0:
+            m[:] = True
+        want = np.array([np.median(np.flatnonzero(r)) for r in m])
+        got = row_medians(m)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()

@@ -91,6 +91,17 @@ def row_distance_at_mm(inside: np.ndarray, r: np.ndarray, c: np.ndarray, dc: flo
     return np.minimum(gap_before, gap_after) * dc
 
 
+def row_medians(mask: np.ndarray) -> np.ndarray:
+    """``[np.median(np.flatnonzero(row)) for row in mask]`` for a mask whose every row has a pixel, at once: a
+    row's pixel columns come sorted, so its median is the middle one or the mean of the middle two (float64,
+    as np.median of integers takes it)."""
+    rr, cc = np.nonzero(mask)
+    count = np.bincount(rr, minlength=mask.shape[0])
+    start = np.concatenate(([0], np.cumsum(count)[:-1]))
+    lo, hi = cc[start + (count - 1) // 2].astype(float), cc[start + count // 2].astype(float)
+    return (lo + hi) / 2
+
+
 def _row_centres(mask: np.ndarray) -> np.ndarray:
     """Mean column of the pixels of each row of ``mask`` (every row has one)."""
     return (mask * np.arange(mask.shape[1])).sum(axis=1) / mask.sum(axis=1)
@@ -450,7 +461,7 @@ def fit_canal(img: np.ndarray, pixel_spacing_mm, iop, *, extend_mm: tuple[float,
     # thoracic spine and the sacrum for one polynomial.
     rows_m = np.flatnonzero(mask.any(axis=1))
     top, bottom = int(rows_m[0]), int(rows_m[-1])
-    centre = np.interp(np.arange(top, bottom + 1), rows_m, [np.median(np.flatnonzero(mask[r])) for r in rows_m])
+    centre = np.interp(np.arange(top, bottom + 1), rows_m, row_medians(mask[rows_m]))
     win = max(3, int(round(10.0 / dr)) | 1)
     centre = ndi.uniform_filter1d(ndi.median_filter(centre, size=win, mode="nearest"), win, mode="nearest")
     end = max(2, int(round(15.0 / dr)))
