@@ -12,6 +12,8 @@ result type; anything else (NaN in the data, an empty or non-real array, ``q`` o
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 _REAL = frozenset("fiu")
@@ -24,6 +26,8 @@ def percentile(a, q):
     if n == 0 or arr.dtype.kind not in _REAL:
         return np.percentile(a, q)
     weak = type(q) in (int, float)
+    if weak:
+        return _percentile_of_number(arr, n, q)
     qs = np.true_divide(q, 100)
     if not ((qs >= 0) & (qs <= 1)).all():
         return np.percentile(a, q)
@@ -46,6 +50,24 @@ def percentile(a, q):
     out = np.add(lo, diff * t, out=...)
     np.subtract(hi, diff * (1 - t), out=out, where=t >= 0.5, casting="unsafe", dtype=type(out.dtype))
     return out[()] if out.ndim == 0 else out
+
+
+def _percentile_of_number(arr: np.ndarray, n: int, q) -> np.generic:
+    """:func:`percentile` at a Python int or float ``q``, in Python numbers where NumPy's 0-d arithmetic gives
+    the same float64 values (``q / 100``, the virtual index, its floor and weight), and NumPy scalars for the
+    interpolation (the array's dtype, as NumPy's weak promotion keeps it)."""
+    if not 0 <= q <= 100:
+        return np.percentile(arr, q)
+    vi = (n - 1) * (q / 100)
+    prev = -1 if vi >= n - 1 else math.floor(vi)
+    nxt = -1 if prev == -1 else prev + 1
+    part = np.partition(arr.ravel(), sorted({0, n - 1, prev % n, nxt % n}))
+    if arr.dtype.kind == "f" and np.isnan(part[-1]):
+        return np.percentile(arr, q)
+    lo, hi = part[prev], part[nxt]
+    t = vi - prev
+    diff = hi - lo
+    return hi - diff * (1 - t) if t >= 0.5 else lo + diff * t
 
 
 def median(a):
