@@ -267,7 +267,7 @@ def convex_hull(mask: np.ndarray) -> np.ndarray:
     ends[:len(rows), 1] = m[rows].argmax(axis=1)
     ends[len(rows):, 1] = m.shape[1] - 1 - m[rows, ::-1].argmax(axis=1)
     hull = cv2.convexHull((ends[:, None, :] + _EDGE_MIDPOINTS).reshape(-1, 2)).reshape(-1, 2).astype(float)
-    d = np.roll(hull, -1, axis=0) - hull
+    d = np.concatenate((hull[1:], hull[:1])) - hull                 # np.roll(hull, -1, axis=0) - hull
     sign = 1.0 if float(np.sum(hull[:, 0] * d[:, 1] - d[:, 0] * hull[:, 1])) > 0 else -1.0   # twice the area's
     hr, hc, dr, dc = hull[:, 0], hull[:, 1], d[:, 0], d[:, 1]
     # Inside or on edge k: sign * (dr_k * (col - hc_k) - dc_k * (row - hr_k)) >= 0.

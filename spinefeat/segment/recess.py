@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .common import FOUND, Segmentation, bright_region, crop_mm, finish, normalise, open_crop, run_along_mm
@@ -36,6 +38,16 @@ KEYS = ("area_mm2", "depth_mm", "lateral_extent_mm", "csf_fraction", "lf_thickne
         "free_space_mm", *FREE_SPACE_GROUPS, "wall_mm", *WALL_GROUPS)
 
 
+@functools.lru_cache(maxsize=64)
+def _ray_directions(angles_deg: tuple, posterior_rc: tuple, lateral_rc: tuple) -> np.ndarray:
+    """The unit (row, col) direction of each ray, one row a ray (read-only: made once per series' directions,
+    the same arithmetic per ray as before, so the same values)."""
+    back, side = np.asarray(posterior_rc, float), np.asarray(lateral_rc, float)
+    d = np.array([np.sin(t) * back + np.cos(t) * side for t in np.radians(list(angles_deg))])
+    d.flags.writeable = False
+    return d
+
+
 def _rays(x: np.ndarray, angles_deg, *, posterior_rc, lateral_rc, spacing_mm: float, reach_mm: float) -> dict:
     """Values of ``x`` after a 0.5 mm Gaussian (noise and partial volume) along rays from the crop's centre
     (0 deg is ``lateral_rc``, +90 ``posterior_rc``), one per pixel step up to ``reach_mm``."""
@@ -44,8 +56,7 @@ def _rays(x: np.ndarray, angles_deg, *, posterior_rc, lateral_rc, spacing_mm: fl
     xs = gaussian_filter(x, 0.5 / spacing_mm)
     c = (xs.shape[0] - 1) / 2
     k = np.arange(int(round(reach_mm / spacing_mm)))
-    back, side = np.asarray(posterior_rc, float), np.asarray(lateral_rc, float)
-    d = np.array([np.sin(t) * back + np.cos(t) * side for t in np.radians(list(angles_deg))])   # one row a ray
+    d = _ray_directions(tuple(angles_deg), tuple(float(v) for v in posterior_rc), tuple(float(v) for v in lateral_rc))
     # Every ray's pixels at once (the same arithmetic per ray), kept inside the crop.
     i = np.minimum(np.maximum(np.rint(c + k * d[:, :1]).astype(int), 0), xs.shape[0] - 1)
     j = np.minimum(np.maximum(np.rint(c + k * d[:, 1:]).astype(int), 0), xs.shape[1] - 1)
