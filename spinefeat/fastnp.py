@@ -25,8 +25,7 @@ def percentile(a, q):
     n = arr.size
     if n == 0 or arr.dtype.kind not in _REAL:
         return np.percentile(a, q)
-    weak = type(q) in (int, float)
-    if weak:
+    if type(q) in (int, float):                        # NumPy's weak promotion: see _percentile_of_number
         return _percentile_of_number(arr, n, q)
     qs = np.true_divide(q, 100)
     if not ((qs >= 0) & (qs <= 1)).all():
@@ -44,8 +43,7 @@ def percentile(a, q):
     if inexact and np.isnan(part[-1]):
         return np.percentile(a, q)
     lo, hi = part[prev_i], part[next_i]
-    gamma = np.asarray(vi - prev_i, dtype=np.asarray(vi).dtype)
-    t = float(gamma) if weak else gamma
+    t = np.asarray(vi - prev_i, dtype=np.asarray(vi).dtype)        # the weights, float64
     diff = hi - lo
     out = np.add(lo, diff * t, out=...)
     np.subtract(hi, diff * (1 - t), out=out, where=t >= 0.5, casting="unsafe", dtype=type(out.dtype))
