@@ -195,6 +195,40 @@ def test_canal_curve_goes_on_past_the_csf_and_keeps_its_end():
     assert np.interp(canal.end_mm, canal.s_mm, canal.rows) == pytest.approx(299, abs=1.5)
 
 
+def test_tracked_centre_keeps_to_the_edge_that_stays_where_the_column_widens_on_one_side():
+    from spinefeat.localize.canal import tracked_centres
+
+    mask = np.zeros((120, 80), bool)
+    mask[:, 30:40] = True                                  # a 10 px column, centre 34.5
+    mask[50:70, 40:60] = True                              # widened by 20 px on its right (fat, cauda equina)
+    mask[80:90, 14:30] = True                              # and by 16 px on its left further down
+    mask[100:105, 60:66] = True                            # a blob apart from the column on some rows
+    rows = np.arange(120)
+    got = tracked_centres(mask, rows)
+    assert got == pytest.approx(np.full(120, 34.5))
+    median = np.array([np.median(np.flatnonzero(mask[r])) for r in rows])
+    assert median[60] == pytest.approx(44.5) and median[85] == pytest.approx(26.5)   # what the median did
+    # A column that moves sideways (a curve) is followed, its width unchanged.
+    curve = np.zeros((120, 80), bool)
+    for r in range(120):
+        curve[r, 20 + r // 4: 30 + r // 4] = True
+    assert tracked_centres(curve, rows) == pytest.approx(24.5 + rows // 4)
+
+
+def test_canal_centre_line_is_not_pulled_by_a_widening_of_the_csf_on_one_side():
+    img, rows, cols, px = _column_image()
+    flat = fit_canal(img, (px, px), [0, 1, 0, 0, 0, -1])
+    wide = img.copy()
+    r0, r1 = 200, 240
+    for r in range(r0, r1):                                # the CSF run widened by 12 mm behind the column
+        c = int(round(np.interp(r, rows, cols)))
+        wide[r, c + 6: c + 6 + int(12 / px)] = img[r, c]
+    canal = fit_canal(wide, (px, px), [0, 1, 0, 0, 0, -1])
+    at = (flat.rows > r0) & (flat.rows < r1)
+    shift_mm = np.abs(np.interp(flat.rows[at], canal.rows, canal.cols) - flat.cols[at]).max() * px
+    assert shift_mm < 1.0
+
+
 def _sagittal_stack(csf, slice_mm, *, skin_fat=False, extra=None, px=0.7, n=400):
     """A sagittal stack, slice i at i * ``slice_mm`` along the normal: :func:`_column_image`'s CSF column
     at brightness ``csf[i]`` (0.2: none) over a 0.2 background with air in front of the body (the first 20

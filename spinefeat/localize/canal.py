@@ -430,6 +430,64 @@ def mid_sagittal_seeded(stack: Stack) -> tuple[int, float, tuple | None]:
     return mid, (centre - mid) * sp, evidence[mid][2]
 
 
+#: A row's CSF run wider than this times the column's typical width is widened on one side (fat beside the
+#: sac, the cauda equina's spread, a bright facet joint): its centre is not the run's.
+WIDE_RUN = 1.5
+
+
+def _runs(row: np.ndarray) -> np.ndarray:
+    """The runs of True of a boolean row: (first, last) column of each, left to right."""
+    d = np.diff(np.concatenate([[0], row.astype(np.int8), [0]]))
+    return np.stack([np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1], axis=1)
+
+
+def tracked_centres(mask: np.ndarray, rows: np.ndarray, *, wide: float = WIDE_RUN) -> np.ndarray:
+    """The CSF column's centre column on each of ``rows`` (ascending, each with pixels in ``mask``), followed
+    row by row.
+
+    The typical width is the median width of the run of each row nearest the previous row's centre
+    (every row: its widest run to start). From the row whose run is nearest that width in the column's
+    middle half, the centre goes up and down: on each row the run nearest the previous centre; where it is
+    at most ``wide`` times the typical width its centre is the run's middle, and its two edges are the
+    ones the next row is compared with; where it is wider, the edge that moved least from the previous row's
+    kept its place and the centre is half a typical width in from it (the other edge is the widening: fat
+    beside the sac, the spread of the cauda equina, the bright bend at the sacrum), and the previous edges
+    carry on with the kept one updated. The per-row median of before pulled the centre half the widening's
+    width towards it.
+    """
+    rows = np.asarray(rows)
+    runs = [_runs(mask[r]) for r in rows]
+    if not len(rows):
+        return np.zeros(0)
+    widest = np.array([int(np.argmax(u[:, 1] - u[:, 0])) for u in runs])
+    typical = float(np.median([u[i, 1] - u[i, 0] + 1 for u, i in zip(runs, widest)]))
+    half = 0.5 * typical
+    n = len(rows)
+    q0, q1 = n // 4, max(n // 4 + 1, (3 * n) // 4)
+    width0 = np.array([runs[i][widest[i], 1] - runs[i][widest[i], 0] + 1 for i in range(q0, q1)])
+    start = q0 + int(np.argmin(np.abs(width0 - typical)))
+    out = np.zeros(n)
+    a0, b0 = (float(v) for v in runs[start][widest[start]])
+    out[start] = 0.5 * (a0 + b0)
+    for step in (-1, 1):
+        a, b, c = a0, b0, out[start]
+        for i in range(start + step, -1 if step < 0 else n, step):
+            u = runs[i]
+            mids = 0.5 * (u[:, 0] + u[:, 1])
+            j = int(np.argmin(np.where((u[:, 0] <= c) & (u[:, 1] >= c), -1.0, np.abs(mids - c))))
+            ra, rb = float(u[j, 0]), float(u[j, 1])
+            if rb - ra + 1 <= wide * typical:
+                a, b, c = ra, rb, 0.5 * (ra + rb)
+            elif abs(ra - a) <= abs(rb - b):
+                a, c = ra, ra + half - 0.5
+                b = max(b, c)
+            else:
+                b, c = rb, rb - half + 0.5
+                a = min(a, c)
+            out[i] = c
+    return out
+
+
 @dataclass
 class Canal:
     rows: np.ndarray            # sample rows (float, input pixels), top to bottom
@@ -456,12 +514,13 @@ def fit_canal(img: np.ndarray, pixel_spacing_mm, iop, *, extend_mm: tuple[float,
     rows_csf = np.flatnonzero(csf.any(axis=1))
     if len(rows_csf) < 2 or np.ptp(rows_csf) * dr < 40:
         return None
-    # The centre line: each row's median column (a bright blob beside the column does not pull it), rows
+    # The centre line: followed row by row (:func:`tracked_centres`: a widening into fat or the cauda equina on
+    # one side does not pull it), rows
     # without CSF (tight levels) interpolated, smoothed over 10 mm. A real canal bends too much between the
     # thoracic spine and the sacrum for one polynomial.
     rows_m = np.flatnonzero(mask.any(axis=1))
     top, bottom = int(rows_m[0]), int(rows_m[-1])
-    centre = np.interp(np.arange(top, bottom + 1), rows_m, row_medians(mask[rows_m]))
+    centre = np.interp(np.arange(top, bottom + 1), rows_m, tracked_centres(mask, rows_m))
     win = max(3, int(round(10.0 / dr)) | 1)
     centre = ndi.uniform_filter1d(ndi.median_filter(centre, size=win, mode="nearest"), win, mode="nearest")
     end = max(2, int(round(15.0 / dr)))
