@@ -435,19 +435,30 @@ def mid_sagittal_seeded(stack: Stack) -> tuple[int, float, tuple | None]:
 WIDE_RUN = 1.5
 
 
-def _runs(row: np.ndarray) -> np.ndarray:
-    """The runs of True of a boolean row: (first, last) column of each, left to right."""
+#: Runs of CSF on a row this close (mm) are one run: the cord or the roots of the cauda equina split the sac's
+#: CSF in two on many rows.
+RUN_GAP_MM = 10.0
+
+
+def _runs(row: np.ndarray, max_gap: float = 0.0) -> np.ndarray:
+    """The runs of True of a boolean row: (first, last) column of each, left to right; runs at most
+    ``max_gap`` columns apart are joined."""
     d = np.diff(np.concatenate([[0], row.astype(np.int8), [0]]))
-    return np.stack([np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1], axis=1)
+    a, b = np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1
+    if len(a) > 1 and max_gap > 0:
+        keep = np.concatenate([[True], a[1:] - b[:-1] - 1 > max_gap])
+        a, b = a[keep], b[np.concatenate([keep[1:], [True]])]
+    return np.stack([a, b], axis=1)
 
 
-def tracked_centres(mask: np.ndarray, rows: np.ndarray, *, wide: float = WIDE_RUN) -> np.ndarray:
+def tracked_centres(mask: np.ndarray, rows: np.ndarray, dc: float = 1.0, *, wide: float = WIDE_RUN,
+                    gap_mm: float = RUN_GAP_MM) -> np.ndarray:
     """The CSF column's centre column on each of ``rows`` (ascending, each with pixels in ``mask``), followed
     row by row.
 
-    The typical width is the median width of the run of each row nearest the previous row's centre
-    (every row: its widest run to start). From the row whose run is nearest that width in the column's
-    middle half, the centre goes up and down: on each row the run nearest the previous centre; where it is
+    A row's runs of CSF less than ``gap_mm`` apart (``dc`` mm a column) are one run (the cord or the roots
+    split the sac's CSF). The typical width is the median width of each row's widest run. From the row
+    whose run is nearest that width in the column's middle half, the centre goes up and down: on each row the run nearest the previous centre; where it is
     at most ``wide`` times the typical width its centre is the run's middle, and its two edges are the
     ones the next row is compared with; where it is wider, the edge that moved least from the previous row's
     kept its place and the centre is half a typical width in from it (the other edge is the widening: fat
@@ -456,7 +467,7 @@ def tracked_centres(mask: np.ndarray, rows: np.ndarray, *, wide: float = WIDE_RU
     width towards it.
     """
     rows = np.asarray(rows)
-    runs = [_runs(mask[r]) for r in rows]
+    runs = [_runs(mask[r], gap_mm / dc) for r in rows]
     if not len(rows):
         return np.zeros(0)
     widest = np.array([int(np.argmax(u[:, 1] - u[:, 0])) for u in runs])
@@ -520,7 +531,7 @@ def fit_canal(img: np.ndarray, pixel_spacing_mm, iop, *, extend_mm: tuple[float,
     # thoracic spine and the sacrum for one polynomial.
     rows_m = np.flatnonzero(mask.any(axis=1))
     top, bottom = int(rows_m[0]), int(rows_m[-1])
-    centre = np.interp(np.arange(top, bottom + 1), rows_m, tracked_centres(mask, rows_m))
+    centre = np.interp(np.arange(top, bottom + 1), rows_m, tracked_centres(mask, rows_m, dc))
     win = max(3, int(round(10.0 / dr)) | 1)
     centre = ndi.uniform_filter1d(ndi.median_filter(centre, size=win, mode="nearest"), win, mode="nearest")
     end = max(2, int(round(15.0 / dr)))
