@@ -217,16 +217,18 @@ def test_tracked_centre_keeps_to_the_edge_that_stays_where_the_column_widens_on_
 
 def test_canal_centre_line_is_not_pulled_by_a_widening_of_the_csf_on_one_side():
     img, rows, cols, px = _column_image()
-    flat = fit_canal(img, (px, px), [0, 1, 0, 0, 0, -1])
+    flat = fit_canal(img, (px, px), [0, 1, 0, 0, 0, -1], tracked=True)
     wide = img.copy()
     r0, r1 = 200, 240
     for r in range(r0, r1):                                # the CSF run widened by 12 mm behind the column
         c = int(round(np.interp(r, rows, cols)))
         wide[r, c + 6: c + 6 + int(12 / px)] = img[r, c]
-    canal = fit_canal(wide, (px, px), [0, 1, 0, 0, 0, -1])
+    canal = fit_canal(wide, (px, px), [0, 1, 0, 0, 0, -1], tracked=True)
     at = (flat.rows > r0) & (flat.rows < r1)
     shift_mm = np.abs(np.interp(flat.rows[at], canal.rows, canal.cols) - flat.cols[at]).max() * px
     assert shift_mm < 1.0
+    median = fit_canal(wide, (px, px), [0, 1, 0, 0, 0, -1], tracked=False)      # each row's median column
+    assert np.abs(np.interp(flat.rows[at], median.rows, median.cols) - flat.cols[at]).max() * px > 2.0
 
 
 def _sagittal_stack(csf, slice_mm, *, skin_fat=False, extra=None, px=0.7, n=400):
