@@ -321,18 +321,21 @@ def appearance_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, study: np.
     else:
         import tempfile
 
-        from joblib import Parallel, delayed
-
         with tempfile.TemporaryDirectory(prefix="spinefeat-stage-") as tmp:
             path = Path(tmp) / "stage.npy"
             np.save(path, m)
             del m
-            # The largest fits first; each worker maps the one matrix file and copies its fit's rows.
+            # The largest fits first; each worker maps the one matrix file and copies its fit's rows. The pool
+            # is the trees' (:func:`_pool`): one pool for every stage and fit of a training run.
             order = sorted(range(len(args)), key=lambda i: -len(args[i][0]))
-            done = Parallel(n_jobs=jobs)(delayed(_stage_fit)(path, y, *args[i], opts) for i in order)
-        res = [None] * len(args)
-        for i, r in zip(order, done):
-            res[i] = r
+            pool = _pool(jobs)
+            futures = {i: pool.submit(_stage_fit, path, y, *args[i], opts) for i in order}
+            try:
+                res = [futures[i].result() for i in range(len(args))]
+            except BaseException:
+                for f in futures.values():
+                    f.cancel()
+                raise
     deployed = None
     for (train, score, k), r in zip(fits, res):
         if score is None:
@@ -342,6 +345,18 @@ def appearance_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, study: np.
     for k in range(folds):
         out[folds, fold == k] = out[k, fold == k]
     return out, deployed
+
+
+def _pool(jobs: int):
+    """The worker pool of the graders' fits (the appearance stages' and the trees'): joblib's reusable loky
+    executor of ``jobs`` workers, asked for with the same arguments every time, so one pool serves every fit of a
+    training run. (joblib shuts its reusable pool down and starts a new one whenever it is asked for with other
+    arguments: a ``Parallel`` call passes the thread-limit variables as ``env``, and the stages' ``Parallel``
+    between the trees' executors respawned the workers at every switch. A plain loky executor in its place would
+    break the next ``Parallel`` call of this process, which reuses joblib's.)"""
+    from joblib.executor import get_memmapping_executor
+
+    return get_memmapping_executor(jobs)
 
 
 def _stage_fit(m: np.ndarray | Path, y: np.ndarray, train: np.ndarray, score: np.ndarray | None,
@@ -694,13 +709,9 @@ def _cross_fit(problems: dict, *, final: bool, jobs: int = 1, on_fold=None) -> t
     else:
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        from joblib.executor import get_memmapping_executor
-
         with tempfile.TemporaryDirectory(prefix="spinefeat-fit-") as tmp:
             rows = {name: p.rows(f"{run}:{name}", Path(tmp)) for name, p in problems.items()}
-            # joblib's own reusable executor (the one its Parallel reuses for extraction: a plain loky one in
-            # its place would break the next Parallel call in this process).
-            executor = get_memmapping_executor(jobs)
+            executor = _pool(jobs)
             pending = {}
             try:
                 for name in sorted(problems, key=lambda n: -len(problems[n].y)):

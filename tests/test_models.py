@@ -382,6 +382,23 @@ def test_appearance_scores_match_an_independent_fit_and_are_the_same_in_worker_p
     assert np.array_equal(deployed2.mean, deployed.mean) and np.array_equal(deployed2.scale, deployed.scale)
 
 
+def test_the_appearance_stages_and_the_trees_share_one_worker_pool():
+    """A training run's fits in worker processes (the stages' and the trees') all go to one pool: the same
+    executor and the same worker processes before and after a fit with its stage, however often it switches
+    between them (joblib respawns its pool when it is asked for with other arguments)."""
+    feats, train = _window_table()
+    x, y, study, inputs = _stage_problem()
+    from joblib.externals.loky import reusable_executor
+
+    models.appearance_scores(x, y, study % 3, study, folds=3, inputs=inputs, C=0.05, window_z=True, jobs=2)
+    pool = reusable_executor._executor                               # the pool the fits went to (not asked anew)
+    pids = set(pool._processes)
+    assert len(pids) == 2
+    models.fit(feats, train, folds=3, jobs=2)                        # foraminal stage, trees, stage, trees
+    models.appearance_scores(x, y, study % 3, study, folds=3, inputs=inputs, C=0.05, window_z=True, jobs=2)
+    assert reusable_executor._executor is pool and set(pool._processes) == pids
+
+
 def test_appearance_context_reads_each_foramen_against_its_study_by_hand():
     """Two studies: study 1 has the left L1/L2 (twice: a found and a labelled point), left L2/L3 and right L1/L2;
     study 2 one foramen. Each neighbour's scores written out by hand."""
