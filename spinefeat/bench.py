@@ -343,7 +343,7 @@ def time_training(features: pd.DataFrame, train: pd.DataFrame, *, studies: int, 
     t0, c0, k0, r0 = time.perf_counter(), time.process_time(), _cpu_s(_descendants()), _reaped_cpu_s()
     res = fit(big_f, big_t, folds=5, jobs=jobs, seed=seed, groups=groups)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    reaped = _reaped_cpu_s() - r0         # workers that ended during the fit (the appearance stages' pool)
+    reaped = _reaped_cpu_s() - r0         # workers that ended during the fit (a pool joblib replaced)
     return {"train_studies": studies, "train_source_studies": int(len(set(pick))), "train_rows": res["cv"]["rows"],
             "train_jobs": jobs, "train_seconds_5fold_cv_plus_final": wall,
             # this process, its fit workers (alive after the fit: the executor keeps them for reuse) and the
