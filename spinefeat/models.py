@@ -70,9 +70,63 @@ EARLY_STOP = 30
 SCORE_OFFSET = tuple(float(v) for v in np.log(SEVERITY_WEIGHTS))
 
 
+#: Per grader, how many LightGBM seeds its trees are averaged over (no entry: 1). Each seed is a whole fit of its
+#: own (:func:`bag_seeds`: seeds ``seed``, ``seed + 1``, ...): in every fold its own early stop, in the final fit
+#: its own round count (its folds' mean best iteration, :func:`final_rounds`). The grader's raw score is the mean of
+#: the seeds' raw scores (before the offset's addition, the temperature and the softmax; :class:`Bag`), so the
+#: seeds' mean ``pred_contrib`` adds up to it. ``train`` saves one LightGBM text file per seed, each hashed in the
+#: manifest; the appearance stage is fitted once and shared by the seeds.
+BAG = {"foraminal": 3}
+
+
 def grader_params(group: str, **extra) -> dict:
     """The LightGBM settings of one grader: :data:`PARAMS` with its :data:`GRADER_PARAMS` (and ``extra``)."""
     return dict(PARAMS, **GRADER_PARAMS.get(group, {}), **extra)
+
+
+def bag_seeds(group: str | None, seed: int, bag: int | None = None) -> list[int]:
+    """The LightGBM seeds of a grader's fits: ``bag`` (default :data:`BAG` of ``group``, else 1) seeds from ``seed``."""
+    n = BAG.get(group, 1) if bag is None else int(bag)
+    if n < 1:
+        raise ValueError(f"a grader needs at least one LightGBM seed, not {n}")
+    return [int(seed) + i for i in range(n)]
+
+
+class Bag:
+    """A grader's boosters, one per LightGBM seed (:data:`BAG`), read as one model: :meth:`predict` gives the mean
+    over the boosters of their raw scores (``raw_score=True``) or of their per-feature contributions
+    (``pred_contrib=True``), so contributions still add up to the raw score. A bag of one is its booster."""
+
+    def __init__(self, boosters, seeds=None):
+        self.boosters = list(boosters)
+        if not self.boosters:
+            raise ValueError("a bag needs at least one booster")
+        self.seeds = list(seeds) if seeds is not None else [None] * len(self.boosters)
+        if len(self.seeds) != len(self.boosters):
+            raise ValueError(f"a bag of {len(self.boosters)} boosters with {len(self.seeds)} seeds")
+        names = self.boosters[0].feature_name()
+        if any(b.feature_name() != names for b in self.boosters[1:]):
+            raise ValueError("the boosters of a bag read different features")
+
+    def __len__(self) -> int:
+        return len(self.boosters)
+
+    def predict(self, x, *, raw_score: bool = False, pred_contrib: bool = False, num_iteration=None):
+        if not (raw_score or pred_contrib):
+            raise ValueError("a bag averages raw scores or contributions; softmax after the mean")
+        kw = {"raw_score": raw_score, "pred_contrib": pred_contrib, "num_iteration": num_iteration}
+        return np.mean([np.asarray(b.predict(x, **kw)) for b in self.boosters], axis=0)
+
+    def feature_name(self) -> list[str]:
+        return self.boosters[0].feature_name()
+
+    def feature_importance(self, importance_type: str = "split") -> np.ndarray:
+        """The mean over the boosters (gain or split counts)."""
+        return np.mean([b.feature_importance(importance_type) for b in self.boosters], axis=0)
+
+    def model_to_string(self) -> str:
+        """The boosters' model texts, one after the other (for comparing bags; each is saved in its own file)."""
+        return "\n".join(b.model_to_string() for b in self.boosters)
 
 
 # ---------------------------------------------------------------- the in-fold appearance stage
@@ -565,14 +619,19 @@ class _Problem:
 
     ``stage`` (optional, ``(folds + 1, n, 3)``): the appearance stage's scores (:func:`appearance_scores`) that
     fold k's fit (index k) and the final fit (index ``folds``) see as the last columns of ``x``: each fit's
-    Dataset is binned on its own."""
+    Dataset is binned on its own.
+
+    ``seeds`` (default ``[params["seed"]]``): the LightGBM seeds of its bag (:func:`bag_seeds`); every fit (each
+    fold's, the final one) is made once per seed, on the same binned Dataset."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, fold: np.ndarray, stops, *, cols: list[str], params: dict,
-                 folds: int, scored: np.ndarray | None = None, stage: np.ndarray | None = None):
+                 folds: int, scored: np.ndarray | None = None, stage: np.ndarray | None = None,
+                 seeds: list[int] | None = None):
         self.x, self.y, self.fold, self.folds, self.params, self.cols = x, y, fold, folds, params, cols
         self.scored = np.ones(len(y), bool) if scored is None else scored
         self.stops = stops
         self.stage = stage
+        self.seeds = [int(params.get("seed", 0))] if seeds is None else [int(v) for v in seeds]
         self.final_seconds = 0.0
 
     def masks(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -633,21 +692,23 @@ def _binned(rows: _Rows, part: int) -> tuple[lgb.Dataset, np.ndarray]:
 
 
 def _fit(rows: _Rows, part: int, train: np.ndarray | None, stop: np.ndarray | None, score: np.ndarray | None,
-         rounds: int = MAX_ROUNDS):
+         rounds: int = MAX_ROUNDS, seed: int | None = None):
     """One fit on one LightGBM thread (a pure function of its arguments: where it runs changes nothing).
 
     ``part``: the fold (or the number of folds for the final fit), which picks the appearance stage's scores.
     With ``stop`` (row indices): a fold's fit on ``train`` rows, early stopping on ``stop``; returns the best
     iteration and the raw scores of the ``score`` rows and of the ``stop`` rows. Without: the fit on all rows
-    for ``rounds`` rounds; returns its model text and seconds.
+    for ``rounds`` rounds; returns its model text and seconds. ``seed``: LightGBM's seed (default the rows'
+    params'); the Dataset is binned once for all seeds (binning draws no sample at these sizes).
     """
     data, x = _binned(rows, part)
+    params = rows.params if seed is None else dict(rows.params, seed=int(seed))
     if stop is None:
         t0 = time.perf_counter()
-        b = lgb.train(rows.params, data, rounds)
+        b = lgb.train(params, data, rounds)
         return b.model_to_string(), time.perf_counter() - t0
     dtr, des = data.subset(train).construct(), data.subset(stop).construct()
-    b = lgb.train(rows.params, dtr, MAX_ROUNDS, valid_sets=[des],
+    b = lgb.train(params, dtr, MAX_ROUNDS, valid_sets=[des],
                   callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
     it = b.best_iteration
     return it, raw_scores(b, x[score], num_iteration=it), raw_scores(b, x[stop], num_iteration=it)
@@ -665,14 +726,16 @@ def final_rounds(best: list[int]) -> int:
 
 
 def _cross_fit(problems: dict, *, final: bool, jobs: int = 1, on_fold=None) -> tuple[dict, dict]:
-    """Every fold of every problem, then (with ``final``) each problem's fit on all rows.
+    """Every fold of every problem, then (with ``final``) each problem's fit on all rows, each once per seed of the
+    problem's bag (``problem.seeds``).
 
     Each fit runs on one LightGBM thread: with ``jobs`` > 1 in ``jobs`` worker processes (joblib's loky), the
-    largest problems first and a problem's final fit as soon as its folds are done; the models come back as
-    text. Every fit is the same function of the same arrays wherever it runs, so the models are byte for byte
-    the same whatever ``jobs`` is. (Fits at once in threads of one process gave different models in 3 of 12
-    repeats.) Returns ``{name: {k: (best, raw_va, raw_es)}}`` and ``{name: Booster}``; ``on_fold(name, k)`` is
-    called as each fit finishes (``k`` None: the final fit).
+    largest problems first and a problem's final fit of a seed as soon as that seed's folds are done; the models
+    come back as text. Every fit is the same function of the same arrays wherever it runs, so the models are byte
+    for byte the same whatever ``jobs`` is. (Fits at once in threads of one process gave different models in 3 of
+    12 repeats.) Returns ``{name: {k: [(best, raw_va, raw_es) per seed]}}`` and ``{name: Bag}`` (its boosters in
+    the order of the seeds); ``on_fold(name, k)`` is called as each fold's fits of every seed have finished and as
+    the final fits have (``k`` None).
     """
     import tempfile
     import uuid
@@ -681,29 +744,37 @@ def _cross_fit(problems: dict, *, final: bool, jobs: int = 1, on_fold=None) -> t
     folds_done: dict = {name: {} for name in problems}
     texts: dict = {}
 
-    def fold_args(p, rows, k):
+    def fold_args(p, rows, k, i):
         tr, es, va = (np.flatnonzero(m) for m in p.masks(k))
-        return rows, k, tr, es, va
+        return rows, k, tr, es, va, MAX_ROUNDS, p.seeds[i]
 
-    def final_args(name, rows):
+    def final_args(name, rows, i):
         p = problems[name]
-        return rows, p.folds, None, None, None, final_rounds([folds_done[name][i][0] for i in range(p.folds)])
+        return (rows, p.folds, None, None, None, final_rounds([folds_done[name][(k, i)][0] for k in range(p.folds)]),
+                p.seeds[i])
 
-    def done(name, k, res):
+    def seed_done(name, i):
+        return all((k, i) in folds_done[name] for k in range(problems[name].folds))
+
+    def done(name, k, i, res):
+        n = len(problems[name].seeds)
         if k is None:
-            texts[name] = res
+            texts[(name, i)] = res
+            finished = all((name, j) in texts for j in range(n))
         else:
-            folds_done[name][k] = res
-        if on_fold is not None:
+            folds_done[name][(k, i)] = res
+            finished = all((k, j) in folds_done[name] for j in range(n))
+        if on_fold is not None and finished:
             on_fold(name, k)
 
     if jobs <= 1:
         for name, p in problems.items():
             rows = p.rows(f"{run}:{name}", None)
-            for k in range(p.folds):
-                done(name, k, _fit(*fold_args(p, rows, k)))
-            if final:
-                done(name, None, _fit(*final_args(name, rows)))
+            for i in range(len(p.seeds)):
+                for k in range(p.folds):
+                    done(name, k, i, _fit(*fold_args(p, rows, k, i)))
+                if final:
+                    done(name, None, i, _fit(*final_args(name, rows, i)))
         for key in [key for key in _BINNED if key.startswith(run)]:
             del _BINNED[key]
     else:
@@ -715,24 +786,37 @@ def _cross_fit(problems: dict, *, final: bool, jobs: int = 1, on_fold=None) -> t
             pending = {}
             try:
                 for name in sorted(problems, key=lambda n: -len(problems[n].y)):
-                    for k in range(problems[name].folds):
-                        pending[executor.submit(_fit, *fold_args(problems[name], rows[name], k))] = (name, k)
+                    for i in range(len(problems[name].seeds)):
+                        for k in range(problems[name].folds):
+                            fut = executor.submit(_fit, *fold_args(problems[name], rows[name], k, i))
+                            pending[fut] = (name, k, i)
                 while pending:
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in finished:
-                        name, k = pending.pop(fut)
-                        done(name, k, fut.result())
-                        if final and k is not None and len(folds_done[name]) == problems[name].folds:
-                            pending[executor.submit(_fit, *final_args(name, rows[name]))] = (name, None)
+                        name, k, i = pending.pop(fut)
+                        done(name, k, i, fut.result())
+                        if final and k is not None and seed_done(name, i):
+                            pending[executor.submit(_fit, *final_args(name, rows[name], i))] = (name, None, i)
             except BaseException:
                 for fut in pending:
                     fut.cancel()
                 raise
     boosters: dict = {}
-    for name, (text, seconds) in texts.items():
-        boosters[name] = lgb.Booster(model_str=text)
-        problems[name].final_seconds = seconds
-    return folds_done, boosters
+    for name, p in problems.items():
+        if (name, 0) not in texts:
+            continue
+        fits = [texts[(name, i)] for i in range(len(p.seeds))]
+        boosters[name] = Bag([lgb.Booster(model_str=text) for text, _ in fits], p.seeds)
+        p.final_seconds = sum(seconds for _, seconds in fits)
+    per_fold = {name: {k: [d[(k, i)] for i in range(len(problems[name].seeds))] for k in range(problems[name].folds)}
+                for name, d in folds_done.items()}
+    return per_fold, boosters
+
+
+def bag_mean(fits: list) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """One fold's fits of a bag (``[(best, raw_va, raw_es)]`` per seed, :func:`_cross_fit`) as one grader: each
+    seed's best iteration, and the mean over the seeds of the raw scores of the scored and the early-stopping rows."""
+    return ([f[0] for f in fits], np.mean([f[1] for f in fits], axis=0), np.mean([f[2] for f in fits], axis=0))
 
 
 def staged_columns(group: str | None, x: np.ndarray, cols: list[str], y: np.ndarray, fold: np.ndarray, study, *,
@@ -762,7 +846,7 @@ def staged_columns(group: str | None, x: np.ndarray, cols: list[str], y: np.ndar
 
 def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner, *, cols: list[str], params: dict,
                folds: int, scored: np.ndarray | None = None, group: str | None = None,
-               study=None, jobs: int = 1) -> tuple[np.ndarray, list[int]]:
+               study=None, jobs: int = 1, bag: int | None = None) -> tuple[np.ndarray, list[list[int]]]:
     """Out-of-fold raw scores of the grader (LightGBM, :data:`SCORE_OFFSET` added) in study-grouped folds.
 
     ``fold`` gives each row's scored fold; ``inner(k)`` the mask of the training rows that stop fold k's
@@ -770,18 +854,22 @@ def grouped_cv(x: np.ndarray, y: np.ndarray, fold: np.ndarray, inner, *, cols: l
     The held-out fold is never used to choose anything, so its predictions are honest.
     ``group`` (with ``study``, each row's study): the grader whose appearance stage (:data:`APPEARANCE`) is
     fitted inside each fold when ``cols`` hold its inputs, as :func:`fit` does.
-    Each fold is fitted on one LightGBM thread, the appearance stage's fits in ``jobs`` processes. Returns the
-    raw scores (zero on rows never scored) and the best iteration of each fold.
+    The trees are averaged over the LightGBM seeds of ``group``'s bag (:data:`BAG`; ``bag`` seeds if given; from
+    ``params["seed"]``), as :func:`fit` does: each seed stops early on its own and the fold's raw scores are the
+    seeds' mean. Each fold is fitted on one LightGBM thread, the appearance stage's fits in ``jobs`` processes.
+    Returns the raw scores (zero on rows never scored) and each fold's best iterations (one per seed).
     """
-    x, cols, stage, _ = staged_columns(group, x, cols, y, fold, study, folds=folds, seed=params.get("seed", 0),
-                                       jobs=jobs)
+    seed = params.get("seed", 0)
+    x, cols, stage, _ = staged_columns(group, x, cols, y, fold, study, folds=folds, seed=seed, jobs=jobs)
     p = _Problem(x, y, fold, inner, cols=cols, params=dict(params, num_threads=1), folds=folds, scored=scored,
-                 stage=stage)
+                 stage=stage, seeds=bag_seeds(group, seed, bag))
     res, _ = _cross_fit({"cv": p}, final=False)
     raw = np.zeros((len(y), 3))
-    for k, (_, raw_va, _) in res["cv"].items():
-        raw[p.masks(k)[2]] = raw_va
-    return raw, [res["cv"][k][0] for k in range(folds)]
+    best = []
+    for k in range(folds):
+        its, raw[p.masks(k)[2]], _ = bag_mean(res["cv"][k])
+        best.append(its)
+    return raw, best
 
 
 def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: int = 1, seed: int = 0,
@@ -806,7 +894,8 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
     and each fold's early-stopping share), as copies of one study must. ``jobs``: fits run at once in that
     many worker processes (the same models for any ``jobs``).
 
-    Returns a dict with ``boosters`` (group -> Booster fitted on all rows),
+    Returns a dict with ``boosters`` (group -> :class:`Bag` of the boosters fitted on all rows, one per LightGBM
+    seed of ``seeds[group]``, :data:`BAG`),
     ``columns``, ``temperature``, ``beta`` (deployed), ``oof`` (nested-calibrated
     submission rows with their ``fold``), ``cv`` (scores per step and how they were obtained) and
     ``priors`` (per-target class frequencies times the weights, the fallback).
@@ -828,7 +917,8 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
     held = early_stopping_studies(studies, fold_of, worst, folds, seed, groups=groups)
     # One LightGBM thread a fit (see _cross_fit): the same models whatever ``jobs`` is.
     out = {"boosters": {}, "columns": {}, "temperature": {}, "rounds": {}, "appearance": {},
-           "params": {group: grader_params(group, num_threads=1, seed=seed) for group in MODEL_GROUPS}}
+           "params": {group: grader_params(group, num_threads=1, seed=seed) for group in MODEL_GROUPS},
+           "seeds": {group: bag_seeds(group, seed) for group in MODEL_GROUPS}}
     fold_temperature: dict[str, list[float]] = {}
     oof_parts, spinal_held = [], {}
     t0 = time.perf_counter()
@@ -847,7 +937,7 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
             out["appearance"][group] = deployed
         problems[group] = _Problem(x, y, fold, lambda k, study=study: np.isin(study, held[k]), cols=cols,
                                    params=out["params"][group], folds=folds, scored=np.arange(len(both)) < len(g),
-                                   stage=stage)
+                                   stage=stage, seeds=out["seeds"][group])
         tables[group] = (g, both)
         out["columns"][group] = cols
     n_steps = len(MODEL_GROUPS) * (folds + 1)
@@ -861,13 +951,15 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         for k in range(folds):
             # Nested calibration: the fold's temperature from its held-out training studies only.
             _, es, va = p.masks(k)
-            _, raw[va], raw_es = res[group][k]
+            _, raw[va], raw_es = bag_mean(res[group][k])
             temps.append(fit_temperature(y[es], raw_es, what=f"{group} temperature (fold {k})"))
             if group == "spinal":
                 spinal_held[k] = (both[es], _softmax(raw_es / temps[-1]))
         cal = _softmax(raw / np.asarray(temps)[p.fold][:, None])
         out["boosters"][group] = boosters[group]
-        out["rounds"][group] = final_rounds([res[group][k][0] for k in range(folds)])
+        # Each seed's final fit runs its own folds' mean best iteration plus 10 %.
+        rounds = [final_rounds([res[group][k][i][0] for k in range(folds)]) for i in range(len(p.seeds))]
+        out["rounds"][group] = rounds[0] if len(rounds) == 1 else rounds
         out["temperature"][group] = fit_temperature(y[main], raw[main], what=f"{group} temperature (deployed)")
         fold_temperature[group] = temps
         oof_parts.append((g, raw[main], cal[main], group))
@@ -903,7 +995,10 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
                  "method": {
                      "folds": (f"{folds} folds given by the caller" if given_folds else
                                f"{folds} folds: StratifiedGroupKFold on each study's worst grade, grouped by study"),
-                     "fold_seed": seed, "lightgbm_seed": seed,
+                     "fold_seed": seed, "lightgbm_seed": seed, "lightgbm_seeds": out["seeds"],
+                     "seed_averaging": "per grader, one whole fit per LightGBM seed (each fold's own early stop, "
+                                       "the final fit's own round count); the grader's raw score is the mean of "
+                                       "the seeds' raw scores, before the temperature",
                      "early_stopping": "per fold, a stratified 1/folds share of its training studies "
                                        "(StratifiedGroupKFold, seed fold_seed + 1 + fold); the scored fold chooses "
                                        "nothing",
@@ -946,9 +1041,10 @@ def score_offset(manifest: dict, group: str) -> tuple[float, ...]:
 
 @dataclass
 class Graders:
-    """Loaded, verified models."""
+    """Loaded, verified models. ``boosters``: each grader's :class:`Bag` (its boosters, one per LightGBM seed; the
+    grader's raw score is their mean)."""
 
-    boosters: dict[str, lgb.Booster]
+    boosters: dict[str, Bag]
     manifest: dict
     #: Each grader's appearance stage (:class:`Appearance`), when it has one.
     appearance: dict[str, Appearance] = field(default_factory=dict)
@@ -1022,7 +1118,8 @@ def save(result: dict, out: Path) -> Path:
     """Write text models, ``manifest.json``, ``oof.csv``, ``cv.json`` and ``timings.json`` into ``out``.
 
     Each file is written atomically. The manifest hashes every file loading needs: the three
-    graders, their appearance stages (``<group>_appearance.json``) and, when they are in ``out``, the
+    graders (``models[group]``: one entry for a grader of one booster, ``<group>.txt``; a list of entries, one per
+    LightGBM seed, ``<group>_seed<seed>.txt``, for a :class:`Bag`), their appearance stages (``<group>_appearance.json``) and, when they are in ``out``, the
     localiser's ``localizer.txt`` and ``localizer.json``.
     Timings go to ``timings.json`` only, so two runs on the same data write identical models files.
     """
@@ -1030,10 +1127,15 @@ def save(result: dict, out: Path) -> Path:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {}
+    files, seeds = {}, {}
     for group, b in result["boosters"].items():
-        path = write_text(out / f"{group}.txt", b.model_to_string())
-        files[group] = _file_entry(path)
+        bag = b if isinstance(b, Bag) else Bag([b], [result.get("seeds", {}).get(group, [None])[0]])
+        if len(bag) == 1:                   # one booster: <group>.txt, one entry (the layout before bags)
+            files[group] = _file_entry(write_text(out / f"{group}.txt", bag.boosters[0].model_to_string()))
+        else:                               # a bag: <group>_seed<seed>.txt, a list of entries in the seeds' order
+            files[group] = [_file_entry(write_text(out / f"{group}_seed{s}.txt", m.model_to_string()))
+                            for s, m in zip(bag.seeds, bag.boosters)]
+        seeds[group] = bag.seeds
     stages = {}
     for group, stage in result.get("appearance", {}).items():
         stages[group] = _file_entry(write_json(out / f"{group}_appearance.json", stage.to_json()))
@@ -1042,7 +1144,8 @@ def save(result: dict, out: Path) -> Path:
     manifest = {
         "spinefeat_version": __version__, "lightgbm_version": lgb.__version__, "classes": list(CLASS_COLUMNS),
         "groups": {g: list(c) for g, c in MODEL_GROUPS.items()}, "columns": result["columns"],
-        "models": files, "files": extra, "appearance": stages, "params": result["params"], "rounds": result["rounds"],
+        "models": files, "lightgbm_seeds": seeds, "files": extra, "appearance": stages, "params": result["params"],
+        "rounds": result["rounds"],
         "temperature": result["temperature"], "beta": result["beta"], "priors": result["priors"],
         "score_offset": {g: list(SCORE_OFFSET) for g in result["boosters"]},
         "training_fingerprint": result["fingerprint"], "cv": cv,
@@ -1223,11 +1326,23 @@ def load(models: Path) -> Graders:
     man = read_manifest(models)
     boosters = {}
     for group, info in man["models"].items():
-        path = verified_file(models, info)
-        b = load_booster(path)
-        if b.feature_name() != man["columns"].get(group):
-            raise ModelError(f"{path}: feature list differs from manifest.json; refusing to load")
-        boosters[group] = b
+        # One entry (a grader of one booster; every folder before seed averaging) or a list, one per seed.
+        entries = info if isinstance(info, list) else [info]
+        if not entries:
+            raise ModelError(f"{models}/manifest.json: the {group} grader lists no model file; retrain with "
+                             "`spinefeat train`")
+        bag = []
+        for entry in entries:
+            path = verified_file(models, entry)
+            b = load_booster(path)
+            if b.feature_name() != man["columns"].get(group):
+                raise ModelError(f"{path}: feature list differs from manifest.json; refusing to load")
+            bag.append(b)
+        seeds = (man.get("lightgbm_seeds") or {}).get(group)
+        if seeds is not None and len(seeds) != len(bag):
+            raise ModelError(f"{models}/manifest.json: the {group} grader has {len(bag)} model files and "
+                             f"{len(seeds)} LightGBM seeds; refusing to load")
+        boosters[group] = Bag(bag, seeds)
     missing = sorted(set(MODEL_GROUPS) - set(boosters))
     if missing:
         raise ModelError(f"{models}/manifest.json: no {', '.join(missing)} model; retrain with `spinefeat train`")

@@ -573,7 +573,8 @@ def cv_proba(df: pd.DataFrame, cols: list[str], term: str, *, folds: int = FOLDS
              jobs: int = 1) -> np.ndarray:
     """Out-of-fold class probabilities of the project's grader of ``term`` (its settings,
     :func:`spinefeat.models.grader_params`, and its appearance stage fitted in each fold when ``cols`` hold its
-    inputs, :data:`spinefeat.models.APPEARANCE`) on ``cols`` (graded rows, :func:`cv_folds`)."""
+    inputs, :data:`spinefeat.models.APPEARANCE`, and its trees averaged over the LightGBM seeds of its bag,
+    :data:`spinefeat.models.BAG`, from ``seed``) on ``cols`` (graded rows, :func:`cv_folds`)."""
     from .models import _softmax, grader_params, grouped_cv
 
     fold_of, held = cv_folds(df, folds=folds, seed=seed)
@@ -708,6 +709,8 @@ def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None,
     ``overlays`` > 0, ``OUT/worst_<term>.png`` draws that many rows with the largest out-of-fold loss. With
     ``phantom`` (an ``extract`` feature table of a phantom cohort), ``OUT/real_vs_phantom.png`` puts the
     same measurements' distributions side by side."""
+    from .models import bag_seeds
+
     t0 = time.perf_counter()
     out = Path(out)
     # Read (and so check) every folder before the long work starts.
@@ -764,6 +767,9 @@ def real_check(*, sagittal_t1: Path | None = None, axial_t2: Path | None = None,
                      "fold_method": "StratifiedGroupKFold on each study's worst grade of the term, grouped by "
                                     "study, as train (spinefeat.models.stratified_folds); per fold a stratified "
                                     "share of the training studies stops the boosting early",
+                     "lightgbm_seeds": {term: bag_seeds(term, FOLD_SEED) for term in TERMS},
+                     "seed_averaging": "each grader's raw scores averaged over its LightGBM seeds "
+                                       "(spinefeat.models.BAG), each seed its own early stop per fold",
                      "seconds": seconds, "jobs": jobs,
                      "folders": {k: str(v) for k, v in (("sagittal_t1", sagittal_t1), ("axial_t2", axial_t2),
                                                         ("spider", spider)) if v is not None},

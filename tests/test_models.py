@@ -1,6 +1,8 @@
+import hashlib
 import json
 import shutil
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
@@ -153,8 +155,11 @@ def test_graders_are_the_same_whatever_the_number_of_parallel_fits():
 def test_train_writes_text_models_and_manifest(trained):
     man = json.loads((trained / "manifest.json").read_text())
     assert set(man["models"]) == {"spinal", "foraminal", "subarticular"}
-    for info in man["models"].values():
-        assert (trained / info["file"]).read_text().startswith("tree")
+    for group, info in man["models"].items():
+        entries = info if isinstance(info, list) else [info]         # a bag: one file per LightGBM seed
+        assert len(entries) == models.BAG.get(group, 1) == len(man["lightgbm_seeds"][group])
+        for e in entries:
+            assert (trained / e["file"]).read_text().startswith("tree")
     assert man["classes"] == ["normal_mild", "moderate", "severe"]
     assert set(man["cv"]) >= {"raw", "temperature", "sharpened", "constant_in_sample", "method"}
     cv = json.loads((trained / "cv.json").read_text())
@@ -172,9 +177,11 @@ def test_each_grader_is_trained_with_its_own_settings(trained):
     for group in models.MODEL_GROUPS:
         settings = models.grader_params(group)
         assert man["params"][group].get("extra_trees", False) is settings.get("extra_trees", False)
-        text = (trained / man["models"][group]["file"]).read_text()
-        assert f"[extra_trees: {int(settings.get('extra_trees', False))}]" in text
-        assert f"[feature_fraction: {settings['feature_fraction']:g}]" in text
+        info = man["models"][group]
+        for e in info if isinstance(info, list) else [info]:
+            text = (trained / e["file"]).read_text()
+            assert f"[extra_trees: {int(settings.get('extra_trees', False))}]" in text
+            assert f"[feature_fraction: {settings['feature_fraction']:g}]" in text
     assert models.grader_params("foraminal") != models.grader_params("spinal")
 
 
@@ -489,3 +496,75 @@ def test_train_fits_the_appearance_stage_in_fold_and_predict_applies_it(tmp_path
     b = models.fit(feats, flipped, folds=3, fold_of=fold_of)
     in0 = (res["oof"]["fold"] == 0) & res["oof"]["row_id"].str.contains("foraminal")
     pd.testing.assert_frame_equal(res["oof"][in0].reset_index(drop=True), b["oof"][in0].reset_index(drop=True))
+
+
+def test_a_bagged_grader_saves_a_booster_per_seed_and_predicts_their_mean(tmp_path):
+    """The foraminal grader is averaged over :data:`models.BAG` LightGBM seeds: the models folder holds one text
+    file per seed (each hashed in the manifest), and `predict`'s probabilities are the softmax of the mean of the
+    boosters' raw scores (plus the offset, over the temperature), computed here from the files loaded on their own;
+    explain's contributions, the mean of the seeds', still add up to that raw score. The same folder with its
+    manifest in the layout before bags (one entry, the first booster) loads as a grader of that one booster."""
+    from spinefeat.explain import contributions
+
+    n_seeds = models.BAG["foraminal"]
+    assert n_seeds > 1 and models.BAG.get("spinal", 1) == 1
+    feats, train = _window_table()
+    fold_of = {sid: i % 3 for i, sid in enumerate(sorted(train.index))}
+    res = models.fit(feats, train, folds=3, fold_of=fold_of, seed=4)
+    assert res["seeds"]["foraminal"] == [4 + i for i in range(n_seeds)] and res["seeds"]["spinal"] == [4]
+    assert len(res["rounds"]["foraminal"]) == n_seeds
+    models.save(res, tmp_path / "m")
+    m = tmp_path / "m"
+    man = json.loads((m / "manifest.json").read_text())
+    entries = man["models"]["foraminal"]
+    assert isinstance(entries, list) and len(entries) == n_seeds and man["lightgbm_seeds"]["foraminal"] == [4 + i for i in range(n_seeds)]
+    assert [e["file"] for e in entries] == [f"foraminal_seed{4 + i}.txt" for i in range(n_seeds)]
+    assert man["models"]["spinal"]["file"] == "spinal.txt"
+    texts = [(m / e["file"]).read_text() for e in entries]
+    assert len(set(texts)) == n_seeds                                # the seeds gave different trees
+    for e, text in zip(entries, texts):
+        assert e["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert [f"[seed: {4 + i}]" in t for i, t in enumerate(texts)] == [True] * n_seeds
+    graders = models.load(m)
+    assert len(graders.boosters["foraminal"]) == n_seeds and len(graders.boosters["spinal"]) == 1
+    sub, _ = graders.predict(feats)
+    fo = feats[feats["condition"].str.contains("foraminal")]
+    x = graders.design(fo, "foraminal")
+    alone = [lgb.Booster(model_file=str(m / e["file"])) for e in entries]
+    raw = np.mean([b.predict(x, raw_score=True) for b in alone], axis=0) + np.log([1.0, 2.0, 4.0])
+    want = models._softmax(raw / man["temperature"]["foraminal"])
+    got = sub.set_index("row_id").loc[fo["row_id"], ["normal_mild", "moderate", "severe"]].to_numpy()
+    assert np.allclose(got, want, atol=1e-9)
+    one = models._softmax((alone[0].predict(x, raw_score=True) + np.log([1.0, 2.0, 4.0])) / man["temperature"]["foraminal"])
+    assert not np.allclose(got, one, atol=1e-4)                      # the mean, not the first booster
+    c, cols = contributions(graders, fo, "foraminal")
+    assert c.shape == (len(fo), 3, len(cols) + 1)
+    assert np.allclose(c.sum(axis=2) + np.log([1.0, 2.0, 4.0]), raw, atol=1e-6)
+    # The manifest of a models folder from before bags: one entry per grader, no lightgbm_seeds.
+    old = dict(man, models=dict(man["models"], foraminal=entries[0]))
+    del old["lightgbm_seeds"]
+    (m / "manifest.json").write_text(json.dumps(old))
+    g1 = models.load(m)
+    assert len(g1.boosters["foraminal"]) == 1
+    assert np.allclose(g1.boosters["foraminal"].predict(x, raw_score=True), alone[0].predict(x, raw_score=True))
+    (m / "manifest.json").write_text(json.dumps(dict(man, lightgbm_seeds=dict(man["lightgbm_seeds"], foraminal=[4]))))
+    with pytest.raises(SpinefeatError, match="LightGBM seeds"):
+        models.load(m)
+
+
+def test_a_bags_cv_is_the_mean_of_its_seeds_fitted_alone():
+    """grouped_cv with a bag of 3 seeds gives the mean of the raw scores of 3 single-seed CVs (seeds s, s+1, s+2),
+    each with its own early stop: the bag is nothing but those fits averaged."""
+    rng = np.random.default_rng(8)
+    n = 1500
+    y = rng.choice(3, size=n, p=[0.7, 0.2, 0.1])
+    x = (y[:, None] * [0.6, -0.4, 0.2, 0.0] + rng.normal(size=(n, 4))).astype(np.float32)
+    fold, stop = rng.integers(0, 3, n), rng.random(n) < 0.2
+    params = models.grader_params("foraminal", seed=7, num_threads=1)
+    cv = dict(cols=list("abcd"), folds=3)
+    bag, its = models.grouped_cv(x, y, fold, lambda k: stop, params=params, bag=3, **cv)
+    alone = [models.grouped_cv(x, y, fold, lambda k: stop, params=dict(params, seed=7 + i), bag=1, **cv)
+             for i in range(3)]
+    assert np.allclose(bag, np.mean([r for r, _ in alone], axis=0), atol=1e-12)
+    assert its == [[a[1][k][0] for a in alone] for k in range(3)]
+    assert not np.allclose(alone[0][0], alone[1][0])
