@@ -33,7 +33,9 @@ def contributions(graders: Graders, rows: pd.DataFrame, group: str) -> tuple[np.
 
     For each row and class, the contributions plus the expected value sum to
     LightGBM's raw score (pre-softmax, pre-temperature; the grader adds its
-    :func:`~spinefeat.models.score_offset`).
+    :func:`~spinefeat.models.score_offset`). A grader averaged over LightGBM seeds
+    (:class:`~spinefeat.models.Bag`) gives the mean of its boosters' contributions, which sum to the mean
+    raw score it grades with.
     """
     b = graders.boosters[group]
     cols = graders.manifest["columns"][group]

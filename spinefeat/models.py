@@ -8,7 +8,8 @@ early stopping on the (unweighted) log loss of an inner split of each fold's tra
 studies (never on the fold itself). That inner split also fits the fold's
 temperature per condition and its sharpening of each study's largest spinal
 severe probability (the any_severe_spinal term): the calibration is nested, and
-the deployed one is refitted on all out-of-fold rows. Models are LightGBM text files; the manifest holds
+the deployed one is refitted on all out-of-fold rows. A grader may average its trees over several LightGBM
+seeds (:data:`BAG`, :class:`Bag`: the mean raw score). Models are LightGBM text files; the manifest holds
 feature lists, class order, parameters, versions, file hashes and the
 training-table fingerprint. No pickle.
 """
@@ -76,7 +77,12 @@ SCORE_OFFSET = tuple(float(v) for v in np.log(SEVERITY_WEIGHTS))
 #: the seeds' raw scores (before the offset's addition, the temperature and the softmax; :class:`Bag`), so the
 #: seeds' mean ``pred_contrib`` adds up to it. ``train`` saves one LightGBM text file per seed, each hashed in the
 #: manifest; the appearance stage is fitted once and shared by the seeds.
-BAG = {"foraminal": 3}
+#: Measured in real-check's own CV on each half of the real rows (fold and LightGBM seeds 0-2; README, Graders):
+#: foraminal, 2 seeds: development 0.5426 -> 0.5417, held-out 0.4973 -> 0.4961 (every seed gains on the held-out
+#: half; 3 or 4 seeds no better: 0.5420 / 0.4960, 0.5419 / 0.4960); subarticular, 4 seeds: development 0.5730 ->
+#: 0.5701, held-out 0.5473 -> 0.5462 (every seed gains on both; 2 and 3 seeds lose on a held-out seed); spinal:
+#: no entry (3 or 4 seeds lose on the development half: 0.3920 -> 0.3922).
+BAG = {"foraminal": 2, "subarticular": 4}
 
 
 def grader_params(group: str, **extra) -> dict:
@@ -183,7 +189,8 @@ _register_appearance()
 
 def stage_options(group: str) -> dict:
     """The fit settings of ``group``'s appearance stage (:data:`APPEARANCE`): ``C`` and ``window_z``."""
-    return {"C": APPEARANCE[group]["C"], "window_z": APPEARANCE[group].get("window_z", False)}
+    return {"C": APPEARANCE[group]["C"], "window_z": APPEARANCE[group].get("window_z", False),
+            **({"C_windows": APPEARANCE[group]["C_windows"]} if APPEARANCE[group].get("C_windows") else {})}
 
 
 def appearance_context(scores: np.ndarray, study, level_index, side) -> np.ndarray:
@@ -258,18 +265,21 @@ class Appearance:
     intercept: np.ndarray
     C: float
     window_z: bool = False
+    #: Per window (the inputs' name up to the last ``_``, :func:`with_window_z`), its own ``C`` (the others: ``C``).
+    C_windows: dict = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, *, inputs: list[str], C: float, window_z: bool = False) -> "Appearance":
+    def fit(cls, x: np.ndarray, y: np.ndarray, *, inputs: list[str], C: float, window_z: bool = False,
+            C_windows: dict | None = None) -> "Appearance":
         """Multinomial logistic regression of the grades ``y`` (0/1/2) on the standardised ``x``: the unweighted
         log loss summed over rows plus ``|coef|^2 / (2 C)`` (scikit-learn's convention), L-BFGS from zero.
         A class missing from ``y`` gets a low but finite score; missing values count as the mean."""
         m = stage_matrix(x, inputs, window_z)
-        return cls.fit_rows(m, np.arange(len(m)), y, inputs=inputs, C=C, window_z=window_z)
+        return cls.fit_rows(m, np.arange(len(m)), y, inputs=inputs, C=C, window_z=window_z, C_windows=C_windows)
 
     @classmethod
     def fit_rows(cls, m: np.ndarray, rows: np.ndarray, y: np.ndarray, *, inputs: list[str], C: float,
-                 window_z: bool = False) -> "Appearance":
+                 window_z: bool = False, C_windows: dict | None = None) -> "Appearance":
         """:meth:`fit` on the rows ``rows`` (indices) of ``m``, the matrix the stage reads (:func:`stage_matrix`
         of all rows, computed once for many fits); ``y``: the grades of those rows. The fit is the same."""
         from scipy.optimize import minimize
@@ -283,6 +293,12 @@ class Appearance:
         z = _standardised(z, mean, scale)
         d = z.shape[1]
         onehot = np.eye(3)[np.asarray(y, int)]
+        C_windows = {str(k): float(v) for k, v in (C_windows or {}).items()}
+        pen = C                                             # the penalty's C: a scalar, or each column's
+        if C_windows:                                       # its window's C, or C (the z-scores in window order)
+            keys = [c.rsplit("_", 1)[0] for c in inputs]
+            keys = keys + [k for w in dict.fromkeys(keys) for k in keys if k == w] if window_z else keys
+            pen = np.array([C_windows.get(k, C) for k in keys], float)
 
         def loss(w):
             coef, b = w[:3 * d].reshape(3, d), w[3 * d:]
@@ -291,14 +307,16 @@ class Appearance:
             lse = np.log(np.exp(s).sum(axis=1, keepdims=True))
             p = np.exp(s - lse)
             g = p - onehot
-            val = float(-(onehot * (s - lse)).sum() + (coef ** 2).sum() / (2 * C))
-            return val, np.concatenate([(g.T @ z + coef / C).ravel(), g.sum(axis=0)])
+            ridge = (coef ** 2).sum() / (2 * pen) if np.ndim(pen) == 0 else (coef ** 2 / (2 * pen)).sum()
+            val = float(-(onehot * (s - lse)).sum() + ridge)
+            return val, np.concatenate([(g.T @ z + coef / pen).ravel(), g.sum(axis=0)])
 
         # One BLAS thread: these small products gain nothing from more, and spinning threads on a busy machine
         # cost 50x the CPU (0.08 against 4.2 CPU s for 2,400 rows of 256 values).
         with threadpool_limits(1):
             res = minimize(loss, np.zeros(3 * d + 3), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
-        return cls(list(inputs), mean, scale, res.x[:3 * d].reshape(3, d), res.x[3 * d:], float(C), bool(window_z))
+        return cls(list(inputs), mean, scale, res.x[:3 * d].reshape(3, d), res.x[3 * d:], float(C), bool(window_z),
+                   C_windows)
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """The (n, 3) centred log-odds of the rows ``x`` (columns :attr:`inputs`)."""
@@ -312,7 +330,7 @@ class Appearance:
 
     def to_json(self) -> dict:
         return {"kind": "multinomial logistic regression on standardised inputs", "C": self.C,
-                "window_z": self.window_z,
+                "window_z": self.window_z, **({"C_windows": self.C_windows} if self.C_windows else {}),
                 "inputs": self.inputs, "mean": self.mean.tolist(), "scale": self.scale.tolist(),
                 "coef": self.coef.tolist(), "intercept": self.intercept.tolist(), "outputs": list(APPEARANCE_COLUMNS)}
 
@@ -320,7 +338,7 @@ class Appearance:
     def from_json(cls, d: dict) -> "Appearance":
         a = cls(list(d["inputs"]), np.asarray(d["mean"], float), np.asarray(d["scale"], float),
                 np.asarray(d["coef"], float), np.asarray(d["intercept"], float), float(d["C"]),
-                bool(d.get("window_z", False)))
+                bool(d.get("window_z", False)), {str(k): float(v) for k, v in (d.get("C_windows") or {}).items()})
         n = len(a.inputs) * (2 if a.window_z else 1)
         if a.mean.shape != (n,) or a.scale.shape != (n,) or a.coef.shape != (3, n) or a.intercept.shape != (3,):
             raise ValueError(f"appearance stage of {n} inputs with arrays of shapes {a.mean.shape}, {a.scale.shape}, "
@@ -338,7 +356,7 @@ def split_appearance(group: str, cols: list[str]) -> tuple[list[str], list[str]]
 
 def appearance_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, study: np.ndarray, *, folds: int,
                       inputs: list[str], C: float, window_z: bool = False, seed: int = 0, jobs: int = 1,
-                      deploy: bool = False) -> tuple[np.ndarray, Appearance | None]:
+                      deploy: bool = False, C_windows: dict | None = None) -> tuple[np.ndarray, Appearance | None]:
     """The appearance stage's scores each fit of a grader sees, and (``deploy``) the deployed stage, fitted on
     all rows (else None).
 
@@ -367,7 +385,7 @@ def appearance_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, study: np.
         fits.append((tr, ~tr, k))
     if deploy:
         fits.append((np.ones(n, bool), None, None))
-    opts = {"inputs": list(inputs), "C": C, "window_z": window_z}
+    opts = {"inputs": list(inputs), "C": C, "window_z": window_z, **({"C_windows": C_windows} if C_windows else {})}
     m = stage_matrix(x, inputs, window_z)
     args = [(np.flatnonzero(train), None if score is None else np.flatnonzero(score)) for train, score, _ in fits]
     if jobs <= 1:

@@ -54,9 +54,10 @@ def test_manifest_hashes_every_file_it_needs(trained):
     man = json.loads((trained / "manifest.json").read_text())
     graders = [e for i in man["models"].values() for e in (i if isinstance(i, list) else [i])]   # a bag: a list
     needed = {i["file"] for i in graders} | {i["file"] for i in man["files"].values()}
-    seeds = man["lightgbm_seeds"]["foraminal"]
-    bag = {f"foraminal_seed{s}.txt" for s in seeds} if len(seeds) > 1 else {"foraminal.txt"}
-    assert {"spinal.txt", "subarticular.txt", "localizer.txt", "localizer.json"} | bag <= needed
+    bags = {f"{g}_seed{s}.txt" if len(seeds) > 1 else f"{g}.txt"          # one file per LightGBM seed
+            for g, seeds in man["lightgbm_seeds"].items() for s in seeds}
+    assert len(bags) == sum(models.BAG.get(g, 1) for g in models.MODEL_GROUPS) and "spinal.txt" in bags
+    assert {"localizer.txt", "localizer.json"} | bags <= needed
     for info in [*graders, *man["files"].values()]:
         assert (trained / info["file"]).stat().st_size == info["bytes"]
     assert "seconds" not in man["cv"] and "seconds" in json.loads((trained / "timings.json").read_text())
