@@ -189,8 +189,7 @@ _register_appearance()
 
 def stage_options(group: str) -> dict:
     """The fit settings of ``group``'s appearance stage (:data:`APPEARANCE`): ``C`` and ``window_z``."""
-    return {"C": APPEARANCE[group]["C"], "window_z": APPEARANCE[group].get("window_z", False),
-            **({"C_windows": APPEARANCE[group]["C_windows"]} if APPEARANCE[group].get("C_windows") else {})}
+    return {"C": APPEARANCE[group]["C"], "window_z": APPEARANCE[group].get("window_z", False)}
 
 
 def appearance_context(scores: np.ndarray, study, level_index, side) -> np.ndarray:
@@ -265,21 +264,18 @@ class Appearance:
     intercept: np.ndarray
     C: float
     window_z: bool = False
-    #: Per window (the inputs' name up to the last ``_``, :func:`with_window_z`), its own ``C`` (the others: ``C``).
-    C_windows: dict = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, *, inputs: list[str], C: float, window_z: bool = False,
-            C_windows: dict | None = None) -> "Appearance":
+    def fit(cls, x: np.ndarray, y: np.ndarray, *, inputs: list[str], C: float, window_z: bool = False) -> "Appearance":
         """Multinomial logistic regression of the grades ``y`` (0/1/2) on the standardised ``x``: the unweighted
         log loss summed over rows plus ``|coef|^2 / (2 C)`` (scikit-learn's convention), L-BFGS from zero.
         A class missing from ``y`` gets a low but finite score; missing values count as the mean."""
         m = stage_matrix(x, inputs, window_z)
-        return cls.fit_rows(m, np.arange(len(m)), y, inputs=inputs, C=C, window_z=window_z, C_windows=C_windows)
+        return cls.fit_rows(m, np.arange(len(m)), y, inputs=inputs, C=C, window_z=window_z)
 
     @classmethod
     def fit_rows(cls, m: np.ndarray, rows: np.ndarray, y: np.ndarray, *, inputs: list[str], C: float,
-                 window_z: bool = False, C_windows: dict | None = None) -> "Appearance":
+                 window_z: bool = False) -> "Appearance":
         """:meth:`fit` on the rows ``rows`` (indices) of ``m``, the matrix the stage reads (:func:`stage_matrix`
         of all rows, computed once for many fits); ``y``: the grades of those rows. The fit is the same."""
         from scipy.optimize import minimize
@@ -293,12 +289,6 @@ class Appearance:
         z = _standardised(z, mean, scale)
         d = z.shape[1]
         onehot = np.eye(3)[np.asarray(y, int)]
-        C_windows = {str(k): float(v) for k, v in (C_windows or {}).items()}
-        pen = C                                             # the penalty's C: a scalar, or each column's
-        if C_windows:                                       # its window's C, or C (the z-scores in window order)
-            keys = [c.rsplit("_", 1)[0] for c in inputs]
-            keys = keys + [k for w in dict.fromkeys(keys) for k in keys if k == w] if window_z else keys
-            pen = np.array([C_windows.get(k, C) for k in keys], float)
 
         def loss(w):
             coef, b = w[:3 * d].reshape(3, d), w[3 * d:]
@@ -307,16 +297,14 @@ class Appearance:
             lse = np.log(np.exp(s).sum(axis=1, keepdims=True))
             p = np.exp(s - lse)
             g = p - onehot
-            ridge = (coef ** 2).sum() / (2 * pen) if np.ndim(pen) == 0 else (coef ** 2 / (2 * pen)).sum()
-            val = float(-(onehot * (s - lse)).sum() + ridge)
-            return val, np.concatenate([(g.T @ z + coef / pen).ravel(), g.sum(axis=0)])
+            val = float(-(onehot * (s - lse)).sum() + (coef ** 2).sum() / (2 * C))
+            return val, np.concatenate([(g.T @ z + coef / C).ravel(), g.sum(axis=0)])
 
         # One BLAS thread: these small products gain nothing from more, and spinning threads on a busy machine
         # cost 50x the CPU (0.08 against 4.2 CPU s for 2,400 rows of 256 values).
         with threadpool_limits(1):
             res = minimize(loss, np.zeros(3 * d + 3), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
-        return cls(list(inputs), mean, scale, res.x[:3 * d].reshape(3, d), res.x[3 * d:], float(C), bool(window_z),
-                   C_windows)
+        return cls(list(inputs), mean, scale, res.x[:3 * d].reshape(3, d), res.x[3 * d:], float(C), bool(window_z))
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """The (n, 3) centred log-odds of the rows ``x`` (columns :attr:`inputs`)."""
@@ -330,7 +318,7 @@ class Appearance:
 
     def to_json(self) -> dict:
         return {"kind": "multinomial logistic regression on standardised inputs", "C": self.C,
-                "window_z": self.window_z, **({"C_windows": self.C_windows} if self.C_windows else {}),
+                "window_z": self.window_z,
                 "inputs": self.inputs, "mean": self.mean.tolist(), "scale": self.scale.tolist(),
                 "coef": self.coef.tolist(), "intercept": self.intercept.tolist(), "outputs": list(APPEARANCE_COLUMNS)}
 
@@ -338,7 +326,7 @@ class Appearance:
     def from_json(cls, d: dict) -> "Appearance":
         a = cls(list(d["inputs"]), np.asarray(d["mean"], float), np.asarray(d["scale"], float),
                 np.asarray(d["coef"], float), np.asarray(d["intercept"], float), float(d["C"]),
-                bool(d.get("window_z", False)), {str(k): float(v) for k, v in (d.get("C_windows") or {}).items()})
+                bool(d.get("window_z", False)))
         n = len(a.inputs) * (2 if a.window_z else 1)
         if a.mean.shape != (n,) or a.scale.shape != (n,) or a.coef.shape != (3, n) or a.intercept.shape != (3,):
             raise ValueError(f"appearance stage of {n} inputs with arrays of shapes {a.mean.shape}, {a.scale.shape}, "
@@ -356,7 +344,7 @@ def split_appearance(group: str, cols: list[str]) -> tuple[list[str], list[str]]
 
 def appearance_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, study: np.ndarray, *, folds: int,
                       inputs: list[str], C: float, window_z: bool = False, seed: int = 0, jobs: int = 1,
-                      deploy: bool = False, C_windows: dict | None = None) -> tuple[np.ndarray, Appearance | None]:
+                      deploy: bool = False) -> tuple[np.ndarray, Appearance | None]:
     """The appearance stage's scores each fit of a grader sees, and (``deploy``) the deployed stage, fitted on
     all rows (else None).
 
@@ -385,7 +373,7 @@ def appearance_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, study: np.
         fits.append((tr, ~tr, k))
     if deploy:
         fits.append((np.ones(n, bool), None, None))
-    opts = {"inputs": list(inputs), "C": C, "window_z": window_z, **({"C_windows": C_windows} if C_windows else {})}
+    opts = {"inputs": list(inputs), "C": C, "window_z": window_z}
     m = stage_matrix(x, inputs, window_z)
     args = [(np.flatnonzero(train), None if score is None else np.flatnonzero(score)) for train, score, _ in fits]
     if jobs <= 1:

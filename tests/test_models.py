@@ -570,22 +570,3 @@ def test_a_bags_cv_is_the_mean_of_its_seeds_fitted_alone():
     assert not np.allclose(alone[0][0], alone[1][0])
 
 
-def test_a_windows_own_C_regularises_that_window_alone():
-    """``C_windows`` gives one window of the stage its own C: every window at C is the plain fit; a tiny C on one
-    window shrinks its coefficients (the raw and the z-scored ones) towards 0 and leaves the other window free; the
-    setting round-trips through JSON."""
-    rng = np.random.default_rng(11)
-    n = 600
-    y = rng.choice(3, size=n, p=[0.6, 0.25, 0.15])
-    inputs = [f"w_a_{i}" for i in range(4)] + [f"w_b_{i}" for i in range(4)]
-    x = y[:, None] * np.array([0.8, -0.5, 0.3, 0.6, 0.7, -0.4, 0.5, -0.6]) + rng.normal(size=(n, 8)) * 2 + 5
-    plain = models.Appearance.fit(x, y, inputs=inputs, C=0.1, window_z=True)
-    same = models.Appearance.fit(x, y, inputs=inputs, C=0.1, window_z=True, C_windows={"w_a": 0.1, "w_b": 0.1})
-    assert np.allclose(plain.coef, same.coef, atol=1e-6)
-    tight = models.Appearance.fit(x, y, inputs=inputs, C=0.1, window_z=True, C_windows={"w_b": 1e-6})
-    b_cols = [4, 5, 6, 7, 12, 13, 14, 15]                             # w_b's pixels, then its z-scores
-    a_cols = [0, 1, 2, 3, 8, 9, 10, 11]
-    assert np.abs(tight.coef[:, b_cols]).max() < 1e-3 < np.abs(plain.coef[:, b_cols]).max()
-    assert np.abs(tight.coef[:, a_cols]).max() > 0.05
-    again = models.Appearance.from_json(json.loads(json.dumps(tight.to_json())))
-    assert again.C_windows == {"w_b": 1e-6} and np.array_equal(again.score(x), tight.score(x))
