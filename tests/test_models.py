@@ -337,6 +337,33 @@ def test_window_z_stage_reads_each_window_standardised_over_itself_and_round_tri
     assert rho(stage) > 0.7 and rho(stage) > rho(plain) + 0.05
 
 
+def test_stage_on_principal_components_is_the_plain_fit_at_full_rank_and_the_reduced_model_mapped_back():
+    """With k = all inputs the principal components only rotate the standardised rows: the same scores as the plain
+    fit. With k = 3 the stored pixel-space coefficients score rows as an independent regression on the training rows'
+    top 3 components does (numpy's SVD, scikit-learn's fit), lie in those components' span, and differ from the
+    plain fit's scores (so the option is not ignored)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y, _, inputs = _stage_problem()
+    x = x[:, :6]                                                     # one window, no window z: full rank
+    inputs, C = inputs[:6], 0.05
+    plain = models.Appearance.fit(x, y, inputs=inputs, C=C)
+    full = models.Appearance.fit(x, y, inputs=inputs, C=C, components=6)
+    np.testing.assert_allclose(full.score(x), plain.score(x), atol=1e-4)
+    assert np.abs(plain.score(x)).max() > 0.3
+    three = models.Appearance.fit(x, y, inputs=inputs, C=C, components=3)
+    again = models.Appearance.from_json(json.loads(json.dumps(three.to_json())))
+    assert three.coef.shape == (3, 6) and np.array_equal(again.score(x), three.score(x))
+    mean, sd = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
+    z = np.nan_to_num((x - mean) / sd)
+    v = np.linalg.svd(z, full_matrices=False)[2][:3].T               # (6, 3): the top 3 right singular vectors
+    lr = LogisticRegression(C=C, tol=1e-12, max_iter=20000).fit(z @ v, y)
+    ref = lr.decision_function(z @ v)
+    np.testing.assert_allclose(three.score(x), ref - ref.mean(axis=1, keepdims=True), atol=2e-3)
+    np.testing.assert_allclose(three.coef - three.coef @ v @ v.T, 0, atol=1e-10)   # in the components' span
+    assert np.abs(three.score(x) - plain.score(x)).max() > 0.05
+
+
 def _stage_problem(n_studies=40, seed=11):
     """Rows of studies with two windows of 6 pixels whose pattern, under a per-row brightness, carries the grade."""
     rng = np.random.default_rng(seed)
