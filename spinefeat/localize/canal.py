@@ -235,7 +235,7 @@ def _seed_column(img: np.ndarray, pixel_spacing_mm, *, cut: float, deep_only: bo
             continue
         comp = lab[sl] == i
         width_mm = float(comp.sum()) * dr * dc / max(h_mm, 1e-6)
-        if h_mm >= 15 and 1.5 <= width_mm <= 22 and h_mm / max(width_mm, 1e-6) > 3:
+        if 1.5 <= width_mm <= 22 and h_mm / max(width_mm, 1e-6) > 3:
             r, c = np.nonzero(comp)
             pieces[i], extent[i], heights[i] = (r + sl[0].start, c + sl[1].start), (sl[0].start, sl[0].stop - 1), h_mm
     if not pieces:
@@ -534,14 +534,14 @@ def fit_canal(img: np.ndarray, pixel_spacing_mm, iop, *, extend_mm: tuple[float,
     rows_csf = np.flatnonzero(csf.any(axis=1))
     if len(rows_csf) < 2 or np.ptp(rows_csf) * dr < 40:
         return None
-    # The centre line: each row's median column (a bright blob beside the column does not pull it), or
-    # followed row by row (:func:`tracked_centres`: a widening on one side does not pull it either), rows
+    # The centre line: followed row by row (:func:`tracked_centres`: neither a bright blob beside the column
+    # nor a widening on one side pulls it; ``tracked=False``: each row's median column), rows
     # without CSF (tight levels) interpolated, smoothed over 10 mm. A real canal bends too much between the
     # thoracic spine and the sacrum for one polynomial.
     rows_m = np.flatnonzero(mask.any(axis=1))
     top, bottom = int(rows_m[0]), int(rows_m[-1])
     tracked = TRACKED_CENTRE_LINE if tracked is None else tracked
-    at = (tracked_centres(mask, rows_m, dc) if tracked else row_medians(mask[rows_m]))
+    at = tracked_centres(mask, rows_m, dc) if tracked else row_medians(mask[rows_m])
     centre = np.interp(np.arange(top, bottom + 1), rows_m, at)
     win = max(3, int(round(10.0 / dr)) | 1)
     centre = ndi.uniform_filter1d(ndi.median_filter(centre, size=win, mode="nearest"), win, mode="nearest")
