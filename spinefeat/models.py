@@ -471,16 +471,34 @@ def group_of(condition: str) -> str:
 
 def feature_columns(features: pd.DataFrame, group: str) -> list[str]:
     """Numeric feature columns with any value for this group's rows."""
-    rows = features[features["condition"].isin(MODEL_GROUPS[group])]
+    mine = features["condition"].isin(MODEL_GROUPS[group]).to_numpy()      # column by column: no copy of the rows
     cols = [c for c in features.columns if c not in NON_FEATURES and not c.startswith("diagnostics_")]
-    return [c for c in cols if pd.api.types.is_numeric_dtype(features[c]) and rows[c].notna().any()]
+    return [c for c in cols if pd.api.types.is_numeric_dtype(features[c]) and features[c].notna().to_numpy()[mine].any()]
 
 
-def training_rows(features: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
-    """Feature rows joined to their labels (scored rows only)."""
+#: The columns of a training row that are not features (:func:`fit` keeps these of every row, the features as arrays).
+ROW_KEYS = ("study_id", "condition", "level", "row_id", "severity")
+
+
+def labelled_rows(features: pd.DataFrame, train: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The positions in ``features`` of the rows with a scored label, in :func:`training_rows` order, and their
+    grades: the join on the keys alone, so no copy of the feature values is made."""
     lab = labels_long(train)
     lab = lab[lab["severity"] >= 0][["study_id", "condition", "level", "severity"]]
-    return features.merge(lab, on=["study_id", "condition", "level"], how="inner")
+    keys = features[["study_id", "condition", "level"]].assign(_position=np.arange(len(features)))
+    joined = keys.merge(lab, on=["study_id", "condition", "level"], how="inner")
+    return joined["_position"].to_numpy(), joined["severity"].to_numpy()
+
+
+def training_rows(features: pd.DataFrame, train: pd.DataFrame, *, part=slice(None), columns=None,
+                  labelled: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+    """Feature rows joined to their labels (scored rows only; ``severity`` last), as ``features.merge`` of the
+    labels would give them; ``part``: only those of these rows (a slice or positions), ``columns``: only those
+    columns of ``features``; ``labelled``: :func:`labelled_rows` of the two when already known."""
+    at, severity = labelled_rows(features, train) if labelled is None else labelled
+    rows = features.iloc[at[part]]
+    rows = rows if columns is None else rows[[c for c in columns if c in features.columns]]
+    return rows.reset_index(drop=True).assign(severity=severity[part])
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -627,10 +645,20 @@ def to_submission(rows: pd.DataFrame, proba: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"row_id": rows["row_id"].to_numpy(), **dict(zip(CLASS_COLUMNS, proba.T))})
 
 
-def fingerprint_frame(df: pd.DataFrame) -> str:
-    """Hash of a table's values, timing columns (``*_seconds``) left out so a rerun gives the same one."""
-    df = df.drop(columns=[c for c in df.columns if str(c).endswith("_seconds")])
-    return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()[:16]
+def fingerprint_frame(df: pd.DataFrame, *, chunk: int | None = None) -> str:
+    """Hash of a table's values, timing columns (``*_seconds``) left out so a rerun gives the same one.
+    ``df`` may also be a function of a slice of row positions giving those rows (``chunk`` rows at a time, the
+    same hash): the table is then never whole in memory."""
+    def hashes(part: pd.DataFrame) -> np.ndarray:
+        part = part.drop(columns=[c for c in part.columns if str(c).endswith("_seconds")])
+        return pd.util.hash_pandas_object(part, index=False).to_numpy()
+
+    if isinstance(df, pd.DataFrame):
+        h = hashes(df)
+    else:
+        rows, n = df
+        h = np.concatenate([hashes(rows(slice(i, i + chunk))) for i in range(0, n, chunk)] or [np.zeros(0, np.uint64)])
+    return hashlib.sha256(h.tobytes()).hexdigest()[:16]
 
 
 def _sha(path: Path) -> str:
@@ -937,7 +965,11 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
     submission rows with their ``fold``), ``cv`` (scores per step and how they were obtained) and
     ``priors`` (per-target class frequencies times the weights, the fallback).
     """
-    rows = training_rows(features, train)
+    # The rows' keys and grades as a table, their features taken group by group as arrays (a labelled copy of the
+    # whole feature table and the groups' copies of it held three times the table).
+    labelled = labelled_rows(features, train)
+    at = labelled[0]
+    rows = training_rows(features, train, columns=ROW_KEYS, labelled=labelled)
     extra = training_rows(augment, train) if augment is not None else rows.iloc[:0]
     if rows.empty:
         raise SpinefeatError("no feature row has a label: check that the features come from the labelled folder")
@@ -961,15 +993,20 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
     t0 = time.perf_counter()
     problems, tables = {}, {}
     for group in MODEL_GROUPS:
-        g = rows[rows["condition"].isin(MODEL_GROUPS[group])].reset_index(drop=True)
+        mine = rows["condition"].isin(MODEL_GROUPS[group]).to_numpy()
+        g = rows[mine].reset_index(drop=True)
         ga = extra[extra["condition"].isin(MODEL_GROUPS[group]) & extra["study_id"].isin(fold_of)]
         cols = feature_columns(features, group)
         both = pd.concat([g, ga.reindex(columns=g.columns)], ignore_index=True)
         study = both["study_id"].to_numpy()
         y, fold = both["severity"].to_numpy(int), both["study_id"].map(fold_of).to_numpy()
+        xg = features.iloc[at[mine], features.columns.get_indexer(cols)].to_numpy(np.float32)
+        if len(ga):
+            xg = np.concatenate([xg, ga.reindex(columns=cols).to_numpy(np.float32)])
         # The deployed stage: fitted on all rows, as each fold's on its training rows.
-        x, cols, stage, deployed = staged_columns(group, both[cols].to_numpy(np.float32), cols, y, fold, study,
+        x, cols, stage, deployed = staged_columns(group, xg, cols, y, fold, study,
                                                   folds=folds, seed=seed, jobs=jobs, deploy=True)
+        del xg
         if deployed is not None:
             out["appearance"][group] = deployed
         problems[group] = _Problem(x, y, fold, lambda k, study=study: np.isin(study, held[k]), cols=cols,
@@ -1049,7 +1086,9 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
                  }}
     out["oof"] = final.assign(fold=study_fold)
     out["priors"] = priors
-    out["fingerprint"] = fingerprint_frame(rows)
+    out["fingerprint"] = fingerprint_frame((lambda part: training_rows(features, train, part=part, labelled=labelled),
+                                            len(at)),
+                                           chunk=4096)
     return out
 
 

@@ -107,6 +107,33 @@ def test_copies_of_a_study_stay_on_one_side_of_every_split():
     assert len(set(fold_of.values())) == 5 and all(len(h) for h in held.values())
 
 
+def test_training_rows_are_the_merge_of_the_labels_and_the_chunked_fingerprint_the_whole_ones():
+    """:func:`models.training_rows` (positions from a join on the keys alone, fit's route that copies no feature
+    values) gives the frame ``features.merge`` of the scored labels gives, in its order, also a part of it or some
+    columns; the fingerprint hashed a chunk at a time is the whole frame's."""
+    feats, train = _table(n_studies=12, seed=3)
+    feats = feats.sample(frac=1.0, random_state=1).reset_index(drop=True)            # not in label order
+    feats = pd.concat([feats, feats.iloc[:7].assign(study_id=99)], ignore_index=True)  # rows without a label
+    feats["count"] = np.arange(len(feats))                                            # an int column too
+    train = train.copy()
+    train.iloc[::3, 2] = np.nan                                                       # unscored cells
+    lab = models.labels_long(train)
+    lab = lab[lab["severity"] >= 0][["study_id", "condition", "level", "severity"]]
+    merged = feats.merge(lab, on=["study_id", "condition", "level"], how="inner")
+    assert 0 < len(merged) < len(feats)
+    rows = models.training_rows(feats, train)
+    pd.testing.assert_frame_equal(rows, merged)
+    pd.testing.assert_frame_equal(models.training_rows(feats, train, part=slice(5, 40)),
+                                  merged.iloc[5:40].reset_index(drop=True))
+    pd.testing.assert_frame_equal(models.training_rows(feats, train, columns=models.ROW_KEYS),
+                                  merged[["study_id", "condition", "level", "row_id", "severity"]])
+    whole = models.fingerprint_frame(merged)
+    for chunk in (1, 50, 10_000):
+        assert models.fingerprint_frame((lambda part: models.training_rows(feats, train, part=part), len(merged)),
+                                        chunk=chunk) == whole
+    assert models.fingerprint_frame(merged.assign(noise=merged["noise"] + 1)) != whole
+
+
 def test_sharpening_touches_only_the_largest_spinal_severe_row():
     rows = [{"row_id": f"7_spinal_canal_stenosis_{lv}", "normal_mild": 0.6, "moderate": 0.2, "severe": s}
             for lv, s in zip(("l1_l2", "l2_l3"), (0.2, 0.4))]
