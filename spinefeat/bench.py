@@ -238,11 +238,23 @@ def _replicated(root: Path, split: str, ids: list[int], n: int, tmp: Path) -> tu
     for i in range(n):
         sid = ids[i % len(ids)]
         new = 10 ** 9 + i
-        (tmp / f"{split}_images" / str(new)).symlink_to(src.images_dir(split) / str(sid), target_is_directory=True)
+        # The target resolved: a relative folder (`bench ../data`) would point the link at a path relative to tmp.
+        (tmp / f"{split}_images" / str(new)).symlink_to((src.images_dir(split) / str(sid)).resolve(),
+                                                          target_is_directory=True)
         rows.append(series[series["study_id"] == sid].assign(study_id=new))
         new_ids.append(new)
     pd.concat(rows).to_csv(tmp / f"{split}_series_descriptions.csv", index=False)
     return tmp, new_ids
+
+
+def _check_measured(table: pd.DataFrame) -> None:
+    """Raise when a study of a timed run failed on every row: a failure is fast and would pass for speed."""
+    failed = table.groupby("study_id")["diagnostics_error"].apply(lambda e: bool((e.astype(str) != "").all()))
+    if failed.any():
+        sid = failed[failed].index[0]
+        first = table.loc[table["study_id"] == sid, "diagnostics_error"].iloc[0]
+        raise SpinefeatError(f"bench: {int(failed.sum())} of {len(failed)} studies failed in the throughput run "
+                             f"(study {sid}: {first})")
 
 
 def _warm() -> None:
@@ -280,8 +292,10 @@ def time_throughput(root: Path, split: str, ids: list[int], points, *,
                 cache = tmp / f"cache-{w}-{r}"
                 kids = _descendants()
                 c0, k0, t0 = time.process_time(), _cpu_s(kids), time.perf_counter()
-                extract(run_root, run_points, split=split, cache=cache, jobs=w, studies=run_ids, scheduler=scheduler)
+                table = extract(run_root, run_points, split=split, cache=cache, jobs=w, studies=run_ids,
+                                scheduler=scheduler)
                 times.append(time.perf_counter() - t0)
+                _check_measured(table)
                 parent.append(time.process_time() - c0)
                 cpus.append(parent[-1] + _cpu_s(kids) - k0)
                 shutil.rmtree(cache)
