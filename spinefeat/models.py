@@ -647,8 +647,8 @@ def to_submission(rows: pd.DataFrame, proba: np.ndarray) -> pd.DataFrame:
 
 def fingerprint_frame(df: pd.DataFrame, *, chunk: int | None = None) -> str:
     """Hash of a table's values, timing columns (``*_seconds``) left out so a rerun gives the same one.
-    ``df`` may also be a function of a slice of row positions giving those rows (``chunk`` rows at a time, the
-    same hash): the table is then never whole in memory."""
+    ``df`` may also be a pair (a function of a slice of row positions giving those rows, the number of rows),
+    hashed ``chunk`` rows at a time to the same hash: the table is then never whole in memory."""
     def hashes(part: pd.DataFrame) -> np.ndarray:
         part = part.drop(columns=[c for c in part.columns if str(c).endswith("_seconds")])
         return pd.util.hash_pandas_object(part, index=False).to_numpy()
