@@ -645,20 +645,13 @@ def to_submission(rows: pd.DataFrame, proba: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"row_id": rows["row_id"].to_numpy(), **dict(zip(CLASS_COLUMNS, proba.T))})
 
 
-def fingerprint_frame(df: pd.DataFrame, *, chunk: int | None = None) -> str:
-    """Hash of a table's values, timing columns (``*_seconds``) left out so a rerun gives the same one.
-    ``df`` may also be a pair (a function of a slice of row positions giving those rows, the number of rows),
-    hashed ``chunk`` rows at a time to the same hash: the table is then never whole in memory."""
-    def hashes(part: pd.DataFrame) -> np.ndarray:
-        part = part.drop(columns=[c for c in part.columns if str(c).endswith("_seconds")])
-        return pd.util.hash_pandas_object(part, index=False).to_numpy()
-
-    if isinstance(df, pd.DataFrame):
-        h = hashes(df)
-    else:
-        rows, n = df
-        h = np.concatenate([hashes(rows(slice(i, i + chunk))) for i in range(0, n, chunk)] or [np.zeros(0, np.uint64)])
-    return hashlib.sha256(h.tobytes()).hexdigest()[:16]
+def fingerprint_frame(df) -> str:
+    """Hash of a table's values, timing columns (``*_seconds``) left out so a rerun gives the same one. ``df`` may
+    also be its row blocks in order (an iterable of frames; the same hash): the table is then never whole in memory."""
+    parts = [df] if isinstance(df, pd.DataFrame) else df
+    h = [pd.util.hash_pandas_object(part.drop(columns=[c for c in part.columns if str(c).endswith("_seconds")]),
+                                    index=False).to_numpy() for part in parts]
+    return hashlib.sha256(np.concatenate(h or [np.zeros(0, np.uint64)]).tobytes()).hexdigest()[:16]
 
 
 def _sha(path: Path) -> str:
@@ -1086,9 +1079,8 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
                  }}
     out["oof"] = final.assign(fold=study_fold)
     out["priors"] = priors
-    out["fingerprint"] = fingerprint_frame((lambda part: training_rows(features, train, part=part, labelled=labelled),
-                                            len(at)),
-                                           chunk=4096)
+    out["fingerprint"] = fingerprint_frame(training_rows(features, train, part=slice(i, i + 4096), labelled=labelled)
+                                           for i in range(0, len(at), 4096))
     return out
 
 

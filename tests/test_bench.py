@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -14,7 +16,7 @@ def test_throughput_on_a_relative_folder_measures_the_replicated_studies(cohort,
     # A folder smaller than the run is replicated by symlinks; given as a relative path (`bench ../data`),
     # links relative to the temporary folder used to dangle and every study failed at once.
     monkeypatch.chdir(cohort.parent)
-    root = type(cohort)(cohort.name)
+    root = Path(cohort.name)
     points = points_at(root, "labels", "train")[0]
     ids = sorted(points["study_id"].unique().tolist())[:2]
     res = bench.time_throughput(root, "train", ids, points, workers=(1,), min_studies=len(ids) + 1)

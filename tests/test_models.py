@@ -129,8 +129,8 @@ def test_training_rows_are_the_merge_of_the_labels_and_the_chunked_fingerprint_t
                                   merged[["study_id", "condition", "level", "row_id", "severity"]])
     whole = models.fingerprint_frame(merged)
     for chunk in (1, 50, 10_000):
-        assert models.fingerprint_frame((lambda part: models.training_rows(feats, train, part=part), len(merged)),
-                                        chunk=chunk) == whole
+        assert models.fingerprint_frame(models.training_rows(feats, train, part=slice(i, i + chunk))
+                                        for i in range(0, len(merged), chunk)) == whole
     assert models.fingerprint_frame(merged.assign(noise=merged["noise"] + 1)) != whole
 
 
