@@ -134,6 +134,21 @@ def test_training_rows_are_the_merge_of_the_labels_and_the_chunked_fingerprint_t
     assert models.fingerprint_frame(merged.assign(noise=merged["noise"] + 1)) != whole
 
 
+def test_float32_block_is_the_rows_columns_as_float32_with_nan_where_a_column_is_missing(monkeypatch):
+    """fit's feature arrays (:func:`models.float32_block`, filled a few columns at a time) are the rows and columns
+    pandas' reindex gives, cast to float32, an int column and a column the frame lacks (NaN) among them."""
+    rng = np.random.default_rng(0)
+    feats = pd.DataFrame(rng.normal(size=(40, 9)), columns=[f"f{i}" for i in range(9)]).assign(
+        count=np.arange(40), condition="x")
+    positions = rng.permutation(40)[:25]
+    cols = ["f3", "count", "absent", "f0", "f8", "f1", "f2"]
+    want = feats.iloc[positions].reindex(columns=cols).to_numpy(np.float32)
+    monkeypatch.setattr(models, "BLOCK_COLUMNS", 3)          # blocks that split the columns unevenly
+    got = models.float32_block(feats, positions, cols)
+    assert got.dtype == np.float32 and np.isnan(got[:, 2]).all()
+    np.testing.assert_array_equal(got, want)
+
+
 def test_sharpening_touches_only_the_largest_spinal_severe_row():
     rows = [{"row_id": f"7_spinal_canal_stenosis_{lv}", "normal_mild": 0.6, "moderate": 0.2, "severe": s}
             for lv, s in zip(("l1_l2", "l2_l3"), (0.2, 0.4))]
