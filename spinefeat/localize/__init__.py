@@ -17,7 +17,7 @@
 3. A chain model picks exactly five ordered samples, L1/L2 at the top, by
    dynamic programming over the detector's log-probabilities plus spacing
    priors learned from the training coordinates: no level is skipped or
-   doubled. Each disc then sits at the centre of its detector plateau. A
+   doubled. Each disc then sits at the centre of the plateau of p(any disc). A
    field of view that ends at L5/S1, an L5/S1 not clearly seen or a disc
    below it (transitional anatomy) is flagged and caps the study's confidence.
 4. The dural sac centres on the axial T2 slices through the discs give the

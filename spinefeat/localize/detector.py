@@ -211,7 +211,8 @@ def count_discs(p: np.ndarray, s_mm: np.ndarray, gaps: np.ndarray) -> tuple[np.n
     ``p`` (samples, 6): the detector's probabilities at each canal sample (arc positions ``s_mm``) of
     background and of each level, L1/L2 to L5/S1; ``gaps``: the learnt (mean, sd) of the four disc spacings.
     The chain (:func:`~spinefeat.localize.chain.chain`) picks one sample per level, ordered and spaced as
-    learnt; each disc sits at the centre of its level's plateau (:func:`disc_centre_mm`); a level's
+    learnt; each disc sits at the centre of the plateau of p(any disc) around its sample
+    (:func:`disc_centre_mm`: a disc's probability is often split between two levels' classes); a level's
     confidence is its probability there. Flagged (every confidence capped at :data:`DOUBTFUL_CONFIDENCE`,
     ``predict`` then lists the points) when the image ends less than :data:`SACRUM_VIEW_MM` below L5/S1
     (the sacrum is not in the field of view: the lowest disc seen may be L4/L5), when L5/S1 is not clearly
@@ -220,7 +221,10 @@ def count_discs(p: np.ndarray, s_mm: np.ndarray, gaps: np.ndarray) -> tuple[np.n
     """
     p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
     idx, _ = chain(np.log(p[:, 1:]), s_mm, gaps)
-    disc_s = np.array([disc_centre_mm(p[:, lv + 1], s_mm, i) for lv, i in enumerate(idx)])
+    # The level classes decide which disc is which; where the disc is, p(any disc) says: a disc's probability is
+    # often split between two neighbouring levels' classes, and their sum is its whole plateau.
+    any_disc = 1.0 - p[:, BACKGROUND]
+    disc_s = np.array([disc_centre_mm(any_disc, s_mm, i) for i in idx])
     conf = p[idx, np.arange(1, N_LEVELS + 1)]
     # The largest probability of any disc more than half a level below L5/S1.
     below = 1.0 - p[s_mm > s_mm[idx[-1]] + 0.5 * float(gaps[:, 0].min()), BACKGROUND]
