@@ -985,11 +985,10 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
     labelled = labelled_rows(features, train)
     at = labelled[0]
     rows = training_rows(features, train, columns=ROW_KEYS, labelled=labelled)
-    if augment is not None:
-        extra_labelled = labelled_rows(augment, train)
-        extra = training_rows(augment, train, columns=ROW_KEYS, labelled=extra_labelled)
-    else:
-        extra_labelled, extra = (np.zeros(0, int), np.zeros(0, int)), rows.iloc[:0]
+    # The augmentation rows take the same route: their keys as a table, their features as arrays by position.
+    extra_at = labelled_rows(augment, train) if augment is not None else None
+    extra = (training_rows(augment, train, columns=ROW_KEYS, labelled=extra_at) if augment is not None
+             else rows.iloc[:0])
     if rows.empty:
         raise SpinefeatError("no feature row has a label: check that the features come from the labelled folder")
     studies = np.array(sorted(rows["study_id"].unique()))
@@ -1022,7 +1021,7 @@ def fit(features: pd.DataFrame, train: pd.DataFrame, *, folds: int = 5, jobs: in
         y, fold = both["severity"].to_numpy(int), both["study_id"].map(fold_of).to_numpy()
         xg = float32_block(features, at[mine], cols)
         if len(ga):
-            xg = np.concatenate([xg, float32_block(augment, extra_labelled[0][extra_mine], cols)])
+            xg = np.concatenate([xg, float32_block(augment, extra_at[0][extra_mine], cols)])
         # The deployed stage: fitted on all rows, as each fold's on its training rows.
         x, cols, stage, deployed = staged_columns(group, xg, cols, y, fold, study,
                                                   folds=folds, seed=seed, jobs=jobs, deploy=True)

@@ -42,8 +42,8 @@ DET_PARAMS = {"objective": "multiclass", "num_class": 1 + N_LEVELS, "learning_ra
               "force_col_wise": True}
 #: Boosting rounds of the detector. 400 (was 200): on SPIDER's leave-patients-out folds (``spider.check_spider``)
 #: discs within 5 mm 0.775 -> 0.8375, median 2.77 -> 2.72 mm, level swaps 2 -> 1 at LightGBM seed 0 (41 counted
-#: right); at seeds 1 / 2 within and swaps unchanged (0.7125, 3 swaps / 0.775, 2 swaps); 60 rounds (softer probabilities) was worse (0.675,
-#: 4 swaps). Doubles the detector's training time.
+#: right); at seeds 1 / 2 within and swaps unchanged (0.7125, 3 swaps / 0.775, 2 swaps); 60 rounds (softer
+#: probabilities) was worse (0.675, 4 swaps). The check's four detector fits and predictions: 161 -> 235 CPU s.
 DET_ROUNDS = 400
 #: The image's own family (read along the image rows, on intensities scaled 0..1 per image): +-12 mm near, and
 #: 16-64 mm along the curve at two depths.
