@@ -25,6 +25,7 @@ from .dicom import Stack
 from .errors import GeometryError, SpinefeatError
 from .features import RELATIVE, STUDY_CONTEXT, shape_name
 from .features.axial import recess_profile, sac_profile
+from .features.cross import foramen_cross
 from .features.profile import foramen_profile
 from .io import inside, write_bytes, write_parquet
 from .features.texture import ROI_MM, ROI_SPACING_MM, aligned_hog, aligned_windows, roi_features, spine_axes_rc
@@ -118,6 +119,8 @@ def region_features(region: str, image: np.ndarray, seed_rc, *, pixel_spacing_mm
     if region == "foramen":
         view = View.from_iop(iop)
         feats.update(aligned_hog(crop, series_high=series_high, view=view, axis_rc=axis_rc))
+        feats.update(foramen_cross(image, seed_rc, pixel_spacing_mm=pixel_spacing_mm, series_high=series_high,
+                                   view=view, axis_rc=axis_rc))
         feats.update(aligned_windows("foramen", image, seed_rc, pixel_spacing_mm=pixel_spacing_mm,
                                      series_high=series_high, view=view, axis_rc=axis_rc))
     elif region in ("canal_ax", "recess"):
