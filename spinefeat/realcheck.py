@@ -822,7 +822,10 @@ def _spider_sentence(loc: dict | None) -> str:
     return (f"\nSPIDER ({c['patients']} patients): the CSF column covers a median {c['rows_covered_median']:.2f} of "
             f"the canal mask's rows (lowest {c['rows_covered_min']:.2f}), Dice {c['dice_median']:.2f} against the "
             f"canal mask. Lumbar discs ({d['detector']}): {d['within_5mm']:.2f} within 5 mm, median "
-            f"{d['median_mm']:.1f} mm, {d['level_swaps']} of {d['patients']} patients counted off by a level.\n")
+            f"{d['median_mm']:.1f} mm, {d['level_swaps']} of {d['patients']} patients counted off by a level"
+            + (f"; the true disc points lie within 3 mm of the canal curve the detector reads for "
+               f"{d['curve_within_3mm']:.2f} of them (furthest {d['curve_max_mm']:.1f} mm)"
+               if d.get("curve_within_3mm") is not None else "") + ".\n")
 
 
 def _placement_sentence(p: dict | None, what: str, rows: str, extra: str | None, at: str) -> str:

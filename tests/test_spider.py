@@ -213,5 +213,9 @@ def test_real_check_markdown_of_a_spider_only_run_reports_the_check_not_an_empty
     text = markdown_table({"spider": {"localisation": loc}, "run": {}})
     assert "| term |" not in text                       # no grading table without a graded term
     assert "median 0.93 of the canal mask's rows (lowest 0.70)" in text and "Dice 0.55" in text
-    assert "0.60 within 5 mm, median 4.3 mm, 1 of 3 patients counted off by a level" in text
+    assert "0.60 within 5 mm, median 4.3 mm, 1 of 3 patients counted off by a level." in text
+    loc["discs"].update(curve_within_3mm=0.8, curve_max_mm=17.26)
+    text = markdown_table({"spider": {"localisation": loc}, "run": {}})
+    assert "level; the true disc points lie within 3 mm of the canal curve the detector reads for 0.80 of them " \
+           "(furthest 17.3 mm)." in text
     assert markdown_table({"run": {}}) == ""
